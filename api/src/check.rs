@@ -1,0 +1,145 @@
+//! What a check is, what it returns, and how a plugin builds one from config.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ConfigError, ConfigErrors};
+use crate::yaml::Node;
+
+/// The verdict of one run, in Nagios terms so `vigia check` can use its exit codes.
+/// Only `Ok` counts as a success in the status map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Ok,
+    Warning,
+    Critical,
+    /// The check could not tell: a missing permission, a name that does not resolve.
+    Unknown,
+}
+
+/// What one run of a check found. A failure is an outcome with a reason, never a panic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckOutcome {
+    pub severity: Severity,
+    /// A measured value where the check has one (ms of latency, % of loss, ...).
+    pub value: Option<f64>,
+    /// A sentence an operator understands: "HTTP 500 from http://…/health (expected 200)".
+    pub message: String,
+}
+
+impl CheckOutcome {
+    pub fn ok(message: impl Into<String>) -> Self {
+        CheckOutcome {
+            severity: Severity::Ok,
+            value: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn critical(message: impl Into<String>) -> Self {
+        CheckOutcome {
+            severity: Severity::Critical,
+            value: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn unknown(message: impl Into<String>) -> Self {
+        CheckOutcome {
+            severity: Severity::Unknown,
+            value: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn with_value(mut self, value: f64) -> Self {
+        self.value = Some(value);
+        self
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.severity == Severity::Ok
+    }
+}
+
+/// What the engine tells a check about the run it is asked to do.
+#[derive(Clone, Copy, Debug)]
+pub struct RunContext<'a> {
+    pub check: &'a str,
+    /// The engine cancels the run at this deadline; a check may use it to size its own
+    /// waits (e.g. how long to wait for a ping reply).
+    pub timeout: Duration,
+}
+
+/// A check: run it, get an outcome. Must not block the thread (use async IO); a run that
+/// hangs is cancelled by the engine at its timeout, and a panic is caught and becomes a
+/// failure, but neither is a way to report one.
+pub trait Check: Send + Sync + 'static {
+    fn run<'a>(&'a self, ctx: RunContext<'a>) -> BoxFuture<'a, CheckOutcome>;
+
+    /// A short description of the target for logs and `vigia check`: `tcp 127.0.0.1:7000`.
+    fn target(&self) -> String;
+}
+
+/// One check built from a config entry. Most entries give one; `terminals` gives one per
+/// line of its file.
+#[derive(Clone)]
+pub struct BuiltCheck {
+    /// Full check name: the entry's name, or `entry/member` for the members of a group.
+    pub name: String,
+    /// Members of a group are scheduled in the same phase and their alerts are grouped.
+    pub group: Option<String>,
+    pub check: Arc<dyn Check>,
+}
+
+/// What a factory built from one config entry.
+#[derive(Default)]
+pub struct Built {
+    pub checks: Vec<BuiltCheck>,
+    /// Problems that did not stop the build, e.g. a bad line in ips.txt that was skipped.
+    pub warnings: Vec<ConfigError>,
+    /// Files the entry read, which a reload should watch.
+    pub files: Vec<PathBuf>,
+}
+
+/// Where a config entry lives, for resolving relative paths and naming errors.
+#[derive(Clone, Debug)]
+pub struct BuildContext {
+    /// The directory of config.yaml: relative paths in the config are relative to it.
+    pub config_dir: PathBuf,
+}
+
+impl BuildContext {
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.config_dir.join(p)
+        }
+    }
+}
+
+/// Builds checks of one `type:`. The engine hands it the entry's own keys (the engine's
+/// common keys such as `interval` are removed) as a node that keeps its positions.
+pub trait CheckFactory: Send + Sync + 'static {
+    /// The `type:` value, e.g. `tcp`.
+    fn kind(&self) -> &'static str;
+
+    /// One line for `vigia plugins` and error hints.
+    fn summary(&self) -> &'static str;
+
+    /// Parses and validates `params` (no network IO), then builds the check(s).
+    /// `path` is the entry's path in the file (`checks[2]`), for error messages.
+    fn build(
+        &self,
+        name: &str,
+        params: &Node,
+        path: &str,
+        ctx: &BuildContext,
+    ) -> Result<Built, ConfigErrors>;
+}

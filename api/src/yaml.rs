@@ -1,0 +1,764 @@
+//! A YAML tree that keeps the position of every node, and a serde deserializer over it.
+//!
+//! Why not a YAML crate's own `from_str`: a check entry in `config.yaml` mixes keys the
+//! engine owns (`name`, `interval`, ...) with keys its plugin owns (`url`, `port`, ...).
+//! serde's `flatten` would lose `deny_unknown_fields` and positions; here the engine
+//! splits the mapping node in two and each side deserializes its own part, with errors
+//! that still say `config.yaml:12:5: checks[2].url: ...`.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use saphyr_parser::{Event, Parser, ScalarStyle};
+use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
+
+use crate::error::ConfigError;
+
+/// A position in the source: both 1-based, as editors show them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pos {
+    pub line: usize,
+    pub col: usize,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)
+    }
+}
+
+/// A YAML value; scalars are resolved with the YAML 1.2 core schema.
+#[derive(Clone, Debug)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+}
+
+/// A value and where it starts in the source.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub value: Value,
+    pub pos: Pos,
+}
+
+impl Node {
+    pub fn new(value: Value, pos: Pos) -> Node {
+        Node { value, pos }
+    }
+
+    /// An empty mapping at `pos`, for sections that are absent from the file.
+    pub fn empty_map(pos: Pos) -> Node {
+        Node::new(Value::Map(Vec::new()), pos)
+    }
+
+    /// Parses one YAML document. An empty document is `Null`.
+    pub fn parse(text: &str) -> Result<Node, ConfigError> {
+        Builder::default().build(text)
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_map(&self) -> Option<&[(Node, Node)]> {
+        match &self.value {
+            Value::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn as_seq(&self) -> Option<&[Node]> {
+        match &self.value {
+            Value::Seq(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The value under `key` in a mapping node.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
+    }
+
+    /// The key node itself (for positions of keys).
+    pub fn get_key(&self, key: &str) -> Option<&Node> {
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(k, _)| k)
+    }
+
+    /// Splits a mapping in two: the entries whose key is in `keys`, and the rest.
+    /// A node that is not a mapping is returned whole on the first side.
+    pub fn split_keys(&self, keys: &[&str]) -> (Node, Node) {
+        match &self.value {
+            Value::Map(entries) => {
+                let (mine, rest): (Vec<_>, Vec<_>) = entries
+                    .iter()
+                    .cloned()
+                    .partition(|(k, _)| k.as_str().is_some_and(|k| keys.contains(&k)));
+                (
+                    Node::new(Value::Map(mine), self.pos),
+                    Node::new(Value::Map(rest), self.pos),
+                )
+            }
+            _ => (self.clone(), Node::empty_map(self.pos)),
+        }
+    }
+
+    /// The position of the node at a dotted path such as `checks[2].port`, relative to
+    /// this node; the closest existing ancestor's position if the path goes further.
+    pub fn pos_of(&self, path: &str) -> Pos {
+        let mut node = self;
+        for seg in path_segments(path) {
+            let next = match seg {
+                Seg::Key(k) => node.get(k),
+                Seg::Index(i) => node.as_seq().and_then(|s| s.get(i)),
+            };
+            match next {
+                Some(n) => node = n,
+                None => break,
+            }
+        }
+        node.pos
+    }
+
+    /// Structural equality that ignores positions: an edit that only moves a check
+    /// within the file does not count as a change.
+    pub fn same_content(&self, other: &Node) -> bool {
+        match (&self.value, &other.value) {
+            (Value::Null, Value::Null) => true,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits(),
+            (Value::Str(a), Value::Str(b)) => a == b,
+            (Value::Seq(a), Value::Seq(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same_content(y))
+            }
+            (Value::Map(a), Value::Map(b)) => {
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b)
+                        .all(|((ka, va), (kb, vb))| ka.same_content(kb) && va.same_content(vb))
+            }
+            _ => false,
+        }
+    }
+
+    /// What kind of value this is, in words, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match &self.value {
+            Value::Null => "nothing (null)",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a number",
+            Value::Str(_) => "a string",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+        }
+    }
+
+    /// Deserializes this node into `T`, with errors that carry position and path.
+    /// `path` is the path of this node in the file (`checks[2]`), used as the prefix of
+    /// every error's path.
+    pub fn deserialize<'de, T: serde::Deserialize<'de>>(
+        &'de self,
+        path: &str,
+    ) -> Result<T, ConfigError> {
+        T::deserialize(self).map_err(|e| e.into_config_error(self.pos, path))
+    }
+}
+
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn path_segments(path: &str) -> impl Iterator<Item = Seg<'_>> {
+    path.split('.').filter(|s| !s.is_empty()).flat_map(|part| {
+        let (key, rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        let key = (!key.is_empty()).then_some(Seg::Key(key));
+        let idx = rest
+            .split(['[', ']'])
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| s.parse().ok().map(Seg::Index));
+        key.into_iter().chain(idx)
+    })
+}
+
+/// Joins a parent path and a child segment the way the error messages show them.
+pub fn join_path(parent: &str, child: &str) -> String {
+    if parent.is_empty() {
+        child.to_string()
+    } else if child.starts_with('[') {
+        format!("{parent}{child}")
+    } else {
+        format!("{parent}.{child}")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Building the tree from parser events.
+
+#[derive(Default)]
+struct Builder {
+    anchors: HashMap<usize, Node>,
+}
+
+enum Frame {
+    Seq(usize, Pos, Vec<Node>),
+    Map(usize, Pos, Vec<(Node, Node)>, Option<Node>),
+}
+
+fn to_pos(m: saphyr_parser::Marker) -> Pos {
+    Pos {
+        line: m.line(),
+        col: m.col() + 1,
+    }
+}
+
+impl Builder {
+    fn build(mut self, text: &str) -> Result<Node, ConfigError> {
+        let mut stack: Vec<Frame> = Vec::new();
+        let mut root: Option<Node> = None;
+        let mut docs = 0;
+        for item in Parser::new_from_str(text) {
+            let (event, span) = item.map_err(|e| {
+                ConfigError::at(
+                    to_pos(*e.marker()),
+                    "",
+                    format!("invalid YAML: {}", e.info()),
+                )
+            })?;
+            let pos = to_pos(span.start);
+            let finished: Option<(Node, usize)> = match event {
+                Event::StreamStart | Event::StreamEnd | Event::Nothing | Event::DocumentEnd => None,
+                Event::DocumentStart(_) => {
+                    docs += 1;
+                    if docs > 1 {
+                        return Err(ConfigError::at(
+                            pos,
+                            "",
+                            "only one YAML document is expected here (remove the second `---`)",
+                        ));
+                    }
+                    None
+                }
+                Event::Alias(id) => match self.anchors.get(&id) {
+                    Some(n) => Some((Node::new(n.value.clone(), pos), 0)),
+                    None => {
+                        return Err(ConfigError::at(pos, "", "alias to an unknown anchor"));
+                    }
+                },
+                Event::Scalar(text, style, anchor, tag) => {
+                    let forced_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
+                    let value = if style == ScalarStyle::Plain && !forced_str {
+                        resolve_plain(&text)
+                    } else {
+                        Value::Str(text.into_owned())
+                    };
+                    Some((Node::new(value, pos), anchor))
+                }
+                Event::SequenceStart(anchor, _) => {
+                    stack.push(Frame::Seq(anchor, pos, Vec::new()));
+                    None
+                }
+                Event::MappingStart(anchor, _) => {
+                    stack.push(Frame::Map(anchor, pos, Vec::new(), None));
+                    None
+                }
+                Event::SequenceEnd => match stack.pop() {
+                    Some(Frame::Seq(anchor, p, items)) => {
+                        Some((Node::new(Value::Seq(items), p), anchor))
+                    }
+                    _ => return Err(ConfigError::at(pos, "", "invalid YAML: unbalanced list")),
+                },
+                Event::MappingEnd => match stack.pop() {
+                    Some(Frame::Map(anchor, p, entries, _)) => {
+                        Some((Node::new(Value::Map(entries), p), anchor))
+                    }
+                    _ => return Err(ConfigError::at(pos, "", "invalid YAML: unbalanced mapping")),
+                },
+            };
+            let Some((node, anchor)) = finished else {
+                continue;
+            };
+            if anchor != 0 {
+                self.anchors.insert(anchor, node.clone());
+            }
+            match stack.last_mut() {
+                None => root = Some(node),
+                Some(Frame::Seq(_, _, items)) => items.push(node),
+                Some(Frame::Map(_, _, entries, pending)) => match pending.take() {
+                    None => {
+                        if !matches!(
+                            node.value,
+                            Value::Str(_) | Value::Int(_) | Value::Bool(_) | Value::Float(_)
+                        ) {
+                            return Err(ConfigError::at(
+                                node.pos,
+                                "",
+                                format!("a mapping key must be a plain word, not {}", node.kind()),
+                            ));
+                        }
+                        let key = key_text(&node);
+                        if let Some((first, _)) = entries.iter().find(|(k, _)| key_text(k) == key) {
+                            return Err(ConfigError::at(
+                                node.pos,
+                                "",
+                                format!(
+                                    "duplicate key `{key}` (first given at line {})",
+                                    first.pos.line
+                                ),
+                            ));
+                        }
+                        let key_node = Node::new(Value::Str(key), node.pos);
+                        *pending = Some(key_node);
+                    }
+                    Some(key) => entries.push((key, node)),
+                },
+            }
+        }
+        Ok(root.unwrap_or(Node::new(Value::Null, Pos { line: 1, col: 1 })))
+    }
+}
+
+fn key_text(n: &Node) -> String {
+    match &n.value {
+        Value::Str(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Float(f) => f.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn resolve_plain(s: &str) -> Value {
+    match s {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        ".inf" | ".Inf" | ".INF" | "+.inf" => return Value::Float(f64::INFINITY),
+        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
+        _ => {}
+    }
+    if let Some(hex) = s.strip_prefix("0x") {
+        if let Ok(i) = i64::from_str_radix(hex, 16) {
+            return Value::Int(i);
+        }
+    }
+    if let Some(oct) = s.strip_prefix("0o") {
+        if let Ok(i) = i64::from_str_radix(oct, 8) {
+            return Value::Int(i);
+        }
+    }
+    let looks_numeric = s
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
+        && s.bytes().any(|b| b.is_ascii_digit());
+    if looks_numeric {
+        if let Ok(i) = s.parse::<i64>() {
+            return Value::Int(i);
+        }
+        if let Ok(f) = s.parse::<f64>() {
+            return Value::Float(f);
+        }
+    }
+    Value::Str(s.to_string())
+}
+
+// ---------------------------------------------------------------------------------------
+// The deserializer.
+
+/// A deserialization error: the message, where it happened, and the path below the node
+/// that was being deserialized.
+#[derive(Debug)]
+pub struct DeError {
+    msg: String,
+    pos: Option<Pos>,
+    /// Innermost segment last.
+    path: Vec<String>,
+}
+
+impl DeError {
+    fn with_pos(mut self, pos: Pos) -> Self {
+        self.pos.get_or_insert(pos);
+        self
+    }
+
+    fn under(mut self, seg: String) -> Self {
+        self.path.insert(0, seg);
+        self
+    }
+
+    /// Turns this into a reportable error; `base` is the path of the deserialized node.
+    pub fn into_config_error(self, fallback: Pos, base: &str) -> ConfigError {
+        let mut path = base.to_string();
+        for seg in &self.path {
+            path = join_path(&path, seg);
+        }
+        ConfigError::at(self.pos.unwrap_or(fallback), &path, self.msg)
+    }
+}
+
+impl fmt::Display for DeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for DeError {}
+
+impl de::Error for DeError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        DeError {
+            msg: msg.to_string(),
+            pos: None,
+            path: Vec::new(),
+        }
+    }
+
+    fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
+        DeError::custom(unknown_with_hint("key", field, expected))
+    }
+
+    fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
+        DeError::custom(unknown_with_hint("value", variant, expected))
+    }
+}
+
+/// "unknown key `intervl` (did you mean `interval`?)", or the list of accepted names.
+pub fn unknown_with_hint(what: &str, got: &str, expected: &[&str]) -> String {
+    match did_you_mean(got, expected.iter().copied()) {
+        Some(best) => format!("unknown {what} `{got}` (did you mean `{best}`?)"),
+        None if expected.is_empty() => format!("unknown {what} `{got}`: none are accepted here"),
+        None => format!(
+            "unknown {what} `{got}`; expected one of: {}",
+            expected.join(", ")
+        ),
+    }
+}
+
+/// The closest name, if one is close enough to be a likely typo.
+pub fn did_you_mean<'a>(got: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (strsim::jaro_winkler(got, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+type DeResult<T> = Result<T, DeError>;
+
+impl<'de> de::Deserializer<'de> for &'de Node {
+    type Error = DeError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, v: V) -> DeResult<V::Value> {
+        let r = match &self.value {
+            Value::Null => v.visit_unit(),
+            Value::Bool(b) => v.visit_bool(*b),
+            Value::Int(i) => v.visit_i64(*i),
+            Value::Float(f) => v.visit_f64(*f),
+            Value::Str(s) => v.visit_borrowed_str(s),
+            Value::Seq(items) => v.visit_seq(SeqAccess { items, i: 0 }),
+            Value::Map(entries) => v.visit_map(MapAccess { entries, i: 0 }),
+        };
+        r.map_err(|e| e.with_pos(self.pos))
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, v: V) -> DeResult<V::Value> {
+        match self.value {
+            Value::Null => v.visit_none(),
+            _ => v.visit_some(self),
+        }
+        .map_err(|e| e.with_pos(self.pos))
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, v: V) -> DeResult<V::Value> {
+        // A plain `port: 8080` or `expect: 200` is a fine string where a string is wanted.
+        let r: DeResult<V::Value> = match &self.value {
+            Value::Int(i) => v.visit_string(i.to_string()),
+            Value::Float(f) => v.visit_string(f.to_string()),
+            Value::Bool(b) => v.visit_string(b.to_string()),
+            _ => return self.deserialize_any(v),
+        };
+        r.map_err(|e| e.with_pos(self.pos))
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, v: V) -> DeResult<V::Value> {
+        self.deserialize_str(v)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        v: V,
+    ) -> DeResult<V::Value> {
+        v.visit_newtype_struct(self)
+            .map_err(|e| e.with_pos(self.pos))
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        v: V,
+    ) -> DeResult<V::Value> {
+        let r: DeResult<V::Value> = match &self.value {
+            Value::Str(s) => v.visit_enum(s.as_str().into_deserializer()),
+            Value::Map(entries) if entries.len() == 1 => v.visit_enum(EnumAccess {
+                key: &entries[0].0,
+                value: &entries[0].1,
+            }),
+            _ => Err(de::Error::custom(format!(
+                "expected a name or a one-key mapping, found {}",
+                self.kind()
+            ))),
+        };
+        r.map_err(|e| e.with_pos(self.pos))
+    }
+
+    fn deserialize_unit<V: Visitor<'de>>(self, v: V) -> DeResult<V::Value> {
+        self.deserialize_any(v)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char
+        bytes byte_buf unit_struct seq tuple tuple_struct map struct identifier ignored_any
+    }
+}
+
+struct SeqAccess<'de> {
+    items: &'de [Node],
+    i: usize,
+}
+
+impl<'de> de::SeqAccess<'de> for SeqAccess<'de> {
+    type Error = DeError;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> DeResult<Option<T::Value>> {
+        let Some(node) = self.items.get(self.i) else {
+            return Ok(None);
+        };
+        let i = self.i;
+        self.i += 1;
+        seed.deserialize(node)
+            .map(Some)
+            .map_err(|e| e.with_pos(node.pos).under(format!("[{i}]")))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.items.len() - self.i)
+    }
+}
+
+struct MapAccess<'de> {
+    entries: &'de [(Node, Node)],
+    i: usize,
+}
+
+impl<'de> de::MapAccess<'de> for MapAccess<'de> {
+    type Error = DeError;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> DeResult<Option<K::Value>> {
+        let Some((key, _)) = self.entries.get(self.i) else {
+            return Ok(None);
+        };
+        seed.deserialize(key).map(Some).map_err(|e| {
+            let seg = key.as_str().unwrap_or_default().to_string();
+            e.with_pos(key.pos).under(seg)
+        })
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> DeResult<V::Value> {
+        let (key, value) = &self.entries[self.i];
+        self.i += 1;
+        seed.deserialize(value).map_err(|e| {
+            let seg = key.as_str().unwrap_or_default().to_string();
+            e.with_pos(value.pos).under(seg)
+        })
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.entries.len() - self.i)
+    }
+}
+
+struct EnumAccess<'de> {
+    key: &'de Node,
+    value: &'de Node,
+}
+
+impl<'de> de::EnumAccess<'de> for EnumAccess<'de> {
+    type Error = DeError;
+    type Variant = VariantAccess<'de>;
+
+    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> DeResult<(V::Value, Self::Variant)> {
+        let v = seed
+            .deserialize(self.key)
+            .map_err(|e| e.with_pos(self.key.pos))?;
+        Ok((v, VariantAccess { value: self.value }))
+    }
+}
+
+struct VariantAccess<'de> {
+    value: &'de Node,
+}
+
+impl<'de> de::VariantAccess<'de> for VariantAccess<'de> {
+    type Error = DeError;
+
+    fn unit_variant(self) -> DeResult<()> {
+        de::Deserialize::deserialize(self.value)
+    }
+
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> DeResult<T::Value> {
+        seed.deserialize(self.value)
+    }
+
+    fn tuple_variant<V: Visitor<'de>>(self, _len: usize, v: V) -> DeResult<V::Value> {
+        de::Deserializer::deserialize_seq(self.value, v)
+    }
+
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        _fields: &'static [&'static str],
+        v: V,
+    ) -> DeResult<V::Value> {
+        de::Deserializer::deserialize_map(self.value, v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        port: u16,
+        #[serde(default)]
+        tags: Vec<String>,
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        name: String,
+        items: Vec<Inner>,
+    }
+
+    fn err_of<T: for<'de> Deserialize<'de> + std::fmt::Debug>(text: &str) -> String {
+        let node = Node::parse(text).unwrap();
+        node.deserialize::<T>("").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn scalars_resolve_with_the_core_schema() {
+        let n = Node::parse("a: 10\nb: 1.5\nc: true\nd: ~\ne: '10'\nf: 10s\ng: 0x1f").unwrap();
+        assert!(matches!(n.get("a").unwrap().value, Value::Int(10)));
+        assert!(matches!(n.get("b").unwrap().value, Value::Float(f) if f == 1.5));
+        assert!(matches!(n.get("c").unwrap().value, Value::Bool(true)));
+        assert!(matches!(n.get("d").unwrap().value, Value::Null));
+        assert_eq!(n.get("e").unwrap().as_str(), Some("10"));
+        assert_eq!(n.get("f").unwrap().as_str(), Some("10s"));
+        assert!(matches!(n.get("g").unwrap().value, Value::Int(31)));
+    }
+
+    #[test]
+    fn positions_are_one_based_line_and_column() {
+        let n = Node::parse("name: x\nitems:\n  - port: 80\n").unwrap();
+        assert_eq!(n.pos_of("items[0].port"), Pos { line: 3, col: 11 });
+        assert_eq!(n.pos_of("items[0]"), Pos { line: 3, col: 5 });
+        assert_eq!(n.get_key("items").unwrap().pos, Pos { line: 2, col: 1 });
+    }
+
+    #[test]
+    fn type_error_names_position_and_path() {
+        let msg = err_of::<Outer>("name: x\nitems:\n  - port: 80\n  - port: eighty\n");
+        assert_eq!(
+            msg,
+            "4:11: items[1].port: invalid type: string \"eighty\", expected u16"
+        );
+    }
+
+    #[test]
+    fn unknown_key_suggests_the_closest() {
+        let msg = err_of::<Outer>("name: x\nitems:\n  - prot: 80\n");
+        assert_eq!(
+            msg,
+            "3:5: items[0].prot: unknown key `prot` (did you mean `port`?)"
+        );
+    }
+
+    #[test]
+    fn unknown_key_far_from_everything_lists_the_choices() {
+        let msg = err_of::<Outer>("name: x\nitems: []\nzzz: 1\n");
+        assert_eq!(
+            msg,
+            "3:1: zzz: unknown key `zzz`; expected one of: name, items"
+        );
+    }
+
+    #[test]
+    fn missing_field_points_at_the_mapping() {
+        let msg = err_of::<Outer>("name: x\nitems:\n  - tags: [a]\n");
+        assert_eq!(msg, "3:5: items[0]: missing field `port`");
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let e = Node::parse("a: 1\nb: 2\na: 3\n").unwrap_err().to_string();
+        assert_eq!(e, "3:1: duplicate key `a` (first given at line 1)");
+    }
+
+    #[test]
+    fn syntax_errors_have_a_position() {
+        let e = Node::parse("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(e.pos.is_some(), "{e}");
+        assert!(e.to_string().contains("invalid YAML"), "{e}");
+    }
+
+    #[test]
+    fn anchors_and_aliases_copy_the_value() {
+        let n = Node::parse("base: &b {port: 1}\nother: *b\n").unwrap();
+        assert!(n.get("other").unwrap().same_content(n.get("base").unwrap()));
+    }
+
+    #[test]
+    fn split_keys_partitions_a_mapping() {
+        let n = Node::parse("name: a\nurl: b\nport: 1\n").unwrap();
+        let (mine, rest) = n.split_keys(&["name"]);
+        assert_eq!(mine.as_map().unwrap().len(), 1);
+        assert_eq!(rest.as_map().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn same_content_ignores_positions() {
+        let a = Node::parse("x: 1\ny: [a, b]\n").unwrap();
+        let b = Node::parse("\n\nx:   1\ny:\n  - a\n  - b\n").unwrap();
+        let c = Node::parse("x: 1\ny: [a, c]\n").unwrap();
+        assert!(a.same_content(&b));
+        assert!(!a.same_content(&c));
+    }
+}

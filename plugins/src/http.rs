@@ -1,0 +1,559 @@
+//! `type: http` — request a URL; check the status, the body and the response time.
+//!
+//! ```yaml
+//! - name: web
+//!   type: http
+//!   url: http://127.0.0.1:18080/health
+//!   expect_status: [200, "300-399"]
+//!   body_contains: '"status":"ok"'
+//!   max_response_time: 500ms
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use regex::Regex;
+use serde::de::{self, Visitor};
+use serde::Deserialize;
+use vigia_api::yaml::join_path;
+use vigia_api::{
+    BuildContext, Built, BuiltCheck, Check, CheckFactory, CheckOutcome, ConfigError, ConfigErrors,
+    Dur, Node, RunContext,
+};
+
+use crate::net::{fmt_ms, ms_since};
+
+/// How much of a body is read at most for `body_contains` / `body_regex`.
+const MAX_BODY: usize = 1024 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// The URL to request (http:// or https://).
+    pub url: String,
+    /// HTTP method (default GET).
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Request body.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Accepted status codes: `200`, `[200, 204]`, `"200-299"` (default 200-399).
+    #[serde(default)]
+    pub expect_status: Option<StatusSpec>,
+    /// The body must contain this text.
+    #[serde(default)]
+    pub body_contains: Option<String>,
+    /// The body must match this regular expression.
+    #[serde(default)]
+    pub body_regex: Option<String>,
+    /// Fail if the whole response takes longer than this.
+    #[serde(default)]
+    pub max_response_time: Option<Dur>,
+    /// Follow up to 5 redirects (default false: a redirect is checked as a status).
+    #[serde(default)]
+    pub follow_redirects: bool,
+    /// Verify TLS certificates (default true).
+    #[serde(default = "yes")]
+    pub tls_verify: bool,
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl HttpConfig {
+    pub fn validate(&self, path: &str) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        match reqwest::Url::parse(&self.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            Ok(u) => errors.push(ConfigError::new(
+                &join_path(path, "url"),
+                format!("`{}` must be an http:// or https:// URL with a host", u),
+            )),
+            Err(e) => errors.push(ConfigError::new(
+                &join_path(path, "url"),
+                format!("`{}` is not a URL: {e}", self.url),
+            )),
+        }
+        if reqwest::Method::from_bytes(self.method.to_ascii_uppercase().as_bytes()).is_err() {
+            errors.push(ConfigError::new(
+                &join_path(path, "method"),
+                format!("`{}` is not an HTTP method", self.method),
+            ));
+        }
+        for (k, v) in &self.headers {
+            if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err()
+                || reqwest::header::HeaderValue::from_str(v).is_err()
+            {
+                errors.push(ConfigError::new(
+                    &join_path(&join_path(path, "headers"), k),
+                    "not a valid HTTP header",
+                ));
+            }
+        }
+        if let Some(re) = &self.body_regex {
+            if let Err(e) = Regex::new(re) {
+                errors.push(ConfigError::new(
+                    &join_path(path, "body_regex"),
+                    format!("invalid regular expression: {e}"),
+                ));
+            }
+        }
+        errors
+    }
+}
+
+/// Accepted status codes as inclusive ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSpec(pub Vec<(u16, u16)>);
+
+impl StatusSpec {
+    pub fn accepts(&self, code: u16) -> bool {
+        self.0.iter().any(|(lo, hi)| (*lo..=*hi).contains(&code))
+    }
+}
+
+impl fmt::Display for StatusSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            })
+            .collect();
+        f.write_str(&parts.join(", "))
+    }
+}
+
+fn parse_status_part(s: &str) -> Result<(u16, u16), String> {
+    let code = |t: &str| -> Result<u16, String> {
+        t.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+            .ok_or_else(|| format!("`{t}` is not an HTTP status code (100-599)"))
+    };
+    match s.split_once('-') {
+        Some((a, b)) => {
+            let (lo, hi) = (code(a)?, code(b)?);
+            if lo > hi {
+                return Err(format!("the range `{s}` is empty"));
+            }
+            Ok((lo, hi))
+        }
+        None => code(s).map(|c| (c, c)),
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusSpec {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StatusSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a status code, a range like \"200-299\", or a list of them")
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<StatusSpec, E> {
+                parse_status_part(&n.to_string())
+                    .map(|r| StatusSpec(vec![r]))
+                    .map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<StatusSpec, E> {
+                self.visit_i64(n as i64)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<StatusSpec, E> {
+                let parts: Result<Vec<_>, _> = s.split(',').map(parse_status_part).collect();
+                parts.map(StatusSpec).map_err(E::custom)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<StatusSpec, A::Error> {
+                let mut all = Vec::new();
+                while let Some(part) = seq.next_element::<StatusSpec>()? {
+                    all.extend(part.0);
+                }
+                if all.is_empty() {
+                    return Err(de::Error::custom("the list of status codes is empty"));
+                }
+                Ok(StatusSpec(all))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+pub struct HttpCheck {
+    client: reqwest::Client,
+    method: reqwest::Method,
+    url: reqwest::Url,
+    headers: reqwest::header::HeaderMap,
+    body: Option<String>,
+    expect_status: StatusSpec,
+    body_contains: Option<String>,
+    body_regex: Option<Regex>,
+    max_response_time: Option<Duration>,
+}
+
+impl HttpCheck {
+    async fn probe(&self, timeout: Duration) -> Result<String, String> {
+        let start = Instant::now();
+        let mut req = self
+            .client
+            .request(self.method.clone(), self.url.clone())
+            .headers(self.headers.clone())
+            .timeout(timeout);
+        if let Some(b) = &self.body {
+            req = req.body(b.clone());
+        }
+        let mut resp = req.send().await.map_err(|e| self.describe_error(&e))?;
+        let status = resp.status().as_u16();
+        let wants_body = self.body_contains.is_some() || self.body_regex.is_some();
+        let mut body = Vec::new();
+        if wants_body {
+            while let Some(chunk) = resp.chunk().await.map_err(|e| self.describe_error(&e))? {
+                body.extend_from_slice(&chunk);
+                if body.len() >= MAX_BODY {
+                    break;
+                }
+            }
+        }
+        let ms = ms_since(start);
+        if !self.expect_status.accepts(status) {
+            return Err(format!(
+                "HTTP {status} from {} (expected {})",
+                self.url, self.expect_status
+            ));
+        }
+        let text = String::from_utf8_lossy(&body);
+        if let Some(needle) = &self.body_contains {
+            if !text.contains(needle.as_str()) {
+                return Err(format!(
+                    "HTTP {status} from {} but the body does not contain {:?}",
+                    self.url, needle
+                ));
+            }
+        }
+        if let Some(re) = &self.body_regex {
+            if !re.is_match(&text) {
+                return Err(format!(
+                    "HTTP {status} from {} but the body does not match /{}/",
+                    self.url,
+                    re.as_str()
+                ));
+            }
+        }
+        if let Some(max) = self.max_response_time {
+            if ms > max.as_secs_f64() * 1000.0 {
+                return Err(format!(
+                    "HTTP {status} from {} took {} (limit {})",
+                    self.url,
+                    fmt_ms(ms),
+                    Dur(max)
+                ));
+            }
+        }
+        Ok(format!("HTTP {status} from {} in {}", self.url, fmt_ms(ms)))
+    }
+
+    fn describe_error(&self, e: &reqwest::Error) -> String {
+        let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+        let mut root = None;
+        while let Some(s) = source {
+            root = Some(s.to_string());
+            source = s.source();
+        }
+        let what = if e.is_timeout() {
+            "timed out".to_string()
+        } else if e.is_connect() {
+            match root {
+                Some(r) if r.contains("refused") => "connection refused".into(),
+                Some(r) => format!("cannot connect: {r}"),
+                None => "cannot connect".into(),
+            }
+        } else {
+            root.unwrap_or_else(|| e.to_string())
+        };
+        format!("{} {}: {what}", self.method, self.url)
+    }
+}
+
+impl Check for HttpCheck {
+    fn run<'a>(&'a self, ctx: RunContext<'a>) -> BoxFuture<'a, CheckOutcome> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let result = self.probe(ctx.timeout).await;
+            let ms = ms_since(start);
+            match result {
+                Ok(msg) => CheckOutcome::ok(msg).with_value(ms),
+                Err(msg) => CheckOutcome::critical(msg).with_value(ms),
+            }
+        })
+    }
+
+    fn target(&self) -> String {
+        format!("http {} {}", self.method, self.url)
+    }
+}
+
+/// Shares one HTTP client per combination of TLS and redirect settings: a client holds
+/// the TLS root store, too big to have one per check when there are thousands.
+#[derive(Default)]
+pub struct HttpFactory {
+    clients: Mutex<BTreeMap<(bool, bool), reqwest::Client>>,
+}
+
+impl HttpFactory {
+    fn client(&self, tls_verify: bool, follow: bool) -> Result<reqwest::Client, String> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&(tls_verify, follow)) {
+            return Ok(c.clone());
+        }
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("vigia/", env!("CARGO_PKG_VERSION")))
+            // A monitor should see a dead listener: every check opens a new connection.
+            .pool_max_idle_per_host(0)
+            .redirect(if follow {
+                reqwest::redirect::Policy::limited(5)
+            } else {
+                reqwest::redirect::Policy::none()
+            })
+            .danger_accept_invalid_certs(!tls_verify)
+            .build()
+            .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
+        clients.insert((tls_verify, follow), client.clone());
+        Ok(client)
+    }
+}
+
+impl CheckFactory for HttpFactory {
+    fn kind(&self) -> &'static str {
+        "http"
+    }
+
+    fn summary(&self) -> &'static str {
+        "request a URL; check status, body and response time"
+    }
+
+    fn build(
+        &self,
+        name: &str,
+        params: &Node,
+        path: &str,
+        _ctx: &BuildContext,
+    ) -> Result<Built, ConfigErrors> {
+        let cfg: HttpConfig = params.deserialize(path)?;
+        let errors = cfg.validate(path);
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let bad = |m: String| ConfigErrors::from(ConfigError::new(path, m));
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (k, v) in &cfg.headers {
+            let k = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| bad(e.to_string()))?;
+            let v = reqwest::header::HeaderValue::from_str(v).map_err(|e| bad(e.to_string()))?;
+            headers.insert(k, v);
+        }
+        let check = HttpCheck {
+            client: self
+                .client(cfg.tls_verify, cfg.follow_redirects)
+                .map_err(bad)?,
+            method: reqwest::Method::from_bytes(cfg.method.to_ascii_uppercase().as_bytes())
+                .map_err(|e| bad(e.to_string()))?,
+            url: reqwest::Url::parse(&cfg.url).map_err(|e| bad(e.to_string()))?,
+            headers,
+            body: cfg.body,
+            expect_status: cfg.expect_status.unwrap_or(StatusSpec(vec![(200, 399)])),
+            body_contains: cfg.body_contains,
+            body_regex: cfg
+                .body_regex
+                .map(|r| Regex::new(&r))
+                .transpose()
+                .map_err(|e| bad(e.to_string()))?,
+            max_response_time: cfg.max_response_time.map(Dur::get),
+        };
+        Ok(Built {
+            checks: vec![BuiltCheck {
+                name: name.to_string(),
+                group: None,
+                check: Arc::new(check),
+            }],
+            ..Built::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn ctx() -> RunContext<'static> {
+        RunContext {
+            check: "web",
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn build(yaml: &str) -> Result<Arc<dyn Check>, ConfigErrors> {
+        let node = Node::parse(yaml).unwrap();
+        let b = HttpFactory::default().build(
+            "web",
+            &node,
+            "checks[0]",
+            &BuildContext {
+                config_dir: ".".into(),
+            },
+        )?;
+        Ok(b.checks[0].check.clone())
+    }
+
+    /// A real HTTP/1.1 server on 127.0.0.1:0 answering every request with `status`,
+    /// `body`, after `delay`.
+    async fn server(status: u16, body: &'static str, delay: Duration) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    tokio::time::sleep(delay).await;
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn healthy_endpoint() {
+        let port = server(200, "{\"status\":\"ok\"}", Duration::ZERO).await;
+        let c = build(&format!(
+            "url: http://127.0.0.1:{port}/health\nbody_contains: '\"status\":\"ok\"'"
+        ))
+        .unwrap();
+        let o = c.run(ctx()).await;
+        assert!(o.is_ok(), "{o:?}");
+        assert!(o
+            .message
+            .starts_with(&format!("HTTP 200 from http://127.0.0.1:{port}/health in ")));
+    }
+
+    #[tokio::test]
+    async fn status_500_fails_with_the_status_in_the_message() {
+        let port = server(500, "boom", Duration::ZERO).await;
+        let c = build(&format!("url: http://127.0.0.1:{port}/health")).unwrap();
+        let o = c.run(ctx()).await;
+        assert!(!o.is_ok());
+        assert_eq!(
+            o.message,
+            format!("HTTP 500 from http://127.0.0.1:{port}/health (expected 200-399)")
+        );
+    }
+
+    #[tokio::test]
+    async fn expected_status_list_and_range() {
+        let port = server(404, "", Duration::ZERO).await;
+        let c = build(&format!(
+            "url: http://127.0.0.1:{port}/\nexpect_status: [200, \"400-404\"]"
+        ))
+        .unwrap();
+        assert!(c.run(ctx()).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn body_mismatch_and_regex() {
+        let port = server(200, "{\"status\":\"degraded\"}", Duration::ZERO).await;
+        let c = build(&format!(
+            "url: http://127.0.0.1:{port}/\nbody_regex: '\"status\":\"(ok|fine)\"'"
+        ))
+        .unwrap();
+        let o = c.run(ctx()).await;
+        assert!(!o.is_ok());
+        assert!(o.message.contains("body does not match"), "{}", o.message);
+    }
+
+    #[tokio::test]
+    async fn slow_response_over_the_limit() {
+        let port = server(200, "ok", Duration::from_millis(150)).await;
+        let c = build(&format!(
+            "url: http://127.0.0.1:{port}/\nmax_response_time: 50ms"
+        ))
+        .unwrap();
+        let o = c.run(ctx()).await;
+        assert!(!o.is_ok());
+        assert!(o.message.contains("(limit 50ms)"), "{}", o.message);
+    }
+
+    #[tokio::test]
+    async fn refused_and_timed_out() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let c = build(&format!("url: http://127.0.0.1:{port}/")).unwrap();
+        let o = c.run(ctx()).await;
+        assert_eq!(
+            o.message,
+            format!("GET http://127.0.0.1:{port}/: connection refused")
+        );
+
+        let port = server(200, "ok", Duration::from_secs(5)).await;
+        let c = build(&format!("url: http://127.0.0.1:{port}/")).unwrap();
+        let o = c
+            .run(RunContext {
+                check: "web",
+                timeout: Duration::from_millis(200),
+            })
+            .await;
+        assert_eq!(
+            o.message,
+            format!("GET http://127.0.0.1:{port}/: timed out")
+        );
+    }
+
+    #[test]
+    fn config_errors() {
+        let e = build("url: ftp://x/\nmethod: 'G T'\nexpect_status: 700\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            e,
+            "3:16: checks[0].expect_status: `700` is not an HTTP status code (100-599)"
+        );
+        let e = build("url: ftp://x/\nmethod: 'G T'\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            e,
+            "checks[0].url: `ftp://x/` must be an http:// or https:// URL with a host\n\
+             checks[0].method: `G T` is not an HTTP method"
+        );
+    }
+}
