@@ -97,8 +97,11 @@ impl Icmp {
                 tokio::time::sleep(gap).await;
             }
             stats.sent += 1;
+            // Timed here: surge-ping's own RTT starts after the send returns, and on
+            // loopback the reply is often stamped before that, which gives 0.
+            let sent_at = std::time::Instant::now();
             match pinger.ping(PingSequence(seq as u16), &payload).await {
-                Ok((_, rtt)) => stats.rtts.push(rtt.as_secs_f64() * 1000.0),
+                Ok(_) => stats.rtts.push(sent_at.elapsed().as_secs_f64() * 1000.0),
                 Err(SurgeError::Timeout { .. }) => {}
                 Err(SurgeError::IOError(e)) => {
                     return Err(format!("cannot ping {addr}: {}", crate::tcp::io_reason(&e)))

@@ -64,7 +64,9 @@ pub fn ms_since(start: Instant) -> f64 {
 
 /// Formats milliseconds for messages: `0.31 ms`, `12.4 ms`, `1503 ms`.
 pub fn fmt_ms(ms: f64) -> String {
-    if ms < 10.0 {
+    if ms < 0.1 {
+        format!("{ms:.3} ms")
+    } else if ms < 10.0 {
         format!("{ms:.2} ms")
     } else if ms < 100.0 {
         format!("{ms:.1} ms")

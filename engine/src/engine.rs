@@ -1,0 +1,409 @@
+//! `vigia run`: wires config, store, scheduler, recorder, alerting and the control
+//! socket together, and handles signals.
+//!
+//! Data flow: check task → (status map) → [`Update`] → recorder → redb commit →
+//! [`AlertEvent`] → alert pipeline → JSON log + console. A transition reaches alerting
+//! only once it is durable: after `kill -9` the engine restarts with the same statuses
+//! and sends no second `failed`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::alert::{self, AlertEvent, Console};
+use crate::config::{system_hostname, Config, Plan, Registry};
+use crate::control::{self, CheckView, ControlState};
+use crate::scheduler::{unix_ms, Scheduler, Shared, Update};
+use crate::status::CheckState;
+use crate::store::{Store, StoreUpdate};
+use crate::systemd;
+
+/// How `vigia run` was asked to run.
+pub struct RunOptions {
+    pub config: PathBuf,
+    /// Print alerts on stderr (the console channel).
+    pub console: bool,
+}
+
+/// Loads and builds a config, logging its warnings. The error is every problem found.
+pub fn load_plan(path: &Path, registry: &Registry) -> Result<(Config, Plan), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let (plan, warnings) = config.build(registry).map_err(|e| e.to_string())?;
+    for w in warnings {
+        tracing::warn!(event = "config_warning", "{w}");
+    }
+    Ok((config, plan))
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let registry = Registry::builtin();
+    let (config, plan) = load_plan(&opts.config, &registry)
+        .map_err(|e| anyhow::anyhow!("the config has problems, nothing was started:\n{e}"))?;
+    let host: Arc<str> = config
+        .engine
+        .hostname
+        .clone()
+        .unwrap_or_else(system_hostname)
+        .into();
+    let state_dir = config.engine.state_dir.clone();
+    let store = Arc::new(Store::open(&state_dir)?);
+    let persisted = store.load_checks()?;
+
+    let (updates_tx, updates_rx) = mpsc::channel::<Update>(16 * 1024);
+    let shared = Shared::new(config.engine.max_concurrent_checks, updates_tx);
+    restore(&shared, &store, &plan, persisted).await;
+
+    let (alerts_tx, alerts_rx) = mpsc::channel::<AlertEvent>(16 * 1024);
+    let alerts = alert::spawn(alerts_rx, opts.console.then(Console::stderr));
+    let recorder = tokio::spawn(recorder(
+        updates_rx,
+        store.clone(),
+        alerts_tx,
+        host.clone(),
+        shared.clone(),
+    ));
+
+    let control_state = Arc::new(ControlState {
+        host: host.to_string(),
+        started_at: unix_ms(),
+        config: opts.config.clone(),
+        shared: shared.clone(),
+        checks: Default::default(),
+    });
+    let socket_path = state_dir.join(control::SOCKET_FILE);
+    let control = control::serve(&socket_path, control_state.clone())
+        .with_context(|| format!("cannot open the control socket {}", socket_path.display()))?;
+
+    let mut scheduler = Scheduler::new(shared.clone());
+    scheduler.apply(&plan);
+    refresh_views(&control_state, &plan);
+    tracing::info!(
+        event = "started",
+        host = %host,
+        checks = plan.checks.len(),
+        state_dir = %state_dir.display(),
+        config = %opts.config.display(),
+        "Vigia {} started: {} checks scheduled.",
+        env!("CARGO_PKG_VERSION"),
+        plan.checks.len()
+    );
+    systemd::notify("READY=1");
+    let status_logger = tokio::spawn(status_ticker(
+        shared.clone(),
+        host.clone(),
+        config.engine.status_log_interval.get(),
+    ));
+    let watchdog = systemd::watchdog_period().map(|period| {
+        tokio::spawn(async move {
+            loop {
+                systemd::notify("WATCHDOG=1");
+                tokio::time::sleep(period).await;
+            }
+        })
+    });
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut running_config = config;
+    let why = loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                systemd::notify("RELOADING=1");
+                if let Some(c) = reload(&opts.config, &registry, &running_config, &mut scheduler, &store, &control_state).await {
+                    running_config = c;
+                }
+                systemd::notify("READY=1");
+            }
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+        }
+    };
+
+    systemd::notify("STOPPING=1");
+    let grace = running_config.engine.shutdown_grace.get();
+    tracing::info!(
+        event = "stopping",
+        signal = why,
+        "Stopping on {why}: no new check runs; waiting up to {} for running ones.",
+        vigia_api::Dur(grace)
+    );
+    let aborted = scheduler.shutdown(grace).await;
+    if aborted > 0 {
+        tracing::warn!(
+            event = "stopping",
+            aborted,
+            "{aborted} checks did not finish within the grace period and were cancelled."
+        );
+    }
+    drop(scheduler);
+    control.abort();
+    status_logger.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    // The recorder ends once every sender is gone: the check tasks have ended, and the
+    // last one is in `shared`, shared with the control state.
+    drop(control_state);
+    drop(shared);
+    let _ = recorder.await;
+    let _ = alerts.await;
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!(
+        event = "stopped",
+        "Stopped; state saved in {}.",
+        store.path().display()
+    );
+    Ok(())
+}
+
+/// Puts persisted states back into the status map, and forgets the states of checks
+/// that are no longer configured.
+async fn restore(
+    shared: &Shared,
+    store: &Arc<Store>,
+    plan: &Plan,
+    persisted: std::collections::HashMap<String, CheckState>,
+) {
+    let names: HashSet<&str> = plan.checks.iter().map(|c| &*c.name).collect();
+    let mut forget: Vec<StoreUpdate> = Vec::new();
+    let mut down = Vec::new();
+    for (name, state) in persisted {
+        if names.contains(name.as_str()) {
+            if !state.status {
+                down.push(name.clone());
+            }
+            shared.status.insert(name.into(), state);
+        } else {
+            forget.push((name, None));
+        }
+    }
+    if !down.is_empty() {
+        down.sort();
+        tracing::info!(
+            event = "restored",
+            down = %down.join(", "),
+            "Restored the saved state: {} checks were down when the engine stopped and stay down until they recover.",
+            down.len()
+        );
+    }
+    if !forget.is_empty() {
+        let names: Vec<String> = forget.iter().map(|(n, _)| n.clone()).collect();
+        tracing::info!(event = "forgotten", checks = %names.join(", "), "Forgot the saved state of checks that are no longer configured.");
+        persist(store, forget).await;
+    }
+}
+
+async fn persist(store: &Arc<Store>, updates: Vec<StoreUpdate>) -> bool {
+    let store = store.clone();
+    let n = updates.len();
+    match tokio::task::spawn_blocking(move || store.write(&updates)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::error!(
+                event = "store_error",
+                "Could not save the state of {n} checks: {e}. Alerts are still sent."
+            );
+            false
+        }
+        Err(e) => {
+            tracing::error!(
+                event = "store_error",
+                "Saving the state of {n} checks failed: {e}."
+            );
+            false
+        }
+    }
+}
+
+/// Makes changed states durable in batches, then hands transitions to alerting.
+async fn recorder(
+    mut rx: mpsc::Receiver<Update>,
+    store: Arc<Store>,
+    alerts: mpsc::Sender<AlertEvent>,
+    host: Arc<str>,
+    shared: Arc<Shared>,
+) {
+    // Only the status map is needed here; holding `shared` would keep our own sender
+    // alive and this loop would never end.
+    let status_source = Arc::downgrade(&shared);
+    drop(shared);
+    let mut batch: Vec<Update> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(u) => batch.push(u),
+                Err(_) => break,
+            }
+        }
+        let writes: Vec<StoreUpdate> = batch
+            .iter()
+            .map(|u| (u.spec.name.to_string(), Some(u.state.clone())))
+            .collect();
+        persist(&store, writes).await;
+        let mut transitions = 0;
+        for u in batch.drain(..) {
+            let Some(transition) = u.transition else {
+                continue;
+            };
+            transitions += 1;
+            let event = AlertEvent {
+                host: host.clone(),
+                check: u.spec.name.clone(),
+                group: u.spec.group.clone(),
+                transition,
+                message: u.outcome.message.clone(),
+                failures: u.state.failures,
+                threshold: u.spec.threshold,
+                successes: u.state.successes,
+                recover_after: u.spec.recover_after,
+                comment: u.spec.comment.clone(),
+                at: u.state.changed_at,
+                previous_duration_ms: u.state.changed_at.saturating_sub(u.previous_change),
+                failed_message: u.state.failed_message.clone(),
+                group_wait: u.spec.timeout + Duration::from_secs(1),
+            };
+            let _ = alerts.send(event).await;
+        }
+        if transitions > 0 {
+            if let Some(shared) = status_source.upgrade() {
+                log_status(&shared, &host);
+            }
+        }
+    }
+}
+
+/// Logs the whole status map as one `{"event":"status",...}` line.
+pub fn log_status(shared: &Shared, host: &str) {
+    let checks: BTreeMap<String, bool> = shared
+        .status
+        .iter()
+        .map(|e| (e.key().to_string(), e.value().status))
+        .collect();
+    let down: Vec<&str> = checks
+        .iter()
+        .filter(|(_, ok)| !**ok)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let summary = if down.is_empty() {
+        format!("All {} checks are OK.", checks.len())
+    } else {
+        format!(
+            "{} of {} checks are down: {}.",
+            down.len(),
+            checks.len(),
+            down.join(", ")
+        )
+    };
+    let json = serde_json::to_string(&checks).unwrap_or_default();
+    tracing::info!(event = "status", host = %host, checks_json = %json, "{summary}");
+}
+
+async fn status_ticker(shared: Arc<Shared>, host: Arc<str>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        log_status(&shared, &host);
+    }
+}
+
+fn refresh_views(control: &ControlState, plan: &Plan) {
+    let views = plan
+        .checks
+        .iter()
+        .map(|c| CheckView {
+            name: c.name.to_string(),
+            group: c.group.as_deref().map(str::to_string),
+            target: c.check.target(),
+            interval_ms: c.interval.as_millis() as u64,
+            threshold: c.threshold,
+            recover_after: c.recover_after,
+            comment: c.comment.to_string(),
+            state: CheckState::new(unix_ms()),
+        })
+        .collect();
+    *control.checks.write().unwrap_or_else(|p| p.into_inner()) = views;
+}
+
+/// SIGHUP: build the new config aside; swap only if it is entirely valid.
+async fn reload(
+    path: &Path,
+    registry: &Registry,
+    running: &Config,
+    scheduler: &mut Scheduler,
+    store: &Arc<Store>,
+    control: &ControlState,
+) -> Option<Config> {
+    tracing::info!(
+        event = "reload",
+        "SIGHUP received: reloading {}.",
+        path.display()
+    );
+    let (config, plan) = match load_plan(path, registry) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(
+                event = "reload_failed",
+                errors = %e,
+                "The new config was rejected; the running config stays in force. Problems:\n{e}"
+            );
+            return None;
+        }
+    };
+    let old = &running.engine;
+    let new = &config.engine;
+    let mut needs_restart = Vec::new();
+    if old.state_dir != new.state_dir {
+        needs_restart.push("engine.state_dir");
+    }
+    if old.hostname != new.hostname {
+        needs_restart.push("engine.hostname");
+    }
+    if old.max_concurrent_checks != new.max_concurrent_checks {
+        needs_restart.push("engine.max_concurrent_checks");
+    }
+    if old.status_log_interval != new.status_log_interval {
+        needs_restart.push("engine.status_log_interval");
+    }
+    if !needs_restart.is_empty() {
+        tracing::warn!(
+            event = "reload",
+            "These settings changed and take effect at the next restart: {}.",
+            needs_restart.join(", ")
+        );
+    }
+    let summary = scheduler.apply(&plan);
+    refresh_views(control, &plan);
+    if !summary.removed.is_empty() {
+        persist(
+            store,
+            summary
+                .removed
+                .iter()
+                .map(|n| (n.to_string(), None))
+                .collect(),
+        )
+        .await;
+    }
+    let removed: Vec<&str> = summary.removed.iter().map(|n| &**n).collect();
+    tracing::info!(
+        event = "reloaded",
+        added = summary.added,
+        changed = summary.changed,
+        kept = summary.kept,
+        removed = %removed.join(", "),
+        "Reloaded: {} added, {} changed, {} unchanged, {} removed.",
+        summary.added,
+        summary.changed,
+        summary.kept,
+        removed.len()
+    );
+    Some(config)
+}

@@ -1,0 +1,384 @@
+//! The `vigia` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vigia_api::Severity;
+use vigia_engine::alert::human_duration;
+use vigia_engine::config::{Config, Registry};
+use vigia_engine::control::{self, StatusView};
+use vigia_engine::engine::{self, RunOptions};
+use vigia_engine::logging::{self, LogFormat};
+use vigia_engine::scheduler::{run_once, unix_ms, Stats};
+use vigia_engine::store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "vigia",
+    version,
+    about = "Vigia watches the servers that run a business: it runs checks on a schedule, \
+             decides when a service is really down, and alerts once per change.",
+    long_about = None,
+    after_help = "Start with `vigia validate -c config.yaml`, then `vigia run -c config.yaml`.\n\
+                  The README documents every config key and the JSON log format."
+)]
+struct Cli {
+    /// The config file.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "VIGIA_CONFIG",
+        default_value = "config.yaml"
+    )]
+    config: PathBuf,
+
+    /// Log format: json (one object per line) or text. Default: json unless stdout is a terminal.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+
+    /// Log level or filter (error, warn, info, debug, trace). VIGIA_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine in the foreground (what systemd starts). SIGHUP reloads the config
+    /// and ips.txt; SIGTERM stops after running checks finish.
+    Run {
+        /// Do not print alerts on stderr (the JSON log still has them).
+        #[arg(long)]
+        no_console: bool,
+    },
+    /// Check the config and the files it names; print every problem and exit 1 if any.
+    Validate,
+    /// Run one check (or every member of a group such as a terminals list) once and
+    /// print the outcome. Exit code: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (as Nagios).
+    Check {
+        /// The check's name, as in `name:` in the config.
+        name: String,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the status of every check of the running engine, and for how long it has
+    /// been in that state.
+    Status {
+        /// Print the raw JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the check types this build knows.
+    Plugins,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = cli.log_format.unwrap_or_else(LogFormat::detect);
+    // Only `run` logs continuously; the other commands print for a person and log warnings.
+    let level = match cli.command {
+        Command::Run { .. } => cli.log_level.as_str(),
+        _ => "warn",
+    };
+    logging::init(format, level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vigia: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run { no_console } => cmd_run(&cli.config, !no_console).await,
+            Command::Validate => cmd_validate(&cli.config),
+            Command::Check { name, json } => cmd_check(&cli.config, &name, json).await,
+            Command::Status { json } => cmd_status(&cli.config, json).await,
+            Command::Plugins => cmd_plugins(),
+        }
+    })
+}
+
+async fn cmd_run(config: &Path, console: bool) -> ExitCode {
+    match engine::run(RunOptions {
+        config: config.to_path_buf(),
+        console,
+    })
+    .await
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(event = "fatal", "{e:#}");
+            eprintln!("vigia: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn cmd_validate(path: &Path) -> ExitCode {
+    let registry = Registry::builtin();
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} problem{} found.", errors.len(), plural(errors.len()));
+            return ExitCode::from(1);
+        }
+    };
+    match config.build(&registry) {
+        Ok((plan, warnings)) => {
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "{}: OK, {} check{} from {} entr{}{}.",
+                path.display(),
+                plan.checks.len(),
+                plural(plan.checks.len()),
+                config.checks.len(),
+                if config.checks.len() == 1 { "y" } else { "ies" },
+                if warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} warning{}", warnings.len(), plural(warnings.len()))
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} problem{} found.", errors.len(), plural(errors.len()));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+async fn cmd_check(path: &Path, name: &str, json: bool) -> ExitCode {
+    let registry = Registry::builtin();
+    let (_, plan) = match engine::load_plan(path, &registry) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(3);
+        }
+    };
+    let selected: Vec<_> = plan
+        .checks
+        .iter()
+        .filter(|c| &*c.name == name || c.group.as_deref() == Some(name))
+        .cloned()
+        .collect();
+    if selected.is_empty() {
+        let names = plan.checks.iter().map(|c| &*c.name);
+        let hint = vigia_api::yaml::did_you_mean(name, names)
+            .map(|b| format!(" (did you mean `{b}`?)"))
+            .unwrap_or_default();
+        eprintln!(
+            "vigia: no enabled check is named `{name}` in {}{hint}",
+            path.display()
+        );
+        return ExitCode::from(3);
+    }
+    let stats = Stats::default();
+    let runs = selected.iter().map(|spec| {
+        let stats = &stats;
+        async move {
+            let start = std::time::Instant::now();
+            let outcome = run_once(spec, stats).await;
+            (spec, outcome, start.elapsed())
+        }
+    });
+    let results = futures::future::join_all(runs).await;
+    let mut worst = 0u8;
+    for (spec, outcome, took) in &results {
+        let code = match outcome.severity {
+            Severity::Ok => 0,
+            Severity::Warning => 1,
+            Severity::Critical => 2,
+            Severity::Unknown => 3,
+        };
+        // UNKNOWN (3) is worse than WARNING but not than CRITICAL in a worst-of list.
+        let rank = |c: u8| match c {
+            0 => 0,
+            1 => 1,
+            3 => 2,
+            _ => 3,
+        };
+        if rank(code) > rank(worst) {
+            worst = code;
+        }
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "check": &*spec.name,
+                    "target": spec.check.target(),
+                    "severity": outcome.severity,
+                    "ok": outcome.is_ok(),
+                    "value": outcome.value,
+                    "message": outcome.message,
+                    "duration_ms": took.as_secs_f64() * 1000.0,
+                })
+            );
+        } else {
+            let label = match outcome.severity {
+                Severity::Ok => "OK",
+                Severity::Warning => "WARNING",
+                Severity::Critical => "CRITICAL",
+                Severity::Unknown => "UNKNOWN",
+            };
+            println!("{label} {}: {}", spec.name, outcome.message);
+        }
+    }
+    ExitCode::from(worst)
+}
+
+async fn cmd_status(path: &Path, json: bool) -> ExitCode {
+    // Only the engine section is needed: a config with a broken check still has a socket.
+    let state_dir = match Config::load(path) {
+        Ok(c) => c.engine.state_dir,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let socket = state_dir.join(control::SOCKET_FILE);
+    match control::request(&socket, "status").await {
+        Ok(v) => {
+            if json {
+                println!("{v}");
+                return ExitCode::SUCCESS;
+            }
+            match serde_json::from_value::<StatusView>(v) {
+                Ok(view) => {
+                    print_status(&view, None);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vigia: unexpected answer from the engine: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Err(e) => {
+            // Not running: show what it saved, if the store is free to read.
+            match Store::open(&state_dir).and_then(|s| s.load_checks()) {
+                Ok(saved) if !saved.is_empty() => {
+                    let mut checks: Vec<_> = saved.into_iter().collect();
+                    checks.sort_by(|a, b| a.0.cmp(&b.0));
+                    let view = StatusView {
+                        host: String::new(),
+                        pid: 0,
+                        started_at: 0,
+                        now: unix_ms(),
+                        config: path.display().to_string(),
+                        checks: checks
+                            .into_iter()
+                            .map(|(name, state)| control::CheckView {
+                                name,
+                                group: None,
+                                target: String::new(),
+                                interval_ms: 0,
+                                threshold: 0,
+                                recover_after: 0,
+                                comment: String::new(),
+                                state,
+                            })
+                            .collect(),
+                        stats: None,
+                    };
+                    print_status(&view, Some(&e.to_string()));
+                    ExitCode::from(3)
+                }
+                _ => {
+                    eprintln!("vigia: {e}");
+                    ExitCode::from(3)
+                }
+            }
+        }
+    }
+}
+
+fn print_status(view: &StatusView, not_running: Option<&str>) {
+    let down = view.checks.iter().filter(|c| !c.state.status).count();
+    match not_running {
+        None => println!(
+            "vigia on {} (pid {}, up {}): {} checks, {} down",
+            view.host,
+            view.pid,
+            human_duration(view.now.saturating_sub(view.started_at)),
+            view.checks.len(),
+            down
+        ),
+        Some(why) => println!(
+            "{why}\nLast saved state ({} checks, {} down):",
+            view.checks.len(),
+            down
+        ),
+    }
+    let width = view
+        .checks
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    println!(
+        "{:width$}  {:6}  {:>8}  {:>8}  LAST RESULT",
+        "CHECK", "STATUS", "FOR", "FAILURES"
+    );
+    let mut checks: Vec<&control::CheckView> = view.checks.iter().collect();
+    // Down first: that is what the operator came for.
+    checks.sort_by(|a, b| {
+        a.state
+            .status
+            .cmp(&b.state.status)
+            .then(a.name.cmp(&b.name))
+    });
+    for c in checks {
+        let status = if c.state.status { "OK" } else { "DOWN" };
+        let failures = if c.threshold > 0 {
+            format!("{}/{}", c.state.failures, c.threshold)
+        } else {
+            c.state.failures.to_string()
+        };
+        let last = c
+            .state
+            .last
+            .as_ref()
+            .map(|l| l.message.as_str())
+            .unwrap_or("(not run yet)");
+        println!(
+            "{:width$}  {:6}  {:>8}  {:>8}  {}",
+            c.name,
+            status,
+            human_duration(view.now.saturating_sub(c.state.changed_at)),
+            failures,
+            last
+        );
+    }
+}
+
+fn cmd_plugins() -> ExitCode {
+    let registry = Registry::builtin();
+    for f in registry.factories() {
+        println!("{:10} {}", f.kind(), f.summary());
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,428 @@
+//! Runs every check on its own schedule.
+//!
+//! One task per check, looping on `select!` over its next tick and its cancellation.
+//! - First runs are spread over the interval by a stable hash of the name (members of a
+//!   group share their group's phase), so 10 000 checks do not fire in one millisecond
+//!   and a restart keeps each check's phase.
+//! - Ticks are `start + k * interval`: the period does not drift with run time. A check
+//!   never overlaps itself; a tick missed because the previous run took too long is
+//!   skipped and counted.
+//! - A global semaphore caps concurrent runs. A run that passes its timeout becomes the
+//!   failure "timed out after 3s"; a panic becomes an UNKNOWN outcome. Neither touches
+//!   other checks.
+//! - The scheduler knows nothing of alert channels: a changed state goes, as an
+//!   [`Update`], to the recorder (see `engine.rs`), and the check moves on.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use futures::FutureExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use vigia_api::{CheckOutcome, Dur, RunContext};
+
+use crate::config::{Plan, PlannedCheck};
+use crate::status::{CheckState, LastRun, Transition};
+
+/// Unix time in ms.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A changed entry of the status map, on its way to the store and the alert pipeline.
+#[derive(Clone)]
+pub struct Update {
+    pub spec: Arc<PlannedCheck>,
+    pub state: CheckState,
+    pub transition: Option<Transition>,
+    /// When the status had last changed before this transition (unix ms).
+    pub previous_change: u64,
+    pub outcome: CheckOutcome,
+}
+
+/// Lateness of check starts versus their schedule, in 100 µs buckets up to 1 s.
+pub struct Histogram {
+    buckets: Vec<AtomicU64>,
+}
+
+const BUCKET_US: u64 = 100;
+const N_BUCKETS: usize = 10_001;
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: (0..N_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn record(&self, d: Duration) {
+        let i = ((d.as_micros() as u64) / BUCKET_US).min(N_BUCKETS as u64 - 1) as usize;
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The q-quantile in ms (upper edge of its bucket); 0 when empty.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0.0;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return ((i as u64 + 1) * BUCKET_US) as f64 / 1000.0;
+            }
+        }
+        (N_BUCKETS as u64 * BUCKET_US) as f64 / 1000.0
+    }
+
+    pub fn reset(&self) {
+        for b in &self.buckets {
+            b.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counters a benchmark or `vigia status` reads.
+#[derive(Default)]
+pub struct Stats {
+    pub executed: AtomicU64,
+    pub skipped: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub panics: AtomicU64,
+    pub lateness: Histogram,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatsSnapshot {
+    pub executed: u64,
+    pub skipped: u64,
+    pub timeouts: u64,
+    pub panics: u64,
+    pub lateness_p50_ms: f64,
+    pub lateness_p99_ms: f64,
+    pub lateness_max_ms: f64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            executed: self.executed.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            panics: self.panics.load(Ordering::Relaxed),
+            lateness_p50_ms: self.lateness.quantile_ms(0.5),
+            lateness_p99_ms: self.lateness.quantile_ms(0.99),
+            lateness_max_ms: self.lateness.quantile_ms(1.0),
+        }
+    }
+
+    pub fn reset(&self) {
+        self.executed.store(0, Ordering::Relaxed);
+        self.skipped.store(0, Ordering::Relaxed);
+        self.timeouts.store(0, Ordering::Relaxed);
+        self.panics.store(0, Ordering::Relaxed);
+        self.lateness.reset();
+    }
+}
+
+/// What the check tasks share.
+pub struct Shared {
+    pub status: DashMap<Arc<str>, CheckState>,
+    pub updates: mpsc::Sender<Update>,
+    pub stats: Stats,
+    semaphore: Semaphore,
+}
+
+impl Shared {
+    pub fn new(max_concurrent: usize, updates: mpsc::Sender<Update>) -> Arc<Shared> {
+        Arc::new(Shared {
+            status: DashMap::new(),
+            updates,
+            stats: Stats::default(),
+            semaphore: Semaphore::new(max_concurrent.max(1)),
+        })
+    }
+}
+
+struct Running {
+    spec: Arc<PlannedCheck>,
+    cancel: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+/// What a reload changed, for its log line.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ApplySummary {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: Vec<Arc<str>>,
+    pub kept: usize,
+}
+
+pub struct Scheduler {
+    shared: Arc<Shared>,
+    running: HashMap<Arc<str>, Running>,
+}
+
+impl Scheduler {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Scheduler {
+            shared,
+            running: HashMap::new(),
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The checks currently scheduled.
+    pub fn specs(&self) -> impl Iterator<Item = &Arc<PlannedCheck>> {
+        self.running.values().map(|r| &r.spec)
+    }
+
+    /// Makes the running set match `plan`: unchanged checks keep running untouched,
+    /// changed ones restart (after their current run ends) with their status kept,
+    /// removed ones stop and leave the status map.
+    pub fn apply(&mut self, plan: &Plan) -> ApplySummary {
+        let mut summary = ApplySummary::default();
+        let mut next: HashMap<Arc<str>, Running> = HashMap::new();
+        for planned in &plan.checks {
+            let old = self.running.remove(&planned.name);
+            match old {
+                Some(r) if r.spec.same_as(planned) => {
+                    summary.kept += 1;
+                    next.insert(planned.name.clone(), r);
+                }
+                old => {
+                    let previous = old.map(|r| {
+                        summary.changed += 1;
+                        r.cancel.cancel();
+                        r.handle
+                    });
+                    if previous.is_none() {
+                        summary.added += 1;
+                    }
+                    let spec = Arc::new(planned.clone());
+                    self.shared
+                        .status
+                        .entry(spec.name.clone())
+                        .or_insert_with(|| CheckState::new(unix_ms()));
+                    let cancel = CancellationToken::new();
+                    let handle = tokio::spawn(
+                        check_loop(spec.clone(), self.shared.clone(), cancel.clone(), previous)
+                            .instrument(tracing::info_span!("check", check = %spec.name)),
+                    );
+                    next.insert(
+                        spec.name.clone(),
+                        Running {
+                            spec,
+                            cancel,
+                            handle,
+                        },
+                    );
+                }
+            }
+        }
+        for (name, r) in self.running.drain() {
+            r.cancel.cancel();
+            self.shared.status.remove(&name);
+            summary.removed.push(name);
+        }
+        summary.removed.sort();
+        self.running = next;
+        summary
+    }
+
+    /// Stops scheduling; waits up to `grace` for running checks to finish, then aborts
+    /// what is left. Returns how many were aborted.
+    pub async fn shutdown(&mut self, grace: Duration) -> usize {
+        for r in self.running.values() {
+            r.cancel.cancel();
+        }
+        let mut handles: Vec<JoinHandle<()>> =
+            self.running.drain().map(|(_, r)| r.handle).collect();
+        let deadline = Instant::now() + grace;
+        let mut aborted = 0;
+        for h in handles.iter_mut() {
+            if tokio::time::timeout_at(deadline, &mut *h).await.is_err() {
+                h.abort();
+                aborted += 1;
+            }
+        }
+        aborted
+    }
+}
+
+/// A stable 64-bit FNV-1a hash: phases must not change between runs of the engine.
+fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Where in its interval a check runs.
+pub fn phase(spec: &PlannedCheck) -> Duration {
+    let key = spec.group.as_deref().unwrap_or(&spec.name);
+    let ns = spec.interval.as_nanos().max(1) as u64;
+    Duration::from_nanos(fnv1a(key) % ns)
+}
+
+async fn check_loop(
+    spec: Arc<PlannedCheck>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    previous: Option<JoinHandle<()>>,
+) {
+    // A changed check waits for its old version's last run: never two at once.
+    if let Some(h) = previous {
+        let _ = h.await;
+    }
+    let interval = spec.interval;
+    let mut next = Instant::now() + phase(&spec);
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let permit = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            p = shared.semaphore.acquire() => p,
+        };
+        let started = Instant::now();
+        shared
+            .stats
+            .lateness
+            .record(started.saturating_duration_since(next));
+        let outcome = run_once(&spec, &shared.stats).await;
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        drop(permit);
+        shared.stats.executed.fetch_add(1, Ordering::Relaxed);
+        record(&spec, &shared, outcome, duration_ms).await;
+
+        next += interval;
+        let now = Instant::now();
+        if next <= now {
+            let behind = now.duration_since(next);
+            let missed = (behind.as_nanos() / interval.as_nanos().max(1)) as u32 + 1;
+            shared
+                .stats
+                .skipped
+                .fetch_add(u64::from(missed), Ordering::Relaxed);
+            next += interval * missed;
+        }
+    }
+}
+
+/// One run, bounded by the check's timeout, with panics contained.
+pub async fn run_once(spec: &PlannedCheck, stats: &Stats) -> CheckOutcome {
+    let ctx = RunContext {
+        check: &spec.name,
+        timeout: spec.timeout,
+    };
+    let started = std::panic::catch_unwind(AssertUnwindSafe(|| spec.check.run(ctx)));
+    let fut = match started {
+        Ok(f) => f,
+        Err(panic) => {
+            stats.panics.fetch_add(1, Ordering::Relaxed);
+            return crashed(panic);
+        }
+    };
+    match tokio::time::timeout(spec.timeout, AssertUnwindSafe(fut).catch_unwind()).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(panic)) => {
+            stats.panics.fetch_add(1, Ordering::Relaxed);
+            crashed(panic)
+        }
+        Err(_) => {
+            stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            CheckOutcome::critical(format!("timed out after {}", Dur(spec.timeout)))
+        }
+    }
+}
+
+fn crashed(panic: Box<dyn std::any::Any + Send>) -> CheckOutcome {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    CheckOutcome::unknown(format!("the check crashed: {what}"))
+}
+
+async fn record(
+    spec: &Arc<PlannedCheck>,
+    shared: &Shared,
+    outcome: CheckOutcome,
+    duration_ms: f64,
+) {
+    let now = unix_ms();
+    let ok = outcome.is_ok();
+    let update = {
+        let mut entry = shared
+            .status
+            .entry(spec.name.clone())
+            .or_insert_with(|| CheckState::new(now));
+        let before = entry.durable_part();
+        let previous_change = entry.changed_at;
+        let transition = entry.record(ok, spec.threshold, spec.recover_after, now);
+        match transition {
+            Some(Transition::Failed) => entry.failed_message = Some(outcome.message.clone()),
+            Some(Transition::Recovered) => {}
+            None => {}
+        }
+        entry.last = Some(LastRun {
+            ok,
+            severity: outcome.severity,
+            value: outcome.value,
+            message: outcome.message.clone(),
+            duration_ms,
+            at: now,
+        });
+        tracing::debug!(
+            event = "check",
+            ok,
+            failures = entry.failures,
+            duration_ms,
+            "{}",
+            outcome.message
+        );
+        (before != entry.durable_part()).then(|| Update {
+            spec: spec.clone(),
+            state: entry.clone(),
+            transition,
+            previous_change,
+            outcome,
+        })
+    };
+    if let Some(u) = update {
+        // The recorder is gone only during shutdown; the state is then lost for this
+        // one run, which the next start re-checks anyway.
+        let _ = shared.updates.send(u).await;
+    }
+}

@@ -1,0 +1,243 @@
+//! Mock servers for demos and tests.
+//!
+//! - an HTTP API: `GET /health` answers `{"status":"ok"}`;
+//! - an atto-like TCP line service: every request line gets one reply line, `OK <line>`;
+//! - a control endpoint (HTTP) that switches each of them at run time between
+//!   `healthy`, `failing` (HTTP 500 / `ERR <line>`), `slow` (answers after a delay) and
+//!   `refusing` (the port is closed: connections are refused).
+//!
+//! Control API: `POST /mode/http/failing`, `POST /mode/tcp/healthy`, `GET /mode`.
+
+pub mod http;
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::http::{read_request, write_response, Request};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Healthy,
+    Failing,
+    Slow,
+    Refusing,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "healthy" => Ok(Mode::Healthy),
+            "failing" => Ok(Mode::Failing),
+            "slow" => Ok(Mode::Slow),
+            "refusing" => Ok(Mode::Refusing),
+            _ => Err(format!(
+                "unknown mode `{s}`: use healthy, failing, slow or refusing"
+            )),
+        }
+    }
+}
+
+/// The running mock servers and their addresses.
+pub struct Mocks {
+    pub http: SocketAddr,
+    pub tcp: SocketAddr,
+    pub control: SocketAddr,
+    http_mode: watch::Sender<Mode>,
+    tcp_mode: watch::Sender<Mode>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ports {
+    pub http: u16,
+    pub tcp: u16,
+    pub control: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Modes {
+    pub http: Mode,
+    pub tcp: Mode,
+}
+
+impl Mocks {
+    pub fn ports(&self) -> Ports {
+        Ports {
+            http: self.http.port(),
+            tcp: self.tcp.port(),
+            control: self.control.port(),
+        }
+    }
+
+    pub fn set(&self, service: &str, mode: Mode) -> Result<Modes, String> {
+        match service {
+            "http" => self.http_mode.send_replace(mode),
+            "tcp" => self.tcp_mode.send_replace(mode),
+            other => return Err(format!("unknown service `{other}`: use http or tcp")),
+        };
+        Ok(self.modes())
+    }
+
+    pub fn modes(&self) -> Modes {
+        Modes {
+            http: *self.http_mode.borrow(),
+            tcp: *self.tcp_mode.borrow(),
+        }
+    }
+}
+
+/// Where to listen; port 0 picks a free port.
+pub struct Options {
+    pub http: SocketAddr,
+    pub tcp: SocketAddr,
+    pub control: SocketAddr,
+    pub slow_delay: Duration,
+}
+
+/// Binds all three listeners and serves them until the runtime ends.
+pub async fn start(opts: Options) -> std::io::Result<Arc<Mocks>> {
+    let http_listener = TcpListener::bind(opts.http).await?;
+    let tcp_listener = TcpListener::bind(opts.tcp).await?;
+    let control_listener = TcpListener::bind(opts.control).await?;
+    let (http_mode, http_rx) = watch::channel(Mode::Healthy);
+    let (tcp_mode, tcp_rx) = watch::channel(Mode::Healthy);
+    let mocks = Arc::new(Mocks {
+        http: http_listener.local_addr()?,
+        tcp: tcp_listener.local_addr()?,
+        control: control_listener.local_addr()?,
+        http_mode,
+        tcp_mode,
+    });
+    let delay = opts.slow_delay;
+    tokio::spawn(serve_switchable(http_listener, http_rx, move |s, m| {
+        tokio::spawn(http_conn(s, m, delay));
+    }));
+    tokio::spawn(serve_switchable(tcp_listener, tcp_rx, move |s, m| {
+        tokio::spawn(tcp_conn(s, m, delay));
+    }));
+    let m = mocks.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = control_listener.accept().await {
+            let m = m.clone();
+            tokio::spawn(async move { control_conn(s, &m).await });
+        }
+    });
+    Ok(mocks)
+}
+
+/// Accepts while the mode is not `refusing`; in `refusing` the listener is closed, so
+/// connections are refused by the kernel, and it is bound again when the mode changes.
+async fn serve_switchable(
+    listener: TcpListener,
+    mut mode: watch::Receiver<Mode>,
+    on_conn: impl Fn(TcpStream, watch::Receiver<Mode>) + Send + 'static,
+) {
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let mut listener = Some(listener);
+    loop {
+        if *mode.borrow() == Mode::Refusing {
+            listener = None;
+            if mode.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let l = match listener.take() {
+            Some(l) => l,
+            None => match TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("vigia-mock: cannot listen again on {addr}: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::select! {
+            r = l.accept() => {
+                if let Ok((s, _)) = r {
+                    on_conn(s, mode.clone());
+                }
+                listener = Some(l);
+            }
+            changed = mode.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                listener = Some(l);
+            }
+        }
+    }
+}
+
+async fn http_conn(mut s: TcpStream, mode: watch::Receiver<Mode>, delay: Duration) {
+    let Ok(Some(req)) = read_request(&mut s).await else {
+        return;
+    };
+    let m = *mode.borrow();
+    let (status, body) = match m {
+        Mode::Healthy | Mode::Refusing => (200, r#"{"status":"ok"}"#.to_string()),
+        Mode::Slow => {
+            tokio::time::sleep(delay).await;
+            (200, r#"{"status":"ok"}"#.to_string())
+        }
+        Mode::Failing => (
+            500,
+            r#"{"status":"error","reason":"mock set to failing"}"#.to_string(),
+        ),
+    };
+    let _ = req;
+    let _ = write_response(&mut s, status, "application/json", body.as_bytes()).await;
+}
+
+async fn tcp_conn(s: TcpStream, mode: watch::Receiver<Mode>, delay: Duration) {
+    let (r, mut w) = s.into_split();
+    let mut lines = BufReader::new(r).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let m = *mode.borrow();
+        let reply = match m {
+            Mode::Healthy | Mode::Refusing => format!("OK {line}\n"),
+            Mode::Slow => {
+                tokio::time::sleep(delay).await;
+                format!("OK {line}\n")
+            }
+            Mode::Failing => format!("ERR {line}\n"),
+        };
+        if w.write_all(reply.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn control_conn(mut s: TcpStream, mocks: &Mocks) {
+    let Ok(Some(Request { method, path, .. })) = read_request(&mut s).await else {
+        return;
+    };
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (status, body) = match (method.as_str(), parts.as_slice()) {
+        ("GET", ["mode"]) | ("GET", [""]) => (200, serde_json::to_string(&mocks.modes()).unwrap_or_default()),
+        ("POST", ["mode", service, mode]) | ("PUT", ["mode", service, mode]) => {
+            match mode.parse::<Mode>().and_then(|m| mocks.set(service, m)) {
+                Ok(modes) => (200, serde_json::to_string(&modes).unwrap_or_default()),
+                Err(e) => (400, serde_json::json!({ "error": e }).to_string()),
+            }
+        }
+        _ => (
+            404,
+            serde_json::json!({"error": "use GET /mode or POST /mode/{http|tcp}/{healthy|failing|slow|refusing}"})
+                .to_string(),
+        ),
+    };
+    let _ = write_response(&mut s, status, "application/json", body.as_bytes()).await;
+}

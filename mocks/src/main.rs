@@ -1,0 +1,129 @@
+//! `vigia-mock`: mock servers for Vigia's demo and tests.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vigia_api::Dur;
+use vigia_mocks::{start, Mode, Options};
+
+#[derive(Parser)]
+#[command(
+    name = "vigia-mock",
+    version,
+    about = "Mock servers for Vigia's demo and tests: an HTTP API (GET /health) and an \
+             atto-like TCP line service (answers `OK <line>`), each switchable at run time \
+             to healthy, failing, slow or refusing."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the servers. Prints one JSON line with the ports, e.g.
+    /// {"http":18080,"tcp":17000,"control":18099}, then serves until SIGTERM or Ctrl-C.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: IpAddr,
+        /// HTTP API port (0 = any free port).
+        #[arg(long, default_value_t = 18080)]
+        http_port: u16,
+        /// TCP line service port (0 = any free port).
+        #[arg(long, default_value_t = 17000)]
+        tcp_port: u16,
+        /// Control endpoint port (0 = any free port).
+        #[arg(long, default_value_t = 18099)]
+        control_port: u16,
+        /// How long `slow` waits before answering.
+        #[arg(long, default_value = "5s")]
+        slow_delay: Dur,
+    },
+    /// Switch a running mock: `vigia-mock set http failing`.
+    Set {
+        /// http or tcp
+        service: String,
+        /// healthy, failing, slow or refusing
+        mode: Mode,
+        /// The control endpoint of the running mock.
+        #[arg(long, default_value = "127.0.0.1:18099")]
+        control: SocketAddr,
+    },
+    /// Print the current modes of a running mock.
+    Get {
+        #[arg(long, default_value = "127.0.0.1:18099")]
+        control: SocketAddr,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            bind,
+            http_port,
+            tcp_port,
+            control_port,
+            slow_delay,
+        } => {
+            serve(Options {
+                http: SocketAddr::new(bind, http_port),
+                tcp: SocketAddr::new(bind, tcp_port),
+                control: SocketAddr::new(bind, control_port),
+                slow_delay: slow_delay.get(),
+            })
+            .await
+        }
+        Command::Set {
+            service,
+            mode,
+            control,
+        } => {
+            let mode = serde_json::to_value(mode).unwrap_or_default();
+            let mode = mode.as_str().unwrap_or_default();
+            call(control, "POST", &format!("/mode/{service}/{mode}")).await
+        }
+        Command::Get { control } => call(control, "GET", "/mode").await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigia-mock: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(opts: Options) -> anyhow::Result<()> {
+    let mocks = start(opts)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen: {e}"))?;
+    println!("{}", serde_json::to_string(&mocks.ports())?);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+async fn call(control: SocketAddr, method: &str, path: &str) -> anyhow::Result<()> {
+    let mut s = tokio::net::TcpStream::connect(control)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the mock's control endpoint {control}: {e}"))?;
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {control}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    println!("{body}");
+    if head.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        anyhow::bail!("the mock refused: {body}")
+    }
+}
