@@ -2,7 +2,8 @@
 //!
 //! It runs in its own task and receives transitions only after the recorder has made
 //! them durable, so a check never waits on it and a crash cannot produce a second
-//! `failed`. Each transition is logged as one `{"event":"alert",...}` JSON line. The
+//! `failed`. Each transition is logged as one `{"event":"alert",...}` JSON line (by
+//! [`log_event`], called by the recorder so that it precedes the status line). The
 //! console channel prints one human line per alert; transitions of the members of one
 //! group (the terminals of an ips.txt) that arrive within the group's wait are printed
 //! as one grouped line.
@@ -169,7 +170,6 @@ pub fn spawn(mut rx: mpsc::Receiver<AlertEvent>, console: Option<Console>) -> Jo
                 }
             };
             let Some(e) = event else { break };
-            log_event(&e);
             let Some(console) = &console else { continue };
             match &e.group {
                 None => console.print(&console_line(&e)),
@@ -198,7 +198,9 @@ fn flush(console: &Option<Console>, group: &str, transition: Transition, members
     }
 }
 
-fn log_event(e: &AlertEvent) {
+/// Logs the `{"event":"alert",...}` line: the record of a transition, written by the
+/// recorder once the transition is durable (delivering it is this module's task).
+pub fn log_event(e: &AlertEvent) {
     tracing::info!(
         event = "alert",
         check = %e.check,

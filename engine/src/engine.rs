@@ -269,6 +269,7 @@ async fn recorder(
                 failed_message: u.state.failed_message.clone(),
                 group_wait: u.spec.timeout + Duration::from_secs(1),
             };
+            alert::log_event(&event);
             let _ = alerts.send(event).await;
         }
         if transitions > 0 {
