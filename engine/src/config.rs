@@ -150,8 +150,35 @@ pub struct Config {
 const TOP_KEYS: &[&str] = &["engine", "checks"];
 
 impl Config {
-    /// Reads, parses and validates a config file. Every problem found is returned.
+    /// Reads, parses and validates a config file, without building checks (for the
+    /// engine section alone, as `vigia status` needs). Every problem found is returned.
     pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
+        let (config, errors) = Config::load_partial(file)?;
+        errors.into_result(config)
+    }
+
+    /// Reads a config file and builds its checks: every problem of every stage is
+    /// reported at once. Returns the config, its plan, and warnings.
+    pub fn load_and_build(
+        file: &Path,
+        registry: &Registry,
+    ) -> Result<(Config, Plan, Vec<ConfigError>), ConfigErrors> {
+        let (config, mut errors) = Config::load_partial(file)?;
+        let built = config.build(registry);
+        if let Err(e) = &built {
+            errors.extend(e.clone());
+        }
+        // Top to bottom, as the operator reads the file.
+        errors
+            .0
+            .sort_by_key(|e| e.pos.map(|p| (p.line, p.col)).unwrap_or((usize::MAX, 0)));
+        match built {
+            Ok((plan, warnings)) => errors.into_result((config, plan, warnings)),
+            Err(_) => Err(errors),
+        }
+    }
+
+    fn load_partial(file: &Path) -> Result<(Config, ConfigErrors), ConfigErrors> {
         let text = std::fs::read_to_string(file).map_err(|e| {
             ConfigErrors::from(ConfigError::new(
                 "",
@@ -159,11 +186,19 @@ impl Config {
             ))
             .in_file(file)
         })?;
-        Config::parse(&text, file).map_err(|e| e.in_file(file))
+        let (config, errors) = Config::parse_partial(&text, file).map_err(|e| e.in_file(file))?;
+        Ok((config, errors.in_file(file)))
     }
 
     /// Parses config text; `file` locates relative paths and names errors.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
+        let (config, errors) = Config::parse_partial(text, file)?;
+        errors.into_result(config)
+    }
+
+    /// Parses what can be parsed. `Err` only when nothing can (a YAML syntax error);
+    /// otherwise the entries that parsed, and the problems of the others.
+    pub fn parse_partial(text: &str, file: &Path) -> Result<(Config, ConfigErrors), ConfigErrors> {
         let root = Node::parse(text)?;
         let mut errors = ConfigErrors::default();
         let top = match &root.value {
@@ -252,7 +287,7 @@ impl Config {
             root,
         };
         errors.extend(config.semantic_errors());
-        errors.into_result(config)
+        Ok((config, errors))
     }
 
     /// The position of a path in the file, for errors raised after parsing.
@@ -383,6 +418,10 @@ impl Config {
                     }
                     for b in built.checks {
                         if !names.insert(b.name.clone()) {
+                            if b.group.is_none() {
+                                // Two entries with one name: reported by the semantic pass.
+                                continue;
+                            }
                             errors.push(ConfigError::at(
                                 self.pos_of(&entry.path),
                                 &entry.path,
@@ -405,7 +444,7 @@ impl Config {
                 }
                 Err(es) => {
                     for e in es.0 {
-                        errors.push(self.locate(e));
+                        errors.push(self.locate(hint_common_key(e)));
                     }
                 }
             }
@@ -417,6 +456,18 @@ impl Config {
             .collect();
         errors.into_result((Plan { checks, files }, warnings))
     }
+}
+
+/// A typo of an engine key (`intervl`) is not among the plugin's keys, so the plugin's
+/// "unknown key" error lists its own; point at the engine key instead.
+fn hint_common_key(mut e: ConfigError) -> ConfigError {
+    let key = e.path.rsplit('.').next().unwrap_or_default().to_string();
+    if e.message.starts_with(&format!("unknown key `{key}`")) {
+        if let Some(best) = did_you_mean(&key, COMMON_KEYS.iter().copied()) {
+            e.message = format!("unknown key `{key}` (did you mean `{best}`?)");
+        }
+    }
+    e
 }
 
 /// The plugins an engine knows, by `type:`.

@@ -32,8 +32,8 @@ pub struct RunOptions {
 
 /// Loads and builds a config, logging its warnings. The error is every problem found.
 pub fn load_plan(path: &Path, registry: &Registry) -> Result<(Config, Plan), String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
-    let (plan, warnings) = config.build(registry).map_err(|e| e.to_string())?;
+    let (config, plan, warnings) =
+        Config::load_and_build(path, registry).map_err(|e| e.to_string())?;
     for w in warnings {
         tracing::warn!(event = "config_warning", "{w}");
     }

@@ -125,16 +125,8 @@ async fn cmd_run(config: &Path, console: bool) -> ExitCode {
 
 fn cmd_validate(path: &Path) -> ExitCode {
     let registry = Registry::builtin();
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("{} problem{} found.", errors.len(), plural(errors.len()));
-            return ExitCode::from(1);
-        }
-    };
-    match config.build(&registry) {
-        Ok((plan, warnings)) => {
+    match Config::load_and_build(path, &registry) {
+        Ok((config, plan, warnings)) => {
             for w in &warnings {
                 eprintln!("warning: {w}");
             }

@@ -5,8 +5,8 @@
 //!   group share their group's phase), so 10 000 checks do not fire in one millisecond
 //!   and a restart keeps each check's phase.
 //! - Ticks are `start + k * interval`: the period does not drift with run time. A check
-//!   never overlaps itself; a tick missed because the previous run took too long is
-//!   skipped and counted.
+//!   never overlaps itself: a run that ends after its next tick makes that run late, and
+//!   ticks missed by whole intervals (an overloaded machine) are skipped and counted.
 //! - A global semaphore caps concurrent runs. A run that passes its timeout becomes the
 //!   failure "timed out after 3s"; a panic becomes an UNKNOWN outcome. Neither touches
 //!   other checks.
@@ -284,11 +284,12 @@ fn fnv1a(s: &str) -> u64 {
     h
 }
 
-/// Where in its interval a check runs.
+/// Where in its interval a check runs: whole milliseconds, the timer's resolution
+/// (a finer phase would only make every start late by the remainder).
 pub fn phase(spec: &PlannedCheck) -> Duration {
     let key = spec.group.as_deref().unwrap_or(&spec.name);
-    let ns = spec.interval.as_nanos().max(1) as u64;
-    Duration::from_nanos(fnv1a(key) % ns)
+    let ms = (spec.interval.as_millis() as u64).max(1);
+    Duration::from_millis(fnv1a(key) % ms)
 }
 
 async fn check_loop(
@@ -326,10 +327,11 @@ async fn check_loop(
         record(&spec, &shared, outcome, duration_ms).await;
 
         next += interval;
+        // Behind by less than an interval (a run cut off at timeout = interval): run
+        // late. Behind by whole intervals (overload): skip those ticks and count them.
         let now = Instant::now();
-        if next <= now {
-            let behind = now.duration_since(next);
-            let missed = (behind.as_nanos() / interval.as_nanos().max(1)) as u32 + 1;
+        if next + interval <= now {
+            let missed = (now.duration_since(next).as_nanos() / interval.as_nanos().max(1)) as u32;
             shared
                 .stats
                 .skipped

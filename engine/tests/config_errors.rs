@@ -1,0 +1,186 @@
+//! Config errors: exact messages, file:line:col, every problem of a file at once.
+
+use std::path::Path;
+
+use vigia_engine::config::{Config, Registry};
+
+/// Writes `text` as config.yaml in a temp dir and returns every error, one per line.
+fn errors_of(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, text).unwrap();
+    let err = Config::load_and_build(&file, &Registry::builtin())
+        .err()
+        .expect("the config should be rejected")
+        .to_string();
+    // The temp dir's name differs each run: show it as `config.yaml`.
+    err.replace(&format!("{}/", dir.path().display()), "")
+}
+
+#[test]
+fn semantic_problems_are_all_reported_at_once() {
+    let text = r#"
+engine:
+  state_dir: /tmp/vigia-test-unused
+checks:
+  - name: web
+    type: http
+    url: http://127.0.0.1:1/
+    interval: 10s
+    timeout: 20s
+    threshold: 0
+  - name: web
+    type: htp
+  - name: db
+    type: tcp
+    host: 127.0.0.1
+    port: 70000
+  - name: "bad name"
+    type: ping
+    host: 127.0.0.1
+    recover_after: 0
+"#;
+    assert_eq!(
+        errors_of(text),
+        "\
+config.yaml:9:14: checks[0].timeout: 20s is longer than the interval 10s: a check must finish before its next run
+config.yaml:10:16: checks[0].threshold: must be at least 1 (the number of consecutive failures before the check is down)
+config.yaml:11:11: checks[1].name: duplicate check name `web` (also used by checks[0])
+config.yaml:12:11: checks[1].type: unknown check type `htp` (did you mean `http`?)
+config.yaml:16:11: checks[2].port: 70000 is not a valid port (1-65535)
+config.yaml:17:11: checks[3].name: `bad name` is not a valid check name: use letters, digits, `_`, `-` and `.`
+config.yaml:20:20: checks[3].recover_after: must be at least 1 (the number of consecutive successes before the check is up again)"
+    );
+}
+
+#[test]
+fn type_errors_keep_line_and_column_and_do_not_hide_other_entries() {
+    let text = "\
+checks:
+  - name: web
+    type: http
+    url: http://127.0.0.1:1/
+    interval: 10
+  - name: atto
+    type: tcp
+    host: 127.0.0.1
+    port: 17000
+    expect: OK
+    read_timeout: soon
+";
+    assert_eq!(
+        errors_of(text),
+        "\
+config.yaml:5:15: checks[0].interval: `10` has no unit: write 10s for seconds or 10ms for milliseconds
+config.yaml:11:19: checks[1].read_timeout: `soon` is not a duration: a number must come before each unit (write it like 250ms, 10s, 5m, 1h or 1h30m)"
+    );
+}
+
+#[test]
+fn unknown_keys_get_a_did_you_mean() {
+    let text = "\
+engine:
+  max_concurent_checks: 5
+checks:
+  - name: web
+    type: http
+    url: http://127.0.0.1:1/
+    intervl: 10s
+  - name: atto
+    type: tcp
+    host: 127.0.0.1
+    prot: 1
+";
+    assert_eq!(
+        errors_of(text),
+        "\
+config.yaml:2:3: engine.max_concurent_checks: unknown key `max_concurent_checks` (did you mean `max_concurrent_checks`?)
+config.yaml:7:5: checks[0].intervl: unknown key `intervl` (did you mean `interval`?)
+config.yaml:11:5: checks[1].prot: unknown key `prot` (did you mean `port`?)"
+    );
+}
+
+#[test]
+fn unknown_section_and_wrong_shapes() {
+    assert_eq!(
+        errors_of("engin:\n  hostname: x\nchecks: {}\n"),
+        "\
+config.yaml:1:1: engin: unknown section `engin` (did you mean `engine`?)
+config.yaml:3:9: checks: `checks` must be a list, not a mapping"
+    );
+    assert_eq!(
+        errors_of("- just\n- a list\n"),
+        "config.yaml:1:1: the config must be a mapping with `engine:` and `checks:`, not a list"
+    );
+}
+
+#[test]
+fn yaml_syntax_error_has_a_position() {
+    assert_eq!(
+        errors_of("checks:\n  - name: web\n    type: [http\n"),
+        "config.yaml:4:1: invalid YAML: while parsing a flow sequence, expected ',' or ']'"
+    );
+}
+
+#[test]
+fn missing_required_keys() {
+    assert_eq!(
+        errors_of("checks:\n  - type: tcp\n    host: 127.0.0.1\n"),
+        "config.yaml:2:5: checks[0]: missing field `name`"
+    );
+    assert_eq!(
+        errors_of("checks:\n  - name: a\n    type: tcp\n    host: 127.0.0.1\n"),
+        "config.yaml:2:5: checks[0]: missing field `port`"
+    );
+}
+
+#[test]
+fn a_missing_file_says_so() {
+    let err = Config::load(Path::new("/nonexistent/config.yaml"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        err,
+        "/nonexistent/config.yaml: cannot read the config file: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn bad_lines_of_ips_txt_are_warnings_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ips.txt"),
+        "127.0.0.11 Till 1\n127.0.0.300 typo\n",
+    )
+    .unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(
+        &file,
+        "engine:\n  state_dir: st\nchecks:\n  - name: shops\n    type: terminals\n    file: ips.txt\n",
+    )
+    .unwrap();
+    let (_, plan, warnings) = Config::load_and_build(&file, &Registry::builtin()).unwrap();
+    assert_eq!(plan.checks.len(), 1);
+    assert_eq!(&*plan.checks[0].name, "shops/127.0.0.11");
+    let w: Vec<String> = warnings
+        .iter()
+        .map(|w| {
+            w.to_string()
+                .replace(&format!("{}/", dir.path().display()), "")
+        })
+        .collect();
+    assert_eq!(
+        w,
+        ["ips.txt:2:1: `127.0.0.300` is not a valid IPv4 address; line skipped"]
+    );
+}
+
+#[test]
+fn the_shipped_config_is_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let (_, plan, warnings) =
+        Config::load_and_build(&root.join("config.yaml"), &Registry::builtin()).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(plan.checks.len() >= 5);
+}

@@ -1,0 +1,337 @@
+//! The scheduler under paused tokio time: transitions at the right runs, no drift,
+//! timeouts, panics, no overlap, the concurrency cap, spreading, reload and shutdown.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use vigia_api::{CheckOutcome, Node, RunContext};
+use vigia_engine::config::{Plan, PlannedCheck};
+use vigia_engine::scheduler::{phase, Scheduler, Shared, Update};
+use vigia_engine::status::Transition;
+
+/// A check that plays a script: '.' success, 'x' failure, 'p' panic; the last
+/// character repeats. Each run takes `run_time`.
+struct Scripted {
+    script: Vec<char>,
+    run_time: Duration,
+    runs: AtomicUsize,
+    starts: Mutex<Vec<Instant>>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    fn new(script: &str, run_time: Duration) -> Arc<Scripted> {
+        Scripted::sharing(script, run_time, Default::default(), Default::default())
+    }
+
+    fn sharing(
+        script: &str,
+        run_time: Duration,
+        in_flight: Arc<AtomicUsize>,
+        max_in_flight: Arc<AtomicUsize>,
+    ) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            script: script.chars().collect(),
+            run_time,
+            runs: AtomicUsize::new(0),
+            starts: Mutex::new(Vec::new()),
+            in_flight,
+            max_in_flight,
+        })
+    }
+}
+
+struct InFlight<'a>(&'a AtomicUsize);
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl vigia_api::Check for Scripted {
+    fn run<'a>(&'a self, _ctx: RunContext<'a>) -> BoxFuture<'a, CheckOutcome> {
+        Box::pin(async move {
+            let n = self.runs.fetch_add(1, Ordering::SeqCst);
+            self.starts.lock().unwrap().push(Instant::now());
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            let _guard = InFlight(&self.in_flight);
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(self.run_time).await;
+            let c = *self.script.get(n).or(self.script.last()).unwrap_or(&'.');
+            match c {
+                '.' => CheckOutcome::ok(format!("run {n} ok")),
+                'p' => panic!("boom"),
+                _ => CheckOutcome::critical(format!("run {n} failed")),
+            }
+        })
+    }
+
+    fn target(&self) -> String {
+        "scripted".into()
+    }
+}
+
+fn planned(
+    name: &str,
+    check: Arc<Scripted>,
+    interval: u64,
+    timeout: u64,
+    threshold: u32,
+    version: u32,
+) -> PlannedCheck {
+    PlannedCheck {
+        name: name.into(),
+        group: None,
+        check,
+        interval: Duration::from_secs(interval),
+        timeout: Duration::from_secs(timeout),
+        threshold,
+        recover_after: 1,
+        comment: "".into(),
+        source: Node::parse(&format!("name: {name}\nversion: {version}")).unwrap(),
+    }
+}
+
+fn plan(checks: Vec<PlannedCheck>) -> Plan {
+    Plan {
+        checks,
+        files: vec![],
+    }
+}
+
+fn setup(max_concurrent: usize) -> (Scheduler, mpsc::Receiver<Update>) {
+    let (tx, rx) = mpsc::channel(1_000_000);
+    (Scheduler::new(Shared::new(max_concurrent, tx)), rx)
+}
+
+fn drain(rx: &mut mpsc::Receiver<Update>) -> Vec<Update> {
+    let mut out = Vec::new();
+    while let Ok(u) = rx.try_recv() {
+        out.push(u);
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn transitions_happen_at_the_threshold_and_ticks_do_not_drift() {
+    let (mut s, mut rx) = setup(10);
+    let check = Scripted::new("...xxxx...", Duration::from_millis(700));
+    let spec = planned("web", check.clone(), 10, 5, 3, 1);
+    let first = Instant::now() + phase(&spec);
+    s.apply(&plan(vec![spec]));
+    // Runs 0..=9 start at first + 0s ..= first + 90s.
+    tokio::time::sleep_until(first + Duration::from_secs(95)).await;
+    let transitions: Vec<(u32, Transition, String)> = drain(&mut rx)
+        .into_iter()
+        .filter_map(|u| {
+            u.transition
+                .map(|t| (u.state.failures, t, u.outcome.message))
+        })
+        .collect();
+    assert_eq!(
+        transitions,
+        vec![
+            (3, Transition::Failed, "run 5 failed".to_string()),
+            (0, Transition::Recovered, "run 7 ok".to_string()),
+        ]
+    );
+    // Each run starts at first + k * 10s, although each takes 0.7s.
+    let starts = check.starts.lock().unwrap().clone();
+    assert_eq!(starts.len(), 10);
+    for (k, at) in starts.iter().enumerate() {
+        assert_eq!(*at - first, Duration::from_secs(10 * k as u64), "run {k}");
+    }
+    assert_eq!(s.shared().stats.snapshot().skipped, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_check_times_out_as_a_failure_and_keeps_its_schedule() {
+    let (mut s, mut rx) = setup(10);
+    let hang = Scripted::new(".", Duration::from_secs(3600));
+    let spec = planned("hang", hang.clone(), 10, 2, 1, 1);
+    let first = Instant::now() + phase(&spec);
+    s.apply(&plan(vec![spec]));
+    // Runs start at first + 0, 10, ..., 50s and each is cut off 2s later.
+    tokio::time::sleep_until(first + Duration::from_secs(55)).await;
+    let updates = drain(&mut rx);
+    assert_eq!(updates[0].outcome.message, "timed out after 2s");
+    assert_eq!(updates[0].transition, Some(Transition::Failed));
+    let starts = hang.starts.lock().unwrap().clone();
+    for (k, at) in starts.iter().enumerate() {
+        assert_eq!(*at - first, Duration::from_secs(10 * k as u64), "run {k}");
+    }
+    assert_eq!(starts.len(), 6);
+    assert_eq!(s.shared().stats.snapshot().timeouts, 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_check_is_contained_and_others_go_on() {
+    let (mut s, mut rx) = setup(10);
+    let bad = Scripted::new("p", Duration::ZERO);
+    let good = Scripted::new(".", Duration::from_millis(10));
+    s.apply(&plan(vec![
+        planned("bad", bad.clone(), 10, 5, 1, 1),
+        planned("good", good.clone(), 10, 5, 1, 1),
+    ]));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(good.runs.load(Ordering::SeqCst), 6);
+    assert_eq!(bad.runs.load(Ordering::SeqCst), 6);
+    let updates = drain(&mut rx);
+    let bad_update = updates.iter().find(|u| &*u.spec.name == "bad").unwrap();
+    assert_eq!(bad_update.outcome.message, "the check crashed: boom");
+    assert_eq!(bad_update.outcome.severity, vigia_api::Severity::Unknown);
+    assert_eq!(s.shared().stats.snapshot().panics, 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_checks_do_not_delay_fast_ones() {
+    let (mut s, _rx) = setup(100);
+    let mut checks = Vec::new();
+    for i in 0..5 {
+        let hang = Scripted::new(".", Duration::from_secs(3600));
+        checks.push(planned(&format!("hang{i}"), hang, 10, 9, 3, 1));
+    }
+    let fast: Vec<_> = (0..20)
+        .map(|_| Scripted::new(".", Duration::from_millis(5)))
+        .collect();
+    for (i, f) in fast.iter().enumerate() {
+        checks.push(planned(&format!("fast{i}"), f.clone(), 1, 1, 3, 1));
+    }
+    s.apply(&plan(checks));
+    tokio::time::sleep(Duration::from_millis(60_500)).await;
+    for f in &fast {
+        let runs = f.runs.load(Ordering::SeqCst);
+        assert!(
+            (60..=61).contains(&runs),
+            "a fast check ran {runs} times in 60s"
+        );
+    }
+    let stats = s.shared().stats.snapshot();
+    assert_eq!(stats.skipped, 0);
+    assert!(stats.lateness_p99_ms <= 0.1, "{stats:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_check_never_overlaps_itself() {
+    let (mut s, _rx) = setup(10);
+    let slow = Scripted::new(".", Duration::from_secs(15));
+    // timeout = interval: every run is cut off exactly at its next tick.
+    s.apply(&plan(vec![planned("slow", slow.clone(), 10, 10, 3, 1)]));
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    assert_eq!(slow.max_in_flight.load(Ordering::SeqCst), 1);
+    assert!(slow.runs.load(Ordering::SeqCst) >= 9);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_global_concurrency_cap_holds() {
+    let (mut s, _rx) = setup(2);
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max = Arc::new(AtomicUsize::new(0));
+    let checks: Vec<_> = (0..10)
+        .map(|i| {
+            let c = Scripted::sharing(".", Duration::from_secs(5), in_flight.clone(), max.clone());
+            planned(&format!("c{i}"), c, 60, 30, 3, 1)
+        })
+        .collect();
+    s.apply(&plan(checks));
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(max.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn first_runs_are_spread_over_the_interval() {
+    let check = Scripted::new(".", Duration::ZERO);
+    let mut buckets = vec![0u32; 100];
+    for i in 0..10_000 {
+        let p = phase(&planned(&format!("check-{i}"), check.clone(), 10, 5, 3, 1));
+        buckets[(p.as_millis() / 100) as usize] += 1;
+    }
+    // 100 per 100 ms bucket on average; nowhere near all in one instant.
+    let max = *buckets.iter().max().unwrap();
+    let min = *buckets.iter().min().unwrap();
+    assert!(max <= 150 && min >= 50, "min {min}, max {max}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn reload_keeps_the_state_of_surviving_checks() {
+    let (mut s, mut rx) = setup(10);
+    let a = Scripted::new("x", Duration::ZERO);
+    s.apply(&plan(vec![planned("a", a.clone(), 10, 5, 2, 1)]));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let failed: Vec<_> = drain(&mut rx)
+        .into_iter()
+        .filter(|u| u.transition.is_some())
+        .collect();
+    assert_eq!(failed.len(), 1);
+    let failures_before = s.shared().status.get("a").unwrap().failures;
+
+    // `a` changes (new version of its entry), `b` is new.
+    let a2 = Scripted::new("x", Duration::ZERO);
+    let summary = s.apply(&plan(vec![
+        planned("a", a2.clone(), 5, 5, 2, 2),
+        planned("b", Scripted::new(".", Duration::ZERO), 10, 5, 2, 1),
+    ]));
+    assert_eq!((summary.added, summary.changed, summary.kept), (1, 1, 0));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let st = s.shared().status.get("a").unwrap().clone();
+    assert!(!st.status, "a must still be down");
+    assert!(
+        st.failures > failures_before,
+        "{} -> {}",
+        failures_before,
+        st.failures
+    );
+    assert!(a2.runs.load(Ordering::SeqCst) >= 5);
+    assert!(
+        drain(&mut rx).iter().all(|u| u.transition.is_none()),
+        "no second `failed` after a reload"
+    );
+
+    // An unchanged plan keeps the tasks untouched.
+    let summary = s.apply(&plan(vec![
+        planned("a", a2.clone(), 5, 5, 2, 2),
+        planned("b", Scripted::new(".", Duration::ZERO), 10, 5, 2, 1),
+    ]));
+    assert_eq!((summary.added, summary.changed, summary.kept), (0, 0, 2));
+
+    // Removing `a` stops it and forgets its state.
+    let b = Scripted::new(".", Duration::ZERO);
+    let summary = s.apply(&plan(vec![planned("b", b, 10, 5, 2, 1)]));
+    assert_eq!(summary.removed, vec![Arc::<str>::from("a")]);
+    assert!(s.shared().status.get("a").is_none());
+    let runs = a2.runs.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        a2.runs.load(Ordering::SeqCst),
+        runs,
+        "a removed check no longer runs"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_running_checks_within_the_grace() {
+    let (mut s, _rx) = setup(10);
+    let quick = Scripted::new(".", Duration::from_secs(3));
+    let stuck = Scripted::new(".", Duration::from_secs(100_000));
+    s.apply(&plan(vec![
+        planned("quick", quick.clone(), 10, 10, 3, 1),
+        planned("stuck", stuck.clone(), 3600, 3600, 3, 1),
+    ]));
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(
+        stuck.in_flight.load(Ordering::SeqCst),
+        1,
+        "stuck is running"
+    );
+    let aborted = s.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        aborted, 1,
+        "only the stuck check is cancelled after the grace period"
+    );
+    assert_eq!(quick.in_flight.load(Ordering::SeqCst), 0);
+}
