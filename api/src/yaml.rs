@@ -453,13 +453,19 @@ pub fn unknown_with_hint(what: &str, got: &str, expected: &[&str]) -> String {
     }
 }
 
-/// The closest name, if one is close enough to be a likely typo.
+/// The closest name, if one is close enough to be a likely typo: within a few edits
+/// (a swapped pair of letters counts as one), or very similar by Jaro-Winkler.
 pub fn did_you_mean<'a>(got: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let max_edits = (got.chars().count() / 3).max(1);
     candidates
-        .map(|c| (strsim::jaro_winkler(got, c), c))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c)
+        .map(|c| {
+            let edits = strsim::damerau_levenshtein(got, c);
+            let similarity = strsim::jaro_winkler(got, c);
+            (edits, similarity, c)
+        })
+        .filter(|(edits, similarity, _)| *edits <= max_edits || *similarity > 0.85)
+        .min_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)))
+        .map(|(_, _, c)| c)
 }
 
 type DeResult<T> = Result<T, DeError>;
@@ -724,6 +730,27 @@ mod tests {
     fn missing_field_points_at_the_mapping() {
         let msg = err_of::<Outer>("name: x\nitems:\n  - tags: [a]\n");
         assert_eq!(msg, "3:5: items[0]: missing field `port`");
+    }
+
+    #[test]
+    fn did_you_mean_catches_common_typos() {
+        let keys = [
+            "web",
+            "interval",
+            "threshold",
+            "timeout",
+            "max_concurrent_checks",
+        ];
+        for (typo, want) in [
+            ("wbe", Some("web")),
+            ("intervl", Some("interval")),
+            ("treshold", Some("threshold")),
+            ("timout", Some("timeout")),
+            ("max_concurent_checks", Some("max_concurrent_checks")),
+            ("colour", None),
+        ] {
+            assert_eq!(did_you_mean(typo, keys.iter().copied()), want, "{typo}");
+        }
     }
 
     #[test]

@@ -1,0 +1,463 @@
+//! End to end, as processes: `vigia-mock serve` and `vigia run` on a config written here.
+//!
+//! `vigia-mock` is found next to the `vigia` binary; `cargo test --workspace` builds it
+//! (the mocks package has integration tests, which makes cargo build its binary).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn vigia_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vigia"))
+}
+
+fn mock_bin() -> PathBuf {
+    let p = vigia_bin().with_file_name("vigia-mock");
+    assert!(
+        p.exists(),
+        "{} is missing: run the whole suite with `cargo test --workspace` (or `cargo build -p vigia-mocks` first)",
+        p.display()
+    );
+    p
+}
+
+/// A child process killed on drop.
+struct Proc {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        for (pipe, sink) in [
+            (
+                Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+                stdout.clone(),
+            ),
+            (Box::new(child.stderr.take().unwrap()), stderr.clone()),
+        ] {
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+        }
+        Proc {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// JSON log events (stdout lines that parse).
+    fn events(&self) -> Vec<Value> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if pred(&self.events()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "timed out after {timeout:?} waiting for {what}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout.lock().unwrap().join("\n"),
+            self.stderr_text()
+        );
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn alerts(events: &[Value], check: &str, state: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e["event"] == "alert" && e["check"] == check && e["state"] == state)
+        .count()
+}
+
+fn has_event(events: &[Value], name: &str) -> bool {
+    events.iter().any(|e| e["event"] == name)
+}
+
+struct Mock {
+    proc: Proc,
+    http: u16,
+    tcp: u16,
+    control: u16,
+}
+
+impl Mock {
+    fn start() -> Mock {
+        let mut cmd = Command::new(mock_bin());
+        cmd.args([
+            "serve",
+            "--http-port",
+            "0",
+            "--tcp-port",
+            "0",
+            "--control-port",
+            "0",
+        ]);
+        let proc = Proc::spawn(cmd);
+        let start = Instant::now();
+        loop {
+            let first = proc.stdout.lock().unwrap().first().cloned();
+            if let Some(line) = first {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                return Mock {
+                    http: v["http"].as_u64().unwrap() as u16,
+                    tcp: v["tcp"].as_u64().unwrap() as u16,
+                    control: v["control"].as_u64().unwrap() as u16,
+                    proc,
+                };
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the mock did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn set(&self, service: &str, mode: &str) {
+        let out = Command::new(mock_bin())
+            .args([
+                "set",
+                service,
+                mode,
+                "--control",
+                &format!("127.0.0.1:{}", self.control),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = &self.proc;
+    }
+}
+
+fn write_config(dir: &Path, mock: &Mock, extra: &str) -> PathBuf {
+    let file = dir.join("config.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"engine:
+  hostname: e2e-host
+  state_dir: state
+  status_log_interval: 1h
+  shutdown_grace: 2s
+checks:
+  - name: web
+    type: http
+    url: http://127.0.0.1:{http}/health
+    interval: 200ms
+    timeout: 150ms
+    threshold: 3
+    recover_after: 2
+    comment: "e2e web"
+{extra}"#,
+            http = mock.http
+        ),
+    )
+    .unwrap();
+    file
+}
+
+fn start_engine(config: &Path) -> Proc {
+    let mut cmd = Command::new(vigia_bin());
+    cmd.args(["run", "--log-format", "json", "-c"]).arg(config);
+    let p = Proc::spawn(cmd);
+    p.wait_for("the engine to start", Duration::from_secs(20), |e| {
+        has_event(e, "started")
+    });
+    p
+}
+
+#[test]
+fn one_failed_one_recovered_even_across_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start();
+    let config = write_config(dir.path(), &mock, "");
+    let engine = start_engine(&config);
+
+    mock.set("http", "failing");
+    engine.wait_for("a failed alert", Duration::from_secs(10), |e| {
+        alerts(e, "web", "failed") == 1
+    });
+    let failed = engine
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "alert")
+        .unwrap();
+    assert_eq!(failed["failures"], 3);
+    assert_eq!(failed["host"], "e2e-host");
+    assert_eq!(failed["comment"], "e2e web");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("HTTP 500 from"),
+        "{failed}"
+    );
+    // Many more failing runs: still exactly one alert.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(alerts(&engine.events(), "web", "failed"), 1);
+    assert!(engine
+        .stderr_text()
+        .contains("ALERT FAILED web on e2e-host: HTTP 500"));
+
+    // kill -9 while down, then restart on the same state.
+    engine.signal(libc::SIGKILL);
+    drop(engine);
+    let engine = start_engine(&config);
+    engine.wait_for("the restored state", Duration::from_secs(5), |e| {
+        has_event(e, "restored")
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        alerts(&engine.events(), "web", "failed"),
+        0,
+        "no second `failed` after kill -9"
+    );
+
+    // `vigia status` reads the running engine.
+    let out = Command::new(vigia_bin())
+        .args(["status", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("vigia on e2e-host"), "{text}");
+    let web_line = text.lines().find(|l| l.starts_with("web ")).unwrap();
+    assert!(
+        web_line.contains("DOWN") && web_line.contains("HTTP 500"),
+        "{text}"
+    );
+
+    mock.set("http", "healthy");
+    engine.wait_for("a recovered alert", Duration::from_secs(10), |e| {
+        alerts(e, "web", "recovered") == 1
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let events = engine.events();
+    assert_eq!(alerts(&events, "web", "recovered"), 1);
+    assert_eq!(alerts(&events, "web", "failed"), 0);
+    assert!(engine
+        .stderr_text()
+        .contains("ALERT RECOVERED web on e2e-host after"));
+
+    // SIGTERM: a clean stop with exit 0.
+    let mut engine = engine;
+    engine.signal(libc::SIGTERM);
+    assert_eq!(engine.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(has_event(&engine.events(), "stopped"));
+}
+
+#[test]
+fn sighup_reload_keeps_state_and_a_bad_config_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start();
+    let config = write_config(dir.path(), &mock, "");
+    let engine = start_engine(&config);
+    mock.set("http", "failing");
+    engine.wait_for("a failed alert", Duration::from_secs(10), |e| {
+        alerts(e, "web", "failed") == 1
+    });
+
+    // Change web's interval and add a tcp check.
+    let atto = format!(
+        "  - name: atto\n    type: tcp\n    host: 127.0.0.1\n    port: {}\n    send: \"PING\\n\"\n    expect: \"OK PING\"\n    interval: 200ms\n    timeout: 150ms\n",
+        mock.tcp
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("interval: 200ms", "interval: 250ms");
+    std::fs::write(&config, format!("{text}{atto}")).unwrap();
+    engine.signal(libc::SIGHUP);
+    engine.wait_for("the reload", Duration::from_secs(10), |e| {
+        has_event(e, "reloaded")
+    });
+    let reloaded = engine
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "reloaded")
+        .unwrap();
+    assert_eq!(
+        (reloaded["added"].as_u64(), reloaded["changed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        alerts(&engine.events(), "web", "failed"),
+        1,
+        "the reload kept web down"
+    );
+    let status = Command::new(vigia_bin())
+        .args(["status", "--json", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let checks = status["checks"].as_array().unwrap();
+    let web = checks.iter().find(|c| c["name"] == "web").unwrap();
+    assert_eq!(web["status"], false);
+    assert!(web["failures"].as_u64().unwrap() > 3);
+    let atto = checks.iter().find(|c| c["name"] == "atto").unwrap();
+    assert_eq!(atto["last"]["ok"], true, "{atto}");
+
+    // A broken config: rejected, the running one stays.
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, good.replace("threshold: 3", "threshold: 0")).unwrap();
+    engine.signal(libc::SIGHUP);
+    engine.wait_for("the rejected reload", Duration::from_secs(10), |e| {
+        has_event(e, "reload_failed")
+    });
+    let failed = engine
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "reload_failed")
+        .unwrap();
+    assert!(
+        failed["errors"]
+            .as_str()
+            .unwrap()
+            .contains("checks[0].threshold: must be at least 1"),
+        "{failed}"
+    );
+    // The old config still runs: healing the mock still brings the recovery.
+    mock.set("http", "healthy");
+    engine.wait_for("a recovered alert", Duration::from_secs(10), |e| {
+        alerts(e, "web", "recovered") == 1
+    });
+}
+
+#[test]
+fn validate_and_check_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start();
+    let config = write_config(dir.path(), &mock, "");
+
+    let ok = Command::new(vigia_bin())
+        .args(["validate", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(ok.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&ok.stdout).ends_with("OK, 1 check from 1 entry.\n"));
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "checks:\n  - name: x\n    type: tcp\n    host: 127.0.0.1\n    port: 0\n    intervall: 5s\n").unwrap();
+    let out = Command::new(vigia_bin())
+        .args(["validate", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.replace(&format!("{}/", dir.path().display()), ""),
+        "bad.yaml:6:5: checks[0].intervall: unknown key `intervall` (did you mean `interval`?)\n1 problem found.\n"
+    );
+
+    let run = |name: &str| {
+        Command::new(vigia_bin())
+            .args(["check", name, "-c"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = run("web");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK web: HTTP 200"));
+    mock.set("http", "failing");
+    let out = run("web");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("CRITICAL web: HTTP 500"));
+    let out = run("wbe");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(did you mean `web`?)"));
+}
+
+#[test]
+fn a_second_engine_on_the_same_state_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start();
+    let config = write_config(dir.path(), &mock, "");
+    let _first = start_engine(&config);
+    let out = Command::new(vigia_bin())
+        .args(["run", "--log-format", "json", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is in use by another vigia process"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
