@@ -116,7 +116,7 @@ pub fn grouped_line(group: &str, transition: Transition, members: &[AlertEvent])
         Transition::Failed => "FAILED",
         Transition::Recovered => "RECOVERED",
     };
-    let names: Vec<&str> = members
+    let mut names: Vec<&str> = members
         .iter()
         .map(|m| {
             m.check
@@ -125,6 +125,7 @@ pub fn grouped_line(group: &str, transition: Transition, members: &[AlertEvent])
                 .unwrap_or(&m.check)
         })
         .collect();
+    names.sort_unstable();
     let comment = if first.comment.is_empty() {
         String::new()
     } else {

@@ -461,3 +461,110 @@ fn a_second_engine_on_the_same_state_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A network namespace of the test's own, where pings can be made to go unanswered.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("vigia-e2e-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        for argv in [
+            vec!["ip", "netns", "add", &name],
+            vec!["ip", "-n", &name, "link", "set", "lo", "up"],
+        ] {
+            let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{argv:?} (needs root): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Netns(name)
+    }
+
+    fn ignore_pings(&self, ignore: bool) {
+        let v = format!("net.ipv4.icmp_echo_ignore_all={}", u8::from(ignore));
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.0, "sysctl", "-q", "-w", &v])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+#[test]
+fn terminals_that_fail_together_are_one_console_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ips.txt"),
+        "# shop 1\n127.0.0.11 Till 1\n127.0.0.12 Till 2\n127.0.0.13 Card terminal\n127.0.0.14\n",
+    )
+    .unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "engine:\n  hostname: e2e-host\n  state_dir: state\n  status_log_interval: 1h\n\
+         checks:\n  - name: shops\n    type: terminals\n    file: ips.txt\n    count: 1\n\
+         \x20   ping_timeout: 100ms\n    interval: 300ms\n    timeout: 250ms\n    threshold: 2\n",
+    )
+    .unwrap();
+    let ns = Netns::new("term");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.0])
+        .arg(vigia_bin())
+        .args(["run", "--log-format", "json", "-c"])
+        .arg(&config);
+    let engine = Proc::spawn(cmd);
+    engine.wait_for("the engine to start", Duration::from_secs(20), |e| {
+        has_event(e, "started")
+    });
+    std::thread::sleep(Duration::from_millis(800));
+
+    ns.ignore_pings(true);
+    let all_failed = |e: &[Value]| {
+        e.iter()
+            .filter(|e| e["event"] == "alert" && e["state"] == "failed")
+            .count()
+            == 4
+    };
+    engine.wait_for("4 failed alerts", Duration::from_secs(10), all_failed);
+    // The console line is printed once the group's wait is over.
+    let grouped =
+        "ALERT FAILED 4 of shops on e2e-host: 127.0.0.11, 127.0.0.12, 127.0.0.13, 127.0.0.14";
+    let start = Instant::now();
+    while !engine.stderr_text().contains(grouped) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let console = engine.stderr_text();
+    assert!(console.contains(grouped), "{console}");
+    assert_eq!(console.matches("ALERT FAILED").count(), 1, "{console}");
+
+    ns.ignore_pings(false);
+    let all_back = |e: &[Value]| {
+        e.iter()
+            .filter(|e| e["event"] == "alert" && e["state"] == "recovered")
+            .count()
+            == 4
+    };
+    engine.wait_for("4 recovered alerts", Duration::from_secs(10), all_back);
+    let start = Instant::now();
+    while !engine.stderr_text().contains("ALERT RECOVERED 4 of shops")
+        && start.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        engine
+            .stderr_text()
+            .contains("ALERT RECOVERED 4 of shops on e2e-host"),
+        "{}",
+        engine.stderr_text()
+    );
+}
