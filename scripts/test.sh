@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs Vigia's whole test suite on a fresh Debian machine; installs what it needs.
+# Needs root: the ICMP tests open raw sockets and create their own network namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/test.sh: run as root (the ICMP and network-namespace tests need it)" >&2
+  exit 1
+fi
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v sysctl >/dev/null 2>&1 || missing+=(procps)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "Installing ${missing[*]} ..."
+  apt-get -o DPkg::Lock::Timeout=600 update -q
+  apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "scripts/test.sh: cargo is missing: install a Rust toolchain (https://rustup.rs)" >&2
+  exit 1
+fi
+
+# --workspace also builds vigia-mock, which the end-to-end tests start as a process.
+cargo test --workspace --locked
