@@ -55,6 +55,7 @@ pub fn init(format: LogFormat, level: &str) {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_target(false)
+                    .with_ansi(std::io::stdout().is_terminal())
                     .with_writer(std::io::stdout),
             )
             .try_init(),

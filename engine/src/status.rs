@@ -95,10 +95,12 @@ impl CheckState {
         None
     }
 
-    /// The counters that must survive a crash; `last` changes on every run and is not
-    /// worth a disk write by itself.
+    /// The counters that must survive a crash. `last` changes on every run and is not
+    /// worth a disk write; neither is the success streak of a check that is up (a
+    /// failure resets it and nothing else reads it), so a healthy engine writes nothing.
     pub fn durable_part(&self) -> (bool, u32, u32, u64) {
-        (self.status, self.failures, self.successes, self.changed_at)
+        let streak = if self.status { 0 } else { self.successes };
+        (self.status, self.failures, streak, self.changed_at)
     }
 }
 
@@ -163,6 +165,20 @@ mod tests {
         assert_eq!((s.failures, s.successes, s.status), (2, 0, true));
         s.record(true, 3, 2, 3);
         assert_eq!((s.failures, s.successes, s.status), (0, 1, true));
+    }
+
+    #[test]
+    fn a_healthy_check_has_nothing_new_to_persist() {
+        let mut s = CheckState::new(0);
+        s.record(true, 3, 2, 1);
+        let before = s.durable_part();
+        s.record(true, 3, 2, 2);
+        assert_eq!(s.durable_part(), before);
+        // While down, the success streak counts toward recovery: it is durable.
+        s.status = false;
+        let before = s.durable_part();
+        s.record(true, 3, 5, 3);
+        assert_ne!(s.durable_part(), before);
     }
 
     #[test]
