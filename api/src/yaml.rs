@@ -155,6 +155,52 @@ impl Node {
         }
     }
 
+    /// A hash of the content, ignoring positions: what a reload compares to tell whether
+    /// a check entry changed (FNV-1a; stable across runs).
+    pub fn fingerprint(&self) -> u64 {
+        fn feed(h: &mut u64, bytes: &[u8]) {
+            for b in bytes {
+                *h ^= u64::from(*b);
+                *h = h.wrapping_mul(0x100000001b3);
+            }
+        }
+        fn walk(n: &Node, h: &mut u64) {
+            match &n.value {
+                Value::Null => feed(h, b"n"),
+                Value::Bool(b) => feed(h, if *b { b"t" } else { b"f" }),
+                Value::Int(i) => {
+                    feed(h, b"i");
+                    feed(h, &i.to_le_bytes());
+                }
+                Value::Float(f) => {
+                    feed(h, b"d");
+                    feed(h, &f.to_bits().to_le_bytes());
+                }
+                Value::Str(s) => {
+                    feed(h, b"s");
+                    feed(h, &(s.len() as u64).to_le_bytes());
+                    feed(h, s.as_bytes());
+                }
+                Value::Seq(items) => {
+                    feed(h, b"[");
+                    items.iter().for_each(|i| walk(i, h));
+                    feed(h, b"]");
+                }
+                Value::Map(entries) => {
+                    feed(h, b"{");
+                    for (k, v) in entries {
+                        walk(k, h);
+                        walk(v, h);
+                    }
+                    feed(h, b"}");
+                }
+            }
+        }
+        let mut h = 0xcbf29ce484222325;
+        walk(self, &mut h);
+        h
+    }
+
     /// What kind of value this is, in words, for error messages.
     pub fn kind(&self) -> &'static str {
         match &self.value {
@@ -787,5 +833,7 @@ mod tests {
         let c = Node::parse("x: 1\ny: [a, c]\n").unwrap();
         assert!(a.same_content(&b));
         assert!(!a.same_content(&c));
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
     }
 }

@@ -136,6 +136,8 @@ struct Measure {
     skipped: u64,
     cpu_s: f64,
     peak_rss_kib: u64,
+    /// RSS at the end of the run (steady state; the peak includes parsing the config).
+    rss_kib: u64,
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
 }
@@ -260,6 +262,7 @@ async fn run_vigia(bin: &Path, s: &Scenario, t: &Targets, duration: Duration) ->
     let seen1 = t.accepted.load(Ordering::Relaxed);
     let stats = vigia_engine::control::stats(&sock).await.unwrap();
     let peak = status_kib(pid, "VmHWM:");
+    let rss = status_kib(pid, "VmRSS:");
     drop(guard);
     let per_check = duration.as_secs_f64() / s.interval.as_secs_f64();
     Measure {
@@ -271,6 +274,7 @@ async fn run_vigia(bin: &Path, s: &Scenario, t: &Targets, duration: Duration) ->
         skipped: stats.skipped,
         cpu_s: cpu1 - cpu0,
         peak_rss_kib: peak,
+        rss_kib: rss,
         p50_ms: Some(stats.lateness_p50_ms),
         p99_ms: Some(stats.lateness_p99_ms),
     }
@@ -329,6 +333,7 @@ async fn run_monit(bin: &Path, s: &Scenario, t: &Targets, duration: Duration) ->
     let cpu1 = cpu_seconds(pid);
     let seen1 = t.accepted.load(Ordering::Relaxed);
     let peak = status_kib(pid, "VmHWM:");
+    let rss = status_kib(pid, "VmRSS:");
     drop(guard);
     let per_check = duration.as_secs_f64() / s.interval.as_secs_f64();
     // The dead targets are never accepted by the server: count them as executed in the
@@ -344,6 +349,7 @@ async fn run_monit(bin: &Path, s: &Scenario, t: &Targets, duration: Duration) ->
         skipped: 0,
         cpu_s: cpu1 - cpu0,
         peak_rss_kib: peak,
+        rss_kib: rss,
         p50_ms: None,
         p99_ms: None,
     }
@@ -423,13 +429,13 @@ fn main() {
             eprintln!("monit is not installed (apt-get install monit): only vigia is measured");
         }
         println!(
-            "| tool | workload | scheduled | executed | kept | server saw | skipped | CPU/check | peak RSS | lateness p50 / p99 |"
+            "| tool | workload | scheduled | executed | kept | server saw | skipped | CPU/check | RSS (peak) | lateness p50 / p99 |"
         );
         println!("|---|---|---|---|---|---|---|---|---|---|");
-        let mut rss: Vec<(Scenario, u64)> = Vec::new();
+        let mut rss: Vec<(Scenario, u64, u64)> = Vec::new();
         for s in &scenarios {
             let m = run_vigia(&bin, s, &targets, duration).await;
-            rss.push((*s, m.peak_rss_kib));
+            rss.push((*s, m.rss_kib, m.peak_rss_kib));
             print_row(&m);
             if let Some(mb) = &monit_bin {
                 if s.interval == Duration::from_secs(1) {
@@ -439,21 +445,19 @@ fn main() {
         }
         // Memory per configured check: the difference between 10 000 and 1 000 checks
         // of the same kind and interval, so the engine's fixed base does not count.
-        for (s, big) in &rss {
+        for (s, big, big_peak) in &rss {
             if s.n != 10_000 || s.dead_pct != 0 {
                 continue;
             }
-            if let Some((_, small)) = rss
-                .iter()
-                .find(|(o, _)| o.n == 1_000 && o.kind == s.kind && o.interval == s.interval && o.dead_pct == 0)
-            {
+            let small = rss.iter().find(|(o, _, _)| {
+                o.n == 1_000 && o.kind == s.kind && o.interval == s.interval && o.dead_pct == 0
+            });
+            if let Some((_, small, small_peak)) = small {
                 println!(
-                    "\nRSS per configured check, {}: ({} KiB - {} KiB) / 9000 = {:.2} KiB; total/N = {:.2} KiB",
+                    "\nMemory per configured check, {}: steady ({big} - {small} KiB) / 9000 = {:.2} KiB; peak ({big_peak} - {small_peak} KiB) / 9000 = {:.2} KiB",
                     s.label(),
-                    big,
-                    small,
                     (*big as f64 - *small as f64) / 9000.0,
-                    *big as f64 / 10_000.0
+                    (*big_peak as f64 - *small_peak as f64) / 9000.0,
                 );
             }
         }
@@ -467,7 +471,7 @@ fn print_row(m: &Measure) {
         _ => "n/a".into(),
     };
     println!(
-        "| {} | {} | {} | {} | {:.1}% | {} | {} | {:.1} µs | {:.1} MiB | {} |",
+        "| {} | {} | {} | {} | {:.1}% | {} | {} | {:.1} µs | {:.1} ({:.1}) MiB | {} |",
         m.tool,
         m.label,
         m.scheduled,
@@ -476,6 +480,7 @@ fn print_row(m: &Measure) {
         m.server_seen,
         m.skipped,
         m.cpu_us_per_check(),
+        m.rss_kib as f64 / 1024.0,
         m.peak_rss_kib as f64 / 1024.0,
         lateness
     );

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::config::PlannedCheck;
 use crate::scheduler::{Shared, StatsSnapshot};
 use crate::status::CheckState;
 
@@ -47,38 +48,39 @@ pub struct ControlState {
     pub started_at: u64,
     pub config: PathBuf,
     pub shared: Arc<Shared>,
-    /// name -> static facts of the check (target, interval, ...), set on each reload.
-    pub checks: std::sync::RwLock<Vec<CheckView>>,
+    /// The scheduled checks (the scheduler's own `Arc`s: no copy per check).
+    pub checks: std::sync::RwLock<Vec<Arc<PlannedCheck>>>,
 }
 
 impl ControlState {
     pub fn status(&self) -> StatusView {
+        let now = crate::scheduler::unix_ms();
         let checks = self
             .checks
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|c| CheckView {
-                name: c.name.clone(),
-                group: c.group.clone(),
-                target: c.target.clone(),
-                interval_ms: c.interval_ms,
+                name: c.name.to_string(),
+                group: c.group.as_deref().map(str::to_string),
+                target: c.check.target(),
+                interval_ms: c.interval.as_millis() as u64,
                 threshold: c.threshold,
                 recover_after: c.recover_after,
-                comment: c.comment.clone(),
+                comment: c.comment.to_string(),
                 state: self
                     .shared
                     .status
-                    .get(c.name.as_str())
+                    .get(&*c.name)
                     .map(|s| s.clone())
-                    .unwrap_or_else(|| c.state.clone()),
+                    .unwrap_or_else(|| CheckState::new(now)),
             })
             .collect();
         StatusView {
             host: self.host.clone(),
             pid: std::process::id(),
             started_at: self.started_at,
-            now: crate::scheduler::unix_ms(),
+            now,
             config: self.config.display().to_string(),
             checks,
             stats: serde_json::to_value(self.shared.stats.snapshot()).ok(),

@@ -16,8 +16,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::alert::{self, AlertEvent, Console};
-use crate::config::{system_hostname, Config, Plan, Registry};
-use crate::control::{self, CheckView, ControlState};
+use crate::config::{system_hostname, Config, EngineConfig, Plan, Registry};
+use crate::control::{self, ControlState};
 use crate::scheduler::{unix_ms, Scheduler, Shared, Update};
 use crate::status::CheckState;
 use crate::store::{Store, StoreUpdate};
@@ -28,6 +28,16 @@ pub struct RunOptions {
     pub config: PathBuf,
     /// Print alerts on stderr (the console channel).
     pub console: bool,
+}
+
+/// Gives the memory freed after parsing a big config back to the OS (glibc keeps it
+/// otherwise, and a 10 000-check config's YAML tree is tens of MB at its peak).
+fn trim_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Loads and builds a config, logging its warnings. The error is every problem found.
@@ -81,22 +91,28 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let mut scheduler = Scheduler::new(shared.clone());
     scheduler.apply(&plan);
-    refresh_views(&control_state, &plan);
+    refresh_views(&control_state, &scheduler);
+    let n_checks = plan.checks.len();
+    // Only the engine section is needed from here on: the YAML tree and the plan go.
+    let mut running = config.engine.clone();
+    drop(config);
+    drop(plan);
+    trim_memory();
     tracing::info!(
         event = "started",
         host = %host,
-        checks = plan.checks.len(),
+        checks = n_checks,
         state_dir = %state_dir.display(),
         config = %opts.config.display(),
         "Vigia {} started: {} checks scheduled.",
         env!("CARGO_PKG_VERSION"),
-        plan.checks.len()
+        n_checks
     );
     systemd::notify("READY=1");
     let status_logger = tokio::spawn(status_ticker(
         shared.clone(),
         host.clone(),
-        config.engine.status_log_interval.get(),
+        running.status_log_interval.get(),
     ));
     let watchdog = systemd::watchdog_period().map(|period| {
         tokio::spawn(async move {
@@ -110,13 +126,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut running_config = config;
     let why = loop {
         tokio::select! {
             _ = hup.recv() => {
                 systemd::notify("RELOADING=1");
-                if let Some(c) = reload(&opts.config, &registry, &running_config, &mut scheduler, &store, &control_state).await {
-                    running_config = c;
+                if let Some(engine) = reload(&opts.config, &registry, &running, &mut scheduler, &store, &control_state).await {
+                    running = engine;
                 }
                 systemd::notify("READY=1");
             }
@@ -126,7 +141,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
 
     systemd::notify("STOPPING=1");
-    let grace = running_config.engine.shutdown_grace.get();
+    let grace = running.shutdown_grace.get();
     tracing::info!(
         event = "stopping",
         signal = why,
@@ -315,33 +330,21 @@ async fn status_ticker(shared: Arc<Shared>, host: Arc<str>, every: Duration) {
     }
 }
 
-fn refresh_views(control: &ControlState, plan: &Plan) {
-    let views = plan
-        .checks
-        .iter()
-        .map(|c| CheckView {
-            name: c.name.to_string(),
-            group: c.group.as_deref().map(str::to_string),
-            target: c.check.target(),
-            interval_ms: c.interval.as_millis() as u64,
-            threshold: c.threshold,
-            recover_after: c.recover_after,
-            comment: c.comment.to_string(),
-            state: CheckState::new(unix_ms()),
-        })
-        .collect();
-    *control.checks.write().unwrap_or_else(|p| p.into_inner()) = views;
+fn refresh_views(control: &ControlState, scheduler: &Scheduler) {
+    let mut specs: Vec<_> = scheduler.specs().cloned().collect();
+    specs.sort_by(|a, b| a.name.cmp(&b.name));
+    *control.checks.write().unwrap_or_else(|p| p.into_inner()) = specs;
 }
 
 /// SIGHUP: build the new config aside; swap only if it is entirely valid.
 async fn reload(
     path: &Path,
     registry: &Registry,
-    running: &Config,
+    running: &EngineConfig,
     scheduler: &mut Scheduler,
     store: &Arc<Store>,
     control: &ControlState,
-) -> Option<Config> {
+) -> Option<EngineConfig> {
     tracing::info!(
         event = "reload",
         "SIGHUP received: reloading {}.",
@@ -358,7 +361,7 @@ async fn reload(
             return None;
         }
     };
-    let old = &running.engine;
+    let old = running;
     let new = &config.engine;
     let mut needs_restart = Vec::new();
     if old.state_dir != new.state_dir {
@@ -381,7 +384,7 @@ async fn reload(
         );
     }
     let summary = scheduler.apply(&plan);
-    refresh_views(control, &plan);
+    refresh_views(control, scheduler);
     if !summary.removed.is_empty() {
         persist(
             store,
@@ -406,5 +409,9 @@ async fn reload(
         summary.kept,
         removed.len()
     );
-    Some(config)
+    let engine = config.engine.clone();
+    drop(config);
+    drop(plan);
+    trim_memory();
+    Some(engine)
 }

@@ -93,7 +93,9 @@ fn planned(
         threshold,
         recover_after: 1,
         comment: "".into(),
-        source: Node::parse(&format!("name: {name}\nversion: {version}")).unwrap(),
+        fingerprint: Node::parse(&format!("name: {name}\nversion: {version}"))
+            .unwrap()
+            .fingerprint(),
     }
 }
 
