@@ -429,6 +429,7 @@ impl Config {
                             ));
                             continue;
                         }
+                        let target_hash = fnv1a(&b.check.target());
                         checks.push(PlannedCheck {
                             name: b.name.into(),
                             group: b.group.map(Into::into),
@@ -438,7 +439,9 @@ impl Config {
                             threshold: entry.common.threshold,
                             recover_after: entry.common.recover_after,
                             comment: entry.common.comment.as_str().into(),
-                            fingerprint: entry.fingerprint,
+                            // The target too: a terminal renamed in ips.txt (same
+                            // address) is a changed check, not a kept one.
+                            fingerprint: entry.fingerprint ^ target_hash,
                         });
                     }
                 }
@@ -528,6 +531,13 @@ pub struct Plan {
     pub checks: Vec<PlannedCheck>,
     /// Files the checks read (ips.txt), which a reload re-reads.
     pub files: Vec<PathBuf>,
+}
+
+/// FNV-1a of a string.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// The system host name, for `engine.hostname`'s default.

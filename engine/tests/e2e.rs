@@ -568,3 +568,62 @@ fn terminals_that_fail_together_are_one_console_alert() {
         engine.stderr_text()
     );
 }
+
+#[test]
+fn ping_without_privileges_says_what_to_grant() {
+    // As `nobody`, with no capabilities, in a namespace where unprivileged ICMP is off
+    // (`ping_group_range` "1 0", the kernel default): the check is UNKNOWN, not a crash.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "checks:\n  - name: lo\n    type: ping\n    host: 127.0.0.1\n    count: 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let ns = Netns::new("perm");
+    let sysctl = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.ping_group_range=1 0",
+        ])
+        .output()
+        .unwrap();
+    assert!(sysctl.status.success());
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(vigia_bin())
+        .args(["check", "lo", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("UNKNOWN lo: 127.0.0.1: cannot open an ICMP socket (permission denied)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("CAP_NET_RAW"), "{stdout}");
+}
