@@ -38,6 +38,10 @@ pub struct EngineConfig {
     /// On SIGTERM, how long running checks may take to finish (default 10s).
     #[serde(default = "default_grace")]
     pub shutdown_grace: Dur,
+    /// Threads that run checks (default 1: one handles tens of thousands of network
+    /// checks per second; more only help checks that do heavy CPU work).
+    #[serde(default = "default_workers")]
+    pub worker_threads: usize,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -52,6 +56,9 @@ fn default_max_concurrent() -> usize {
 fn default_grace() -> Dur {
     Dur::secs(10)
 }
+fn default_workers() -> usize {
+    1
+}
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -61,6 +68,7 @@ impl Default for EngineConfig {
             status_log_interval: default_status_log_interval(),
             max_concurrent_checks: default_max_concurrent(),
             shutdown_grace: default_grace(),
+            worker_threads: default_workers(),
         }
     }
 }
@@ -309,6 +317,12 @@ impl Config {
             errors.push(ConfigError::at(self.pos_of(&path), &path, msg));
         };
         let e = &self.engine;
+        if e.worker_threads == 0 || e.worker_threads > 64 {
+            err(
+                "engine.worker_threads".into(),
+                format!("{} is out of range (1-64)", e.worker_threads),
+            );
+        }
         if e.max_concurrent_checks == 0 {
             err(
                 "engine.max_concurrent_checks".into(),

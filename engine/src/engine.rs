@@ -373,6 +373,9 @@ async fn reload(
     if old.max_concurrent_checks != new.max_concurrent_checks {
         needs_restart.push("engine.max_concurrent_checks");
     }
+    if old.worker_threads != new.worker_threads {
+        needs_restart.push("engine.worker_threads");
+    }
     if old.status_log_interval != new.status_log_interval {
         needs_restart.push("engine.status_log_interval");
     }
