@@ -337,3 +337,57 @@ async fn shutdown_waits_for_running_checks_within_the_grace() {
     );
     assert_eq!(quick.in_flight.load(Ordering::SeqCst), 0);
 }
+
+/// The state machine driven through the real scheduler, under paused time: each row is
+/// (threshold, recover_after, script of results) and the transitions it must produce,
+/// with the run at which each happens.
+#[tokio::test(start_paused = true)]
+async fn table_of_thresholds_through_the_scheduler() {
+    use Transition::{Failed as F, Recovered as R};
+    let rows: Vec<(u32, u32, &str, Vec<(usize, Transition)>)> = vec![
+        (1, 1, "x.", vec![(0, F), (1, R)]),
+        (1, 1, "xxx.", vec![(0, F), (3, R)]),
+        (3, 1, "xx.xx.", vec![]),
+        (3, 1, "xxx.", vec![(2, F), (3, R)]),
+        (3, 1, "xxxxxx.", vec![(2, F), (6, R)]),
+        (3, 3, "xxx..x...", vec![(2, F), (8, R)]),
+        (1, 3, "x..x...", vec![(0, F), (6, R)]),
+        (3, 1, "x.x.x.x.x.x.x.x.x.x.", vec![]),
+        (3, 3, "xxx..", vec![(2, F)]),
+    ];
+    for (row, (threshold, recover_after, script, expected)) in rows.into_iter().enumerate() {
+        let (mut s, mut rx) = setup(10);
+        // The script, then successes forever: only the scripted runs are judged.
+        let check = Scripted::new(&format!("{script}."), Duration::ZERO);
+        let mut spec = planned(&format!("row{row}"), check.clone(), 10, 5, threshold, 1);
+        spec.recover_after = recover_after;
+        let first = Instant::now() + phase(&spec);
+        s.apply(&plan(vec![spec]));
+        // Exactly the scripted runs: run k starts at first + 10k s.
+        let runs = script.len() as u64;
+        tokio::time::sleep_until(
+            first + Duration::from_secs(10 * (runs - 1)) + Duration::from_secs(1),
+        )
+        .await;
+        let got: Vec<(usize, Transition)> = drain(&mut rx)
+            .into_iter()
+            .filter_map(|u| {
+                let run: usize = u
+                    .outcome
+                    .message
+                    .split(' ')
+                    .nth(1)
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                u.transition.map(|t| (run, t))
+            })
+            .collect();
+        assert_eq!(
+            got, expected,
+            "row {row}: threshold {threshold}, recover_after {recover_after}, script {script}"
+        );
+        assert_eq!(check.runs.load(Ordering::SeqCst), script.len());
+        s.shutdown(Duration::from_secs(1)).await;
+    }
+}
