@@ -107,6 +107,46 @@ pub struct Built {
     pub files: Vec<PathBuf>,
 }
 
+impl Built {
+    /// What most entries build: one check, named after the entry.
+    pub fn one(name: &str, check: impl Check) -> Built {
+        Built {
+            checks: vec![BuiltCheck {
+                name: name.to_string(),
+                group: None,
+                check: std::sync::Arc::new(check),
+            }],
+            ..Built::default()
+        }
+    }
+}
+
+/// For plugin tests: builds the first check of a YAML entry (the plugin's own keys) as
+/// `checks[0]`, and the context to run it with.
+pub mod testing {
+    use super::*;
+
+    pub fn build_one(
+        factory: &dyn CheckFactory,
+        yaml: &str,
+    ) -> Result<std::sync::Arc<dyn Check>, ConfigErrors> {
+        let node = Node::parse(yaml).map_err(ConfigErrors::from)?;
+        let ctx = BuildContext {
+            config_dir: ".".into(),
+        };
+        let built = factory.build("t", &node, "checks[0]", &ctx)?;
+        Ok(built.checks[0].check.clone())
+    }
+
+    /// A run context with a 2 s timeout.
+    pub fn ctx() -> RunContext<'static> {
+        RunContext {
+            check: "t",
+            timeout: std::time::Duration::from_secs(2),
+        }
+    }
+}
+
 /// Where a config entry lives, for resolving relative paths and naming errors.
 #[derive(Clone, Debug)]
 pub struct BuildContext {

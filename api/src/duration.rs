@@ -88,7 +88,7 @@ impl fmt::Display for Dur {
         if ms == 0 {
             return f.write_str("0s");
         }
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             return if ms > 1000 {
                 write!(f, "{:.1}s", self.0.as_secs_f64())
             } else {

@@ -40,6 +40,13 @@ struct Scenario {
 }
 
 impl Scenario {
+    /// Whether check `i` targets the dead listener: every (100 / dead_pct)-th check.
+    fn is_dead(&self, i: usize) -> bool {
+        100usize
+            .checked_div(self.dead_pct)
+            .is_some_and(|every| i.is_multiple_of(every))
+    }
+
     fn label(&self) -> String {
         let k = match self.kind {
             Kind::Tcp => "tcp",
@@ -195,14 +202,9 @@ fn vigia_config(s: &Scenario, t: &Targets, dir: &Path) -> PathBuf {
         "engine:\n  state_dir: {}/state\n  status_log_interval: 1h\n  max_concurrent_checks: 4096\nchecks:\n",
         dir.display()
     );
-    let every = if s.dead_pct > 0 {
-        100 / s.dead_pct
-    } else {
-        usize::MAX
-    };
     let secs = s.interval.as_secs();
     for i in 0..s.n {
-        let dead = every != usize::MAX && i % every == 0;
+        let dead = s.is_dead(i);
         let line = match (s.kind, dead) {
             (Kind::Tcp, false) => format!("tcp, host: 127.0.0.1, port: {}", t.tcp),
             (Kind::Tcp, true) => format!(
@@ -296,13 +298,8 @@ async fn run_monit(bin: &Path, s: &Scenario, t: &Targets, duration: Duration) ->
         "set daemon {}\nset pidfile {d}/monit.pid\nset idfile {d}/monit.id\nset statefile {d}/monit.state\nset logfile {d}/monit.log\n",
         s.interval.as_secs()
     );
-    let every = if s.dead_pct > 0 {
-        100 / s.dead_pct
-    } else {
-        usize::MAX
-    };
     for i in 0..s.n {
-        let dead = every != usize::MAX && i % every == 0;
+        let dead = s.is_dead(i);
         let test = match (s.kind, dead) {
             (Kind::Tcp, false) => format!("port {} type tcp", t.tcp),
             (Kind::Tcp, true) => format!("port {} type tcp", t.dead),

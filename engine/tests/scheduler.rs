@@ -344,7 +344,8 @@ async fn shutdown_waits_for_running_checks_within_the_grace() {
 #[tokio::test(start_paused = true)]
 async fn table_of_thresholds_through_the_scheduler() {
     use Transition::{Failed as F, Recovered as R};
-    let rows: Vec<(u32, u32, &str, Vec<(usize, Transition)>)> = vec![
+    type Row<'a> = (u32, u32, &'a str, Vec<(usize, Transition)>);
+    let rows: Vec<Row> = vec![
         (1, 1, "x.", vec![(0, F), (1, R)]),
         (1, 1, "xxx.", vec![(0, F), (3, R)]),
         (3, 1, "xx.xx.", vec![]),

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -20,8 +20,8 @@ use serde::de::{self, Visitor};
 use serde::Deserialize;
 use vigia_api::yaml::join_path;
 use vigia_api::{
-    BuildContext, Built, BuiltCheck, Check, CheckFactory, CheckOutcome, ConfigError, ConfigErrors,
-    Dur, Node, RunContext,
+    BuildContext, Built, Check, CheckFactory, CheckOutcome, ConfigError, ConfigErrors, Dur, Node,
+    RunContext,
 };
 
 use crate::net::{fmt_ms, ms_since};
@@ -487,41 +487,21 @@ impl CheckFactory for HttpFactory {
                 .map_err(|e| bad(e.to_string()))?,
             max_response_time: cfg.max_response_time.map(Dur::get),
         };
-        Ok(Built {
-            checks: vec![BuiltCheck {
-                name: name.to_string(),
-                group: None,
-                check: Arc::new(check),
-            }],
-            ..Built::default()
-        })
+        Ok(Built::one(name, check))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    fn ctx() -> RunContext<'static> {
-        RunContext {
-            check: "web",
-            timeout: Duration::from_secs(2),
-        }
-    }
+    use vigia_api::check::testing::{build_one, ctx};
 
     fn build(yaml: &str) -> Result<Arc<dyn Check>, ConfigErrors> {
-        let node = Node::parse(yaml).unwrap();
-        let b = HttpFactory::default().build(
-            "web",
-            &node,
-            "checks[0]",
-            &BuildContext {
-                config_dir: ".".into(),
-            },
-        )?;
-        Ok(b.checks[0].check.clone())
+        build_one(&HttpFactory::default(), yaml)
     }
 
     /// A real HTTP/1.1 server on 127.0.0.1:0 answering every request with `status`,

@@ -24,8 +24,8 @@ use serde::Deserialize;
 use tokio::net::TcpStream;
 use vigia_api::yaml::join_path;
 use vigia_api::{
-    BuildContext, Built, BuiltCheck, Check, CheckFactory, CheckOutcome, ConfigError, ConfigErrors,
-    Dur, Node, RunContext,
+    BuildContext, Built, Check, CheckFactory, CheckOutcome, ConfigError, ConfigErrors, Dur, Node,
+    RunContext,
 };
 
 use crate::icmp::Icmp;
@@ -252,18 +252,12 @@ impl CheckFactory for LatencyFactory {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        Ok(Built {
-            checks: vec![BuiltCheck {
-                name: name.to_string(),
-                group: None,
-                check: Arc::new(LatencyCheck {
-                    cfg,
-                    icmp: self.icmp.clone(),
-                    window: Mutex::new(Window::default()),
-                }),
-            }],
-            ..Built::default()
-        })
+        let check = LatencyCheck {
+            cfg,
+            icmp: self.icmp.clone(),
+            window: Mutex::new(Window::default()),
+        };
+        Ok(Built::one(name, check))
     }
 }
 

@@ -11,8 +11,8 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use vigia_api::yaml::join_path;
 use vigia_api::{
-    BuildContext, Built, BuiltCheck, Check, CheckFactory, CheckOutcome, ConfigError, ConfigErrors,
-    Dur, Node, RunContext,
+    BuildContext, Built, Check, CheckFactory, CheckOutcome, ConfigError, ConfigErrors, Dur, Node,
+    RunContext,
 };
 
 use crate::icmp::Icmp;
@@ -199,18 +199,12 @@ impl CheckFactory for PingFactory {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        Ok(Built {
-            checks: vec![BuiltCheck {
-                name: name.to_string(),
-                group: None,
-                check: Arc::new(PingCheck {
-                    label: cfg.host.clone(),
-                    host: cfg.host,
-                    params: ping,
-                    icmp: self.icmp.clone(),
-                }),
-            }],
-            ..Built::default()
-        })
+        let check = PingCheck {
+            label: cfg.host.clone(),
+            host: cfg.host,
+            params: ping,
+            icmp: self.icmp.clone(),
+        };
+        Ok(Built::one(name, check))
     }
 }

@@ -10,7 +10,6 @@
 //!   expect: "OK"
 //! ```
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -20,8 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vigia_api::yaml::join_path;
 use vigia_api::{
-    BuildContext, Built, BuiltCheck, Check, CheckFactory, CheckOutcome, ConfigErrors, Dur, Node,
-    RunContext,
+    BuildContext, Built, Check, CheckFactory, CheckOutcome, ConfigErrors, Dur, Node, RunContext,
 };
 
 use crate::net::{check_port, fmt_ms, host_problem, ms_since, quote_reply, resolve};
@@ -256,41 +254,21 @@ impl CheckFactory for TcpFactory {
             expect,
             read_timeout: cfg.read_timeout.map(Dur::get),
         };
-        Ok(Built {
-            checks: vec![BuiltCheck {
-                name: name.to_string(),
-                group: None,
-                check: Arc::new(check),
-            }],
-            ..Built::default()
-        })
+        Ok(Built::one(name, check))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use tokio::io::{AsyncBufReadExt, BufReader};
     use tokio::net::TcpListener;
 
-    fn ctx() -> RunContext<'static> {
-        RunContext {
-            check: "t",
-            timeout: Duration::from_secs(2),
-        }
-    }
+    use vigia_api::check::testing::{build_one, ctx};
 
     fn build(yaml: &str) -> Result<Arc<dyn Check>, ConfigErrors> {
-        let node = Node::parse(yaml).unwrap();
-        let b = TcpFactory.build(
-            "t",
-            &node,
-            "checks[0]",
-            &BuildContext {
-                config_dir: ".".into(),
-            },
-        )?;
-        Ok(b.checks[0].check.clone())
+        build_one(&TcpFactory, yaml)
     }
 
     /// A line server: answers `OK <line>` to every line, or `ERR` if told to fail.
