@@ -8,7 +8,7 @@ ROOT=$PWD
 WORK=$ROOT/.demo
 mkdir -p "$WORK"
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+if [ -t 1 ]; then say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }; else say() { printf '\n== %s\n' "$*"; }; fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "demo: cargo is missing: install a Rust toolchain (https://rustup.rs)" >&2
