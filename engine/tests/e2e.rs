@@ -627,3 +627,60 @@ fn ping_without_privileges_says_what_to_grant() {
     );
     assert!(stdout.contains("CAP_NET_RAW"), "{stdout}");
 }
+
+#[test]
+fn sighup_rereads_ips_txt() {
+    let dir = tempfile::tempdir().unwrap();
+    let ips = dir.path().join("ips.txt");
+    std::fs::write(&ips, "127.0.0.11 Till 1\n127.0.0.12 Till 2\n").unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "engine:\n  state_dir: state\n  status_log_interval: 1h\n\
+         checks:\n  - name: shops\n    type: terminals\n    file: ips.txt\n    count: 1\n\
+         \x20   interval: 500ms\n    timeout: 400ms\n    ping_timeout: 200ms\n",
+    )
+    .unwrap();
+    let engine = start_engine(&config);
+    // Till 2 leaves, Till 3 arrives, Till 1 is renamed; and one bad line.
+    std::fs::write(
+        &ips,
+        "127.0.0.11 Front till\n127.0.0.13 Till 3\n127.0.0.300 typo\n",
+    )
+    .unwrap();
+    engine.signal(libc::SIGHUP);
+    engine.wait_for("the reload", Duration::from_secs(10), |e| {
+        has_event(e, "reloaded")
+    });
+    let events = engine.events();
+    let reloaded = events.iter().find(|e| e["event"] == "reloaded").unwrap();
+    assert_eq!(reloaded["added"], 1, "{reloaded}");
+    assert_eq!(reloaded["changed"], 1, "the renamed terminal: {reloaded}");
+    assert_eq!(reloaded["removed"], "shops/127.0.0.12", "{reloaded}");
+    let warning = events
+        .iter()
+        .find(|e| e["event"] == "config_warning")
+        .unwrap();
+    assert!(
+        warning["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("ips.txt:3:1: `127.0.0.300` is not a valid IPv4 address; line skipped"),
+        "{warning}"
+    );
+    let status = Command::new(vigia_bin())
+        .args(["status", "--json", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let names: Vec<&str> = status["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["shops/127.0.0.11", "shops/127.0.0.13"]);
+    let front = &status["checks"][0];
+    assert_eq!(front["target"], "ping Front till (127.0.0.11)");
+}
