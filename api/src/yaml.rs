@@ -319,10 +319,12 @@ impl Builder {
                     Some((Node::new(value, pos), anchor))
                 }
                 Event::SequenceStart(anchor, _) => {
+                    check_depth(stack.len(), pos)?;
                     stack.push(Frame::Seq(anchor, pos, Vec::new()));
                     None
                 }
                 Event::MappingStart(anchor, _) => {
+                    check_depth(stack.len(), pos)?;
                     stack.push(Frame::Map(anchor, pos, Vec::new(), None));
                     None
                 }
@@ -380,6 +382,21 @@ impl Builder {
         }
         Ok(root.unwrap_or(Node::new(Value::Null, Pos { line: 1, col: 1 })))
     }
+}
+
+/// Deeper nesting than any config needs; the limit keeps the recursive walks over the
+/// tree (deserializing, fingerprinting) far from the stack's end.
+const MAX_DEPTH: usize = 100;
+
+fn check_depth(depth: usize, pos: Pos) -> Result<(), ConfigError> {
+    if depth >= MAX_DEPTH {
+        return Err(ConfigError::at(
+            pos,
+            "",
+            format!("nesting deeper than {MAX_DEPTH} levels is not accepted"),
+        ));
+    }
+    Ok(())
 }
 
 fn key_text(n: &Node) -> String {
@@ -810,6 +827,17 @@ mod tests {
         let e = Node::parse("a: [1, 2\nb: 3\n").unwrap_err();
         assert!(e.pos.is_some(), "{e}");
         assert!(e.to_string().contains("invalid YAML"), "{e}");
+    }
+
+    #[test]
+    fn absurd_nesting_is_an_error_not_a_stack_overflow() {
+        let text = format!("a: {}1{}", "[".repeat(150), "]".repeat(150));
+        let e = Node::parse(&text).unwrap_err().to_string();
+        assert_eq!(e, "1:102: nesting deeper than 100 levels is not accepted");
+        // Far deeper: the scanner's own limit answers first, also as an error.
+        let text = format!("a: {}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        let e = Node::parse(&text).unwrap_err().to_string();
+        assert!(e.contains("invalid YAML: recursion limit exceeded"), "{e}");
     }
 
     #[test]
