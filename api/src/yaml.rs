@@ -833,7 +833,8 @@ mod tests {
     fn absurd_nesting_is_an_error_not_a_stack_overflow() {
         let text = format!("a: {}1{}", "[".repeat(150), "]".repeat(150));
         let e = Node::parse(&text).unwrap_err().to_string();
-        assert_eq!(e, "1:102: nesting deeper than 100 levels is not accepted");
+        // The root mapping is level 1, so the 100th bracket (column 103) is refused.
+        assert_eq!(e, "1:103: nesting deeper than 100 levels is not accepted");
         // Far deeper: the scanner's own limit answers first, also as an error.
         let text = format!("a: {}1{}", "[".repeat(100_000), "]".repeat(100_000));
         let e = Node::parse(&text).unwrap_err().to_string();
