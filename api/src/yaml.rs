@@ -201,6 +201,67 @@ impl Node {
         h
     }
 
+    /// The content as one line of YAML (flow style, JSON-like), which `Node::parse` reads
+    /// back to the same content (positions aside).
+    pub fn to_flow(&self) -> String {
+        fn emit(n: &Node, out: &mut String) {
+            match &n.value {
+                Value::Null => out.push_str("null"),
+                Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+                Value::Int(i) => out.push_str(&i.to_string()),
+                Value::Float(f) if f.is_nan() => out.push_str(".nan"),
+                Value::Float(f) if f.is_infinite() => {
+                    out.push_str(if *f > 0.0 { ".inf" } else { "-.inf" })
+                }
+                Value::Float(f) => out.push_str(&format!("{f:?}")),
+                Value::Str(s) => quote(s, out),
+                Value::Seq(items) => {
+                    out.push('[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push_str(", ");
+                        }
+                        emit(item, out);
+                    }
+                    out.push(']');
+                }
+                Value::Map(entries) => {
+                    out.push('{');
+                    for (i, (k, v)) in entries.iter().enumerate() {
+                        if i > 0 {
+                            out.push_str(", ");
+                        }
+                        emit(k, out);
+                        out.push_str(": ");
+                        emit(v, out);
+                    }
+                    out.push('}');
+                }
+            }
+        }
+        /// A YAML double-quoted scalar (its escapes are a superset of JSON's).
+        fn quote(s: &str, out: &mut String) {
+            out.push('"');
+            for c in s.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                        out.push_str(&format!("\\u{:04x}", c as u32))
+                    }
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        let mut out = String::new();
+        emit(self, &mut out);
+        out
+    }
+
     /// What kind of value this is, in words, for error messages.
     pub fn kind(&self) -> &'static str {
         match &self.value {
@@ -845,6 +906,15 @@ mod tests {
     fn anchors_and_aliases_copy_the_value() {
         let n = Node::parse("base: &b {port: 1}\nother: *b\n").unwrap();
         assert!(n.get("other").unwrap().same_content(n.get("base").unwrap()));
+    }
+
+    #[test]
+    fn flow_text_reads_back_to_the_same_content() {
+        let text = "a: 1\nb: -2.5\nc: [x, 'y z', \"q\\\"uote\\\\n\\t\\u0001\"]\nd: {e: ~, f: true}\ng: .inf\nh: '10'\ni: ''\n";
+        let n = Node::parse(text).unwrap();
+        let back = Node::parse(&n.to_flow()).unwrap();
+        assert!(n.same_content(&back), "{}", n.to_flow());
+        assert_eq!(n.fingerprint(), back.fingerprint());
     }
 
     #[test]

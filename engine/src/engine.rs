@@ -32,7 +32,7 @@ pub struct RunOptions {
 
 /// Gives the memory freed after parsing a big config back to the OS (glibc keeps it
 /// otherwise, and a 10 000-check config's YAML tree is tens of MB at its peak).
-fn trim_memory() {
+pub(crate) fn trim_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe {
@@ -47,7 +47,9 @@ pub fn load_plan(path: &Path, registry: &Registry) -> Result<(Config, Plan), Str
     for w in warnings {
         tracing::warn!(event = "config_warning", "{w}");
     }
-    Ok((config, plan))
+    // Valid: build it once more, compactly, without the file's tree (memory, see there).
+    drop(plan);
+    config.rebuild_compact(registry).map_err(|e| e.to_string())
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
