@@ -228,17 +228,32 @@ fn start_engine(config: &Path) -> Proc {
     p
 }
 
-#[test]
-fn one_failed_one_recovered_even_across_kill_9() {
+/// Runs `vigia ARGS -c CONFIG` to completion.
+fn vigia(args: &[&str], config: &Path) -> std::process::Output {
+    Command::new(vigia_bin())
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+/// A mock, and an engine watching it whose `web` check has just gone down.
+fn engine_with_web_down() -> (tempfile::TempDir, Mock, PathBuf, Proc) {
     let dir = tempfile::tempdir().unwrap();
     let mock = Mock::start();
     let config = write_config(dir.path(), &mock, "");
     let engine = start_engine(&config);
-
     mock.set("http", "failing");
     engine.wait_for("a failed alert", Duration::from_secs(10), |e| {
         alerts(e, "web", "failed") == 1
     });
+    (dir, mock, config, engine)
+}
+
+#[test]
+fn one_failed_one_recovered_even_across_kill_9() {
+    let (_dir, mock, config, engine) = engine_with_web_down();
     let failed = engine
         .events()
         .into_iter()
@@ -276,11 +291,7 @@ fn one_failed_one_recovered_even_across_kill_9() {
     );
 
     // `vigia status` reads the running engine.
-    let out = Command::new(vigia_bin())
-        .args(["status", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = vigia(&["status"], &config);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -315,14 +326,7 @@ fn one_failed_one_recovered_even_across_kill_9() {
 
 #[test]
 fn sighup_reload_keeps_state_and_a_bad_config_keeps_the_old_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let mock = Mock::start();
-    let config = write_config(dir.path(), &mock, "");
-    let engine = start_engine(&config);
-    mock.set("http", "failing");
-    engine.wait_for("a failed alert", Duration::from_secs(10), |e| {
-        alerts(e, "web", "failed") == 1
-    });
+    let (_dir, mock, config, engine) = engine_with_web_down();
 
     // Change web's interval and add a tcp check.
     let atto = format!(
@@ -352,11 +356,7 @@ fn sighup_reload_keeps_state_and_a_bad_config_keeps_the_old_one() {
         1,
         "the reload kept web down"
     );
-    let status = Command::new(vigia_bin())
-        .args(["status", "--json", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let status = vigia(&["status", "--json"], &config);
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
     let checks = status["checks"].as_array().unwrap();
     let web = checks.iter().find(|c| c["name"] == "web").unwrap();
@@ -397,21 +397,13 @@ fn validate_and_check_commands() {
     let mock = Mock::start();
     let config = write_config(dir.path(), &mock, "");
 
-    let ok = Command::new(vigia_bin())
-        .args(["validate", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let ok = vigia(&["validate"], &config);
     assert_eq!(ok.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&ok.stdout).ends_with("OK, 1 check from 1 entry.\n"));
 
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "checks:\n  - name: x\n    type: tcp\n    host: 127.0.0.1\n    port: 0\n    intervall: 5s\n").unwrap();
-    let out = Command::new(vigia_bin())
-        .args(["validate", "-c"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = vigia(&["validate"], &bad);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -419,13 +411,7 @@ fn validate_and_check_commands() {
         "bad.yaml:6:5: checks[0].intervall: unknown key `intervall` (did you mean `interval`?)\n1 problem found.\n"
     );
 
-    let run = |name: &str| {
-        Command::new(vigia_bin())
-            .args(["check", name, "-c"])
-            .arg(&config)
-            .output()
-            .unwrap()
-    };
+    let run = |name: &str| vigia(&["check", name], &config);
     let out = run("web");
     assert_eq!(
         out.status.code(),
@@ -449,11 +435,7 @@ fn a_second_engine_on_the_same_state_is_refused() {
     let mock = Mock::start();
     let config = write_config(dir.path(), &mock, "");
     let _first = start_engine(&config);
-    let out = Command::new(vigia_bin())
-        .args(["run", "--log-format", "json", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = vigia(&["run", "--log-format", "json"], &config);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("is in use by another vigia process"),
@@ -668,11 +650,7 @@ fn sighup_rereads_ips_txt() {
             .ends_with("ips.txt:3:1: `127.0.0.300` is not a valid IPv4 address; line skipped"),
         "{warning}"
     );
-    let status = Command::new(vigia_bin())
-        .args(["status", "--json", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let status = vigia(&["status", "--json"], &config);
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
     let names: Vec<&str> = status["checks"]
         .as_array()
