@@ -47,6 +47,11 @@ impl Scenario {
             .is_some_and(|every| i.is_multiple_of(every))
     }
 
+    /// Runs due in `duration`: N × duration / interval.
+    fn scheduled(&self, duration: Duration) -> u64 {
+        (self.n as f64 * duration.as_secs_f64() / self.interval.as_secs_f64()).round() as u64
+    }
+
     fn label(&self) -> String {
         let k = match self.kind {
             Kind::Tcp => "tcp",
@@ -257,28 +262,44 @@ async fn run_vigia(bin: &Path, s: &Scenario, t: &Targets, duration: Duration) ->
     vigia_engine::control::request(&sock, "stats_reset")
         .await
         .unwrap();
+    let w = measure(pid, t, duration).await;
+    let stats = vigia_engine::control::stats(&sock).await.unwrap();
+    drop(guard);
+    Measure {
+        label: s.label(),
+        tool: "vigia",
+        scheduled: s.scheduled(duration),
+        executed: stats.executed,
+        server_seen: w.seen,
+        skipped: stats.skipped,
+        cpu_s: w.cpu_s,
+        peak_rss_kib: w.peak_kib,
+        rss_kib: w.rss_kib,
+        p50_ms: Some(stats.lateness_p50_ms),
+        p99_ms: Some(stats.lateness_p99_ms),
+    }
+}
+
+/// What one measuring window saw of a process under load.
+struct Window {
+    /// Connections the target server accepted.
+    seen: u64,
+    cpu_s: f64,
+    peak_kib: u64,
+    rss_kib: u64,
+}
+
+async fn measure(pid: u32, t: &Targets, duration: Duration) -> Window {
     let seen0 = t.accepted.load(Ordering::Relaxed);
     let cpu0 = cpu_seconds(pid);
     tokio::time::sleep(duration).await;
     let cpu1 = cpu_seconds(pid);
     let seen1 = t.accepted.load(Ordering::Relaxed);
-    let stats = vigia_engine::control::stats(&sock).await.unwrap();
-    let peak = status_kib(pid, "VmHWM:");
-    let rss = status_kib(pid, "VmRSS:");
-    drop(guard);
-    let per_check = duration.as_secs_f64() / s.interval.as_secs_f64();
-    Measure {
-        label: s.label(),
-        tool: "vigia",
-        scheduled: (s.n as f64 * per_check).round() as u64,
-        executed: stats.executed,
-        server_seen: seen1 - seen0,
-        skipped: stats.skipped,
+    Window {
+        seen: seen1 - seen0,
         cpu_s: cpu1 - cpu0,
-        peak_rss_kib: peak,
-        rss_kib: rss,
-        p50_ms: Some(stats.lateness_p50_ms),
-        p99_ms: Some(stats.lateness_p99_ms),
+        peak_kib: status_kib(pid, "VmHWM:"),
+        rss_kib: status_kib(pid, "VmRSS:"),
     }
 }
 
@@ -324,29 +345,21 @@ async fn run_monit(bin: &Path, s: &Scenario, t: &Targets, duration: Duration) ->
     let pid = child.id();
     let guard = Guard(child);
     tokio::time::sleep(s.interval + Duration::from_secs(3)).await;
-    let seen0 = t.accepted.load(Ordering::Relaxed);
-    let cpu0 = cpu_seconds(pid);
-    tokio::time::sleep(duration).await;
-    let cpu1 = cpu_seconds(pid);
-    let seen1 = t.accepted.load(Ordering::Relaxed);
-    let peak = status_kib(pid, "VmHWM:");
-    let rss = status_kib(pid, "VmRSS:");
+    let w = measure(pid, t, duration).await;
     drop(guard);
-    let per_check = duration.as_secs_f64() / s.interval.as_secs_f64();
     // The dead targets are never accepted by the server: count them as executed in the
     // same proportion, so that "executed" means all checks, as for vigia.
     let alive_share = 1.0 - s.dead_pct as f64 / 100.0;
-    let seen = seen1 - seen0;
     Measure {
         label: s.label(),
         tool: "monit",
-        scheduled: (s.n as f64 * per_check).round() as u64,
-        executed: (seen as f64 / alive_share).round() as u64,
-        server_seen: seen,
+        scheduled: s.scheduled(duration),
+        executed: (w.seen as f64 / alive_share).round() as u64,
+        server_seen: w.seen,
         skipped: 0,
-        cpu_s: cpu1 - cpu0,
-        peak_rss_kib: peak,
-        rss_kib: rss,
+        cpu_s: w.cpu_s,
+        peak_rss_kib: w.peak_kib,
+        rss_kib: w.rss_kib,
         p50_ms: None,
         p99_ms: None,
     }

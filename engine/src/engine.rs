@@ -47,14 +47,21 @@ pub fn load_plan(path: &Path, registry: &Registry) -> Result<(Config, Plan), Str
     for w in warnings {
         tracing::warn!(event = "config_warning", "{w}");
     }
-    // Valid: build it once more, compactly, without the file's tree (memory, see there).
+    Ok((config, plan))
+}
+
+/// `load_plan` for a long-running engine: once valid, the plan is built again compactly,
+/// without the file's tree (memory; see `Config::rebuild_compact`). A one-shot command
+/// such as `vigia check` has no use for that second build.
+fn load_plan_to_run(path: &Path, registry: &Registry) -> Result<(Config, Plan), String> {
+    let (config, plan) = load_plan(path, registry)?;
     drop(plan);
     config.rebuild_compact(registry).map_err(|e| e.to_string())
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let registry = Registry::builtin();
-    let (config, plan) = load_plan(&opts.config, &registry)
+    let (config, plan) = load_plan_to_run(&opts.config, &registry)
         .map_err(|e| anyhow::anyhow!("the config has problems, nothing was started:\n{e}"))?;
     let host: Arc<str> = config
         .engine
@@ -352,7 +359,7 @@ async fn reload(
         "SIGHUP received: reloading {}.",
         path.display()
     );
-    let (config, plan) = match load_plan(path, registry) {
+    let (config, plan) = match load_plan_to_run(path, registry) {
         Ok(x) => x,
         Err(e) => {
             tracing::error!(

@@ -470,9 +470,9 @@ mod tests {
         build_one(&HttpFactory::default(), yaml)
     }
 
-    /// A real HTTP/1.1 server on 127.0.0.1:0 answering every request with `status`,
-    /// `body`, after `delay`.
-    async fn server(status: u16, body: &'static str, delay: Duration) -> u16 {
+    /// A real HTTP/1.1 server on 127.0.0.1:0: reads each request's head and answers
+    /// with what `respond` makes of it, after its delay.
+    async fn serve(respond: fn(&str) -> (Duration, String)) -> u16 {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         tokio::spawn(async move {
@@ -486,11 +486,8 @@ mod tests {
                             Ok(n) => got.extend_from_slice(&buf[..n]),
                         }
                     }
+                    let (delay, resp) = respond(&String::from_utf8_lossy(&got));
                     tokio::time::sleep(delay).await;
-                    let resp = format!(
-                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
                     let _ = s.write_all(resp.as_bytes()).await;
                 });
             }
@@ -498,9 +495,26 @@ mod tests {
         port
     }
 
+    /// Answers every request with `status` and `body`, after `delay`.
+    macro_rules! server {
+        ($status:expr, $body:expr, $delay:expr) => {
+            serve(|_| {
+                let body: &str = $body;
+                (
+                    $delay,
+                    format!(
+                        "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        $status,
+                        body.len()
+                    ),
+                )
+            })
+        };
+    }
+
     #[tokio::test]
     async fn healthy_endpoint() {
-        let port = server(200, "{\"status\":\"ok\"}", Duration::ZERO).await;
+        let port = server!(200, "{\"status\":\"ok\"}", Duration::ZERO).await;
         let c = build(&format!(
             "url: http://127.0.0.1:{port}/health\nbody_contains: '\"status\":\"ok\"'"
         ))
@@ -514,7 +528,7 @@ mod tests {
 
     #[tokio::test]
     async fn status_500_fails_with_the_status_in_the_message() {
-        let port = server(500, "boom", Duration::ZERO).await;
+        let port = server!(500, "boom", Duration::ZERO).await;
         let c = build(&format!("url: http://127.0.0.1:{port}/health")).unwrap();
         let o = c.run(ctx()).await;
         assert!(!o.is_ok());
@@ -526,7 +540,7 @@ mod tests {
 
     #[tokio::test]
     async fn expected_status_list_and_range() {
-        let port = server(404, "", Duration::ZERO).await;
+        let port = server!(404, "", Duration::ZERO).await;
         let c = build(&format!(
             "url: http://127.0.0.1:{port}/\nexpect_status: [200, \"400-404\"]"
         ))
@@ -536,7 +550,7 @@ mod tests {
 
     #[tokio::test]
     async fn body_mismatch_and_regex() {
-        let port = server(200, "{\"status\":\"degraded\"}", Duration::ZERO).await;
+        let port = server!(200, "{\"status\":\"degraded\"}", Duration::ZERO).await;
         let c = build(&format!(
             "url: http://127.0.0.1:{port}/\nbody_regex: '\"status\":\"(ok|fine)\"'"
         ))
@@ -548,7 +562,7 @@ mod tests {
 
     #[tokio::test]
     async fn slow_response_over_the_limit() {
-        let port = server(200, "ok", Duration::from_millis(150)).await;
+        let port = server!(200, "ok", Duration::from_millis(150)).await;
         let c = build(&format!(
             "url: http://127.0.0.1:{port}/\nmax_response_time: 50ms"
         ))
@@ -570,7 +584,7 @@ mod tests {
             format!("GET http://127.0.0.1:{port}/: connection refused")
         );
 
-        let port = server(200, "ok", Duration::from_secs(5)).await;
+        let port = server!(200, "ok", Duration::from_secs(5)).await;
         let c = build(&format!("url: http://127.0.0.1:{port}/")).unwrap();
         let o = c
             .run(RunContext {
@@ -586,27 +600,16 @@ mod tests {
 
     /// Answers with a chunked body, or a redirect to /ok for any other path.
     async fn chunked_and_redirect_server() -> u16 {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    let head = String::from_utf8_lossy(&buf[..n]).to_string();
-                    let resp = if head.starts_with("GET /ok ") {
-                        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
-                         7\r\n{\"statu\r\n8\r\ns\":\"ok\"}\r\n0\r\n\r\n"
-                            .to_string()
-                    } else {
-                        "HTTP/1.1 302 Found\r\nLocation: /ok\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                            .to_string()
-                    };
-                    let _ = s.write_all(resp.as_bytes()).await;
-                });
-            }
-        });
-        port
+        serve(|head| {
+            let resp = if head.starts_with("GET /ok ") {
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+                 7\r\n{\"statu\r\n8\r\ns\":\"ok\"}\r\n0\r\n\r\n"
+            } else {
+                "HTTP/1.1 302 Found\r\nLocation: /ok\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            };
+            (Duration::ZERO, resp.to_string())
+        })
+        .await
     }
 
     #[tokio::test]
