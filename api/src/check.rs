@@ -1,5 +1,6 @@
 //! What a check is, what it returns, and how a plugin builds one from config.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +85,37 @@ pub trait Check: Send + Sync + 'static {
 
     /// A short description of the target for logs and `vigia check`: `tcp 127.0.0.1:7000`.
     fn target(&self) -> String;
+
+    /// State the check keeps between runs that should survive a restart and a reload
+    /// (a Lua script's `ctx.state`), as JSON. The engine asks after every run and
+    /// persists what it gets with the check's status; `None` means "unchanged".
+    fn take_state(&self) -> Option<String> {
+        None
+    }
+
+    /// Gives a newly built check the state its predecessor saved (after a restart, or
+    /// when a reload replaced it).
+    fn restore_state(&self, _json: &str) {}
+}
+
+/// Schedule settings a check's own definition may carry (a Lua script declares them).
+/// The engine uses them where the config entry does not set the key itself.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Settings {
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub threshold: Option<u32>,
+    pub recover_after: Option<u32>,
+    pub comment: Option<String>,
+}
+
+/// A file that defines checks (a Lua script) and could not be loaded. The engine keeps
+/// running the checks it had from that file and reports the error once.
+#[derive(Clone, Debug)]
+pub struct BrokenFile {
+    pub file: PathBuf,
+    /// `checks/x.lua:3: unexpected symbol near 'end'`
+    pub error: String,
 }
 
 /// One check built from a config entry. Most entries give one; `terminals` gives one per
@@ -95,6 +127,26 @@ pub struct BuiltCheck {
     /// Members of a group are scheduled in the same phase and their alerts are grouped.
     pub group: Option<String>,
     pub check: Arc<dyn Check>,
+    /// The file that defines the check beyond its config entry (a Lua script), if any.
+    pub source: Option<PathBuf>,
+    /// A hash of whatever defines the check beyond its config entry (a script's text):
+    /// a different version on reload means a changed check.
+    pub version: u64,
+    /// Defaults for the schedule that the definition carries.
+    pub settings: Settings,
+}
+
+impl BuiltCheck {
+    pub fn new(name: impl Into<String>, check: Arc<dyn Check>) -> Self {
+        BuiltCheck {
+            name: name.into(),
+            group: None,
+            check,
+            source: None,
+            version: 0,
+            settings: Settings::default(),
+        }
+    }
 }
 
 /// What a factory built from one config entry.
@@ -105,17 +157,15 @@ pub struct Built {
     pub warnings: Vec<ConfigError>,
     /// Files the entry read, which a reload should watch.
     pub files: Vec<PathBuf>,
+    /// Definition files that failed to load (see [`BrokenFile`]).
+    pub broken: Vec<BrokenFile>,
 }
 
 impl Built {
     /// What most entries build: one check, named after the entry.
     pub fn one(name: &str, check: impl Check) -> Built {
         Built {
-            checks: vec![BuiltCheck {
-                name: name.to_string(),
-                group: None,
-                check: std::sync::Arc::new(check),
-            }],
+            checks: vec![BuiltCheck::new(name, std::sync::Arc::new(check))],
             ..Built::default()
         }
     }
@@ -131,9 +181,7 @@ pub mod testing {
         yaml: &str,
     ) -> Result<std::sync::Arc<dyn Check>, ConfigErrors> {
         let node = Node::parse(yaml).map_err(ConfigErrors::from)?;
-        let ctx = BuildContext {
-            config_dir: ".".into(),
-        };
+        let ctx = BuildContext::new(".");
         let built = factory.build("t", &node, "checks[0]", &ctx)?;
         Ok(built.checks[0].check.clone())
     }
@@ -152,9 +200,21 @@ pub mod testing {
 pub struct BuildContext {
     /// The directory of config.yaml: relative paths in the config are relative to it.
     pub config_dir: PathBuf,
+    /// This server's name in alerts (`engine.hostname`).
+    pub hostname: String,
+    /// The `commands:` allow-list: a name to the program it runs.
+    pub commands: Arc<BTreeMap<String, PathBuf>>,
 }
 
 impl BuildContext {
+    pub fn new(config_dir: impl Into<PathBuf>) -> Self {
+        BuildContext {
+            config_dir: config_dir.into(),
+            hostname: "localhost".into(),
+            commands: Arc::default(),
+        }
+    }
+
     pub fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             p.to_path_buf()

@@ -15,7 +15,7 @@ pub mod error;
 pub mod yaml;
 
 pub use check::{
-    BuildContext, Built, BuiltCheck, Check, CheckFactory, CheckOutcome, RunContext, Severity,
+    BrokenFile, BuildContext, Built, BuiltCheck, Check, CheckFactory, CheckOutcome, RunContext, Settings, Severity,
 };
 pub use duration::Dur;
 pub use error::{ConfigError, ConfigErrors};

@@ -201,6 +201,27 @@ fn flush(console: &Option<Console>, group: &str, transition: Transition, members
 
 /// Logs the `{"event":"alert",...}` line: the record of a transition, written by the
 /// recorder once the transition is durable (delivering it is this module's task).
+/// A script that does not load: one `{"event":"alert","state":"script_error"}` line and
+/// one console line, once per distinct error (the engine remembers what it reported).
+pub fn script_error(console: Option<&Console>, host: &str, file: &str, error: &str, kept: bool) {
+    let what = if kept {
+        "the last good version keeps running"
+    } else {
+        "it is not running"
+    };
+    tracing::warn!(
+        event = "alert",
+        state = "script_error",
+        host = %host,
+        file = %file,
+        kept_previous = kept,
+        "{error} ({what})"
+    );
+    if let Some(c) = console {
+        c.print(&format!("ALERT SCRIPT ERROR on {host}: {error} ({what})"));
+    }
+}
+
 pub fn log_event(e: &AlertEvent) {
     tracing::info!(
         event = "alert",

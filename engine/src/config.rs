@@ -9,14 +9,16 @@
 //!
 //! Every error names `file:line:col` and a path such as `checks[2].threshold`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use vigia_api::yaml::{did_you_mean, join_path, unknown_with_hint};
-use vigia_api::{BuildContext, Check, CheckFactory, ConfigError, ConfigErrors, Dur, Node, Pos};
+use vigia_api::{
+    BrokenFile, BuildContext, Check, CheckFactory, ConfigError, ConfigErrors, Dur, Node, Pos,
+};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/vigia";
 
@@ -42,6 +44,14 @@ pub struct EngineConfig {
     /// checks per second; more only help checks that do heavy CPU work).
     #[serde(default = "default_workers")]
     pub worker_threads: usize,
+    /// Lua check scripts: a script here that declares a `name` runs as a check of its
+    /// own (default `checks`, relative to the config file).
+    #[serde(default = "default_checks_dir")]
+    pub checks_dir: PathBuf,
+    /// Reload by itself when config.yaml, a file it names (ips.txt) or a script in
+    /// `checks_dir` is saved (default true). SIGHUP always reloads.
+    #[serde(default = "yes")]
+    pub watch: bool,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -59,6 +69,9 @@ fn default_grace() -> Dur {
 fn default_workers() -> usize {
     1
 }
+fn default_checks_dir() -> PathBuf {
+    PathBuf::from("checks")
+}
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -69,6 +82,8 @@ impl Default for EngineConfig {
             max_concurrent_checks: default_max_concurrent(),
             shutdown_grace: default_grace(),
             worker_threads: default_workers(),
+            checks_dir: default_checks_dir(),
+            watch: true,
         }
     }
 }
@@ -144,6 +159,32 @@ pub struct CheckEntry {
     pub fingerprint: u64,
     /// `checks[2]`
     pub path: String,
+    /// Which schedule keys the entry sets itself; the others may come from the check's
+    /// own definition (a Lua script's `interval = "10s"`).
+    pub explicit: Explicit,
+}
+
+/// Which of the schedule keys a config entry sets.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Explicit {
+    pub interval: bool,
+    pub timeout: bool,
+    pub threshold: bool,
+    pub recover_after: bool,
+    pub comment: bool,
+}
+
+impl Explicit {
+    fn of(entry: &Node) -> Explicit {
+        let has = |k: &str| entry.get(k).is_some();
+        Explicit {
+            interval: has("interval"),
+            timeout: has("timeout"),
+            threshold: has("threshold"),
+            recover_after: has("recover_after"),
+            comment: has("comment"),
+        }
+    }
 }
 
 /// A parsed and validated config file. Plugins have not built anything yet.
@@ -152,10 +193,12 @@ pub struct Config {
     pub file: PathBuf,
     pub engine: EngineConfig,
     pub checks: Vec<CheckEntry>,
+    /// The `commands:` allow-list: what scripts may run with `exec`.
+    pub commands: Arc<BTreeMap<String, PathBuf>>,
     root: Node,
 }
 
-const TOP_KEYS: &[&str] = &["engine", "checks"];
+const TOP_KEYS: &[&str] = &["engine", "commands", "checks"];
 
 impl Config {
     /// Reads, parses and validates a config file, without building checks (for the
@@ -270,6 +313,7 @@ impl Config {
                             params,
                             fingerprint: item.fingerprint(),
                             path,
+                            explicit: Explicit::of(&own),
                         }),
                         Err(e) => errors.push(e),
                     }
@@ -281,17 +325,25 @@ impl Config {
                 format!("`checks` must be a list, not {}", n.kind()),
             )),
         }
+        let commands = match root.get("commands") {
+            None => BTreeMap::new(),
+            Some(n) => parse_commands(n, &mut errors),
+        };
         let mut engine = engine;
-        if engine.state_dir.is_relative() {
-            // Relative to the config file, like every other path in it.
-            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // Relative to the config file, like every other path in it.
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if engine.state_dir.is_relative() {
                 engine.state_dir = dir.join(&engine.state_dir);
+            }
+            if engine.checks_dir.is_relative() {
+                engine.checks_dir = dir.join(&engine.checks_dir);
             }
         }
         let config = Config {
             file: file.to_path_buf(),
             engine,
             checks,
+            commands: Arc::new(commands),
             root,
         };
         errors.extend(config.semantic_errors());
@@ -422,19 +474,31 @@ impl Config {
         registry: &Registry,
         texts: Option<&[String]>,
     ) -> Result<(Plan, Vec<ConfigError>), ConfigErrors> {
-        let ctx = BuildContext {
-            config_dir: self
-                .file
+        let mut ctx = BuildContext::new(
+            self.file
                 .parent()
                 .map(Path::to_path_buf)
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or_else(|| PathBuf::from(".")),
-        };
+        );
+        ctx.hostname = self.engine.hostname.clone().unwrap_or_else(system_hostname);
+        ctx.commands = self.commands.clone();
         let mut errors = ConfigErrors::default();
         let mut warnings = Vec::new();
         let mut checks = Vec::new();
         let mut files = Vec::new();
+        let mut broken = Vec::new();
         let mut names: HashSet<String> = HashSet::new();
+        for (name, program) in self.commands.iter() {
+            if !program.exists() {
+                let path = format!("commands.{name}");
+                warnings.push(ConfigError::at(
+                    self.pos_of(&path),
+                    &path,
+                    format!("{} does not exist on this machine: a script's exec{{command = \"{name}\"}} will fail", program.display()),
+                ));
+            }
+        }
         for (i, entry) in self.checks.iter().enumerate() {
             let Some(factory) = registry.get(&entry.common.kind) else {
                 let path = join_path(&entry.path, "type");
@@ -470,6 +534,7 @@ impl Config {
                     if !entry.common.enabled {
                         continue;
                     }
+                    broken.extend(built.broken);
                     for b in built.checks {
                         if !names.insert(b.name.clone()) {
                             if b.group.is_none() {
@@ -484,19 +549,51 @@ impl Config {
                             continue;
                         }
                         let target_hash = fnv1a(&b.check.target());
-                        checks.push(PlannedCheck {
+                        let c = &entry.common;
+                        let x = entry.explicit;
+                        let s = &b.settings;
+                        let interval = match (x.interval, s.interval) {
+                            (false, Some(i)) => i,
+                            _ => c.interval.get(),
+                        };
+                        let timeout = match (x.timeout, s.timeout) {
+                            (false, Some(t)) => t,
+                            (false, None) => interval.min(Duration::from_secs(10)),
+                            (true, _) => c.timeout(),
+                        };
+                        let from_definition = (!x.interval && s.interval.is_some())
+                            || (!x.timeout && s.timeout.is_some());
+                        if from_definition && timeout > interval {
+                            let path = join_path(&entry.path, "interval");
+                            errors.push(ConfigError::at(
+                                self.pos_of(&entry.path),
+                                &path,
+                                format!(
+                                    "the timeout {} (from the entry or its script) is longer than the interval {}: set both in the entry",
+                                    Dur(timeout),
+                                    Dur(interval)
+                                ),
+                            ));
+                            continue;
+                        }
+                        let planned = PlannedCheck {
                             name: b.name.into(),
                             group: b.group.map(Into::into),
                             check: b.check,
-                            interval: entry.common.interval.get(),
-                            timeout: entry.common.timeout(),
-                            threshold: entry.common.threshold,
-                            recover_after: entry.common.recover_after,
-                            comment: entry.common.comment.as_str().into(),
+                            interval,
+                            timeout,
+                            threshold: pick(x.threshold, c.threshold, s.threshold),
+                            recover_after: pick(x.recover_after, c.recover_after, s.recover_after),
+                            comment: pick(x.comment, c.comment.clone(), s.comment.clone())
+                                .as_str()
+                                .into(),
+                            source: b.source.map(Into::into),
                             // The target too: a terminal renamed in ips.txt (same
-                            // address) is a changed check, not a kept one.
-                            fingerprint: entry.fingerprint ^ target_hash,
-                        });
+                            // address) is a changed check, not a kept one. And the
+                            // version: a script whose text changed.
+                            fingerprint: entry.fingerprint ^ target_hash ^ b.version,
+                        };
+                        checks.push(planned);
                     }
                 }
                 Err(es) => {
@@ -506,12 +603,72 @@ impl Config {
                 }
             }
         }
+        if let Some(lua) = &registry.lua {
+            // Scripts that declare their own name, unless a config entry uses them.
+            let used: HashSet<PathBuf> = checks
+                .iter()
+                .filter_map(|c| c.source.as_deref().map(Path::to_path_buf))
+                .chain(broken.iter().map(|b: &BrokenFile| b.file.clone()))
+                .collect();
+            let found = lua.discover(&self.engine.checks_dir, &ctx, &used);
+            files.extend(found.files);
+            broken.extend(found.broken);
+            for b in found.checks {
+                let src = b.source.clone().unwrap_or_default();
+                if !names.insert(b.name.clone()) {
+                    broken.push(BrokenFile {
+                        error: format!(
+                            "{}: declares the check name `{}`, which config.yaml already uses",
+                            vigia_lua::display_path(&src, &ctx.config_dir),
+                            b.name
+                        ),
+                        file: src,
+                    });
+                    continue;
+                }
+                let s = &b.settings;
+                let interval = s.interval.unwrap_or(default_interval().get());
+                let timeout = s.timeout.unwrap_or(interval.min(Duration::from_secs(10)));
+                if timeout > interval {
+                    broken.push(BrokenFile {
+                        error: format!(
+                            "{}: the timeout {} is longer than the interval {}",
+                            vigia_lua::display_path(&src, &ctx.config_dir),
+                            Dur(timeout),
+                            Dur(interval)
+                        ),
+                        file: src,
+                    });
+                    continue;
+                }
+                let schedule = format!("{:?}", b.settings);
+                checks.push(PlannedCheck {
+                    fingerprint: b.version ^ fnv1a(&schedule) ^ fnv1a(&b.check.target()),
+                    name: b.name.into(),
+                    group: None,
+                    check: b.check,
+                    interval,
+                    timeout,
+                    threshold: s.threshold.unwrap_or(default_threshold()),
+                    recover_after: s.recover_after.unwrap_or(default_recover_after()),
+                    comment: s.comment.clone().unwrap_or_default().into(),
+                    source: Some(src.into()),
+                });
+            }
+        }
         let errors = errors.in_file(&self.file);
         let warnings = warnings
             .into_iter()
             .map(|w| self.locate(w).in_file(&self.file))
             .collect();
-        errors.into_result((Plan { checks, files }, warnings))
+        errors.into_result((
+            Plan {
+                checks,
+                files,
+                broken,
+            },
+            warnings,
+        ))
     }
 }
 
@@ -530,16 +687,27 @@ fn hint_common_key(mut e: ConfigError) -> ConfigError {
 /// The plugins an engine knows, by `type:`.
 pub struct Registry {
     factories: Vec<Arc<dyn CheckFactory>>,
+    /// The Lua runtime, which also finds the named scripts of `engine.checks_dir`.
+    lua: Option<Arc<vigia_lua::LuaFactory>>,
 }
 
 impl Registry {
     pub fn new(factories: Vec<Arc<dyn CheckFactory>>) -> Self {
-        Registry { factories }
+        Registry {
+            factories,
+            lua: None,
+        }
     }
 
-    /// Every built-in plugin.
+    /// Every built-in plugin, and Lua scripts.
     pub fn builtin() -> Self {
-        Registry::new(vigia_plugins::registry())
+        let lua = Arc::new(vigia_lua::LuaFactory::default());
+        let mut factories = vigia_plugins::registry();
+        factories.push(lua.clone());
+        Registry {
+            factories,
+            lua: Some(lua),
+        }
     }
 
     pub fn get(&self, kind: &str) -> Option<&Arc<dyn CheckFactory>> {
@@ -566,6 +734,9 @@ pub struct PlannedCheck {
     pub threshold: u32,
     pub recover_after: u32,
     pub comment: Arc<str>,
+    /// The script that defines it, if any: while that file fails to load, a reload
+    /// keeps the running version.
+    pub source: Option<Arc<Path>>,
     /// The fingerprint of the config entry it came from: equal fingerprints mean an
     /// unchanged check on reload. (A hash, not the node: a node per check would cost
     /// kilobytes at 10 000 checks.)
@@ -583,8 +754,69 @@ impl PlannedCheck {
 #[derive(Clone, Default)]
 pub struct Plan {
     pub checks: Vec<PlannedCheck>,
-    /// Files the checks read (ips.txt), which a reload re-reads.
+    /// Files the checks read (ips.txt, scripts), which a reload re-reads.
     pub files: Vec<PathBuf>,
+    /// Scripts that failed to load: `vigia validate` reports them as errors; a running
+    /// engine reports them once and keeps their last good version.
+    pub broken: Vec<BrokenFile>,
+}
+
+/// The config entry's value if it sets the key, else the definition's, else the default.
+fn pick<T>(explicit: bool, entry: T, definition: Option<T>) -> T {
+    match (explicit, definition) {
+        (false, Some(d)) => d,
+        _ => entry,
+    }
+}
+
+/// `commands:` — a mapping of names to absolute program paths.
+fn parse_commands(n: &Node, errors: &mut ConfigErrors) -> BTreeMap<String, PathBuf> {
+    let mut out = BTreeMap::new();
+    let Some(map) = n.as_map() else {
+        if !matches!(n.value, vigia_api::yaml::Value::Null) {
+            errors.push(ConfigError::at(
+                n.pos,
+                "commands",
+                format!(
+                    "`commands` must map names to programs (csync2: /usr/sbin/csync2), not {}",
+                    n.kind()
+                ),
+            ));
+        }
+        return out;
+    };
+    for (k, v) in map {
+        let name = k.as_str().unwrap_or_default().to_string();
+        let path = format!("commands.{name}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            errors.push(ConfigError::at(
+                k.pos,
+                &path,
+                format!("`{name}` is not a valid command name: use letters, digits, `_`, `-` and `.`"),
+            ));
+            continue;
+        }
+        match v.as_str() {
+            Some(p) if Path::new(p).is_absolute() => {
+                out.insert(name, PathBuf::from(p));
+            }
+            Some(p) => errors.push(ConfigError::at(
+                v.pos,
+                &path,
+                format!("`{p}` must be an absolute path (no shell and no PATH lookup: /usr/sbin/csync2)"),
+            )),
+            None => errors.push(ConfigError::at(
+                v.pos,
+                &path,
+                format!("must be a program's path, not {}", v.kind()),
+            )),
+        }
+    }
+    out
 }
 
 /// FNV-1a of a string.

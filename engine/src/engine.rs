@@ -6,7 +6,7 @@
 //! only once it is durable: after `kill -9` the engine restarts with the same statuses
 //! and sends no second `failed`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,7 +78,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     restore(&shared, &store, &plan, persisted).await;
 
     let (alerts_tx, alerts_rx) = mpsc::channel::<AlertEvent>(16 * 1024);
-    let alerts = alert::spawn(alerts_rx, opts.console.then(Console::stderr));
+    let console = opts.console.then(Console::stderr);
+    let alerts = alert::spawn(alerts_rx, console.clone());
     let recorder = tokio::spawn(recorder(
         updates_rx,
         store.clone(),
@@ -101,6 +102,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut scheduler = Scheduler::new(shared.clone());
     scheduler.apply(&plan);
     refresh_views(&control_state, &scheduler);
+    let mut script_errors = ScriptErrors::new(host.clone(), console.clone());
+    script_errors.report(&plan, &scheduler, &config);
+    let mut watcher = config
+        .engine
+        .watch
+        .then(|| Watch::start(&opts.config, &config, &plan));
     let n_checks = plan.checks.len();
     // Only the engine section is needed from here on: the YAML tree and the plan go.
     let mut running = config.engine.clone();
@@ -136,11 +143,28 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let why = loop {
+        let changed = async {
+            match watcher.as_mut() {
+                Some(w) => w.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = hup.recv() => {
                 systemd::notify("RELOADING=1");
-                if let Some(engine) = reload(&opts.config, &registry, &running, &mut scheduler, &store, &control_state).await {
+                tracing::info!(event = "reload", "SIGHUP received: reloading {}.", opts.config.display());
+                if let Some((engine, new_watch)) = reload(&opts.config, &registry, &running, &mut scheduler, &store, &control_state, &mut script_errors).await {
                     running = engine;
+                    if let Some(w) = watcher.as_mut() { w.rewatch(new_watch); }
+                }
+                systemd::notify("READY=1");
+            }
+            files = changed => {
+                systemd::notify("RELOADING=1");
+                tracing::info!(event = "reload", files = %files.join(", "), "Files changed ({}): reloading.", files.join(", "));
+                if let Some((engine, new_watch)) = reload(&opts.config, &registry, &running, &mut scheduler, &store, &control_state, &mut script_errors).await {
+                    running = engine;
+                    if let Some(w) = watcher.as_mut() { w.rewatch(new_watch); }
                 }
                 systemd::notify("READY=1");
             }
@@ -353,12 +377,8 @@ async fn reload(
     scheduler: &mut Scheduler,
     store: &Arc<Store>,
     control: &ControlState,
-) -> Option<EngineConfig> {
-    tracing::info!(
-        event = "reload",
-        "SIGHUP received: reloading {}.",
-        path.display()
-    );
+    script_errors: &mut ScriptErrors,
+) -> Option<(EngineConfig, WatchSet)> {
     let (config, plan) = match load_plan_to_run(path, registry) {
         Ok(x) => x,
         Err(e) => {
@@ -397,6 +417,8 @@ async fn reload(
     }
     let summary = scheduler.apply(&plan);
     refresh_views(control, scheduler);
+    script_errors.report(&plan, scheduler, &config);
+    let watch = WatchSet::of(path, &config, &plan);
     if !summary.removed.is_empty() {
         persist(
             store,
@@ -425,5 +447,175 @@ async fn reload(
     drop(config);
     drop(plan);
     trim_memory();
-    Some(engine)
+    Some((engine, watch))
+}
+
+/// Reports scripts that do not load, once per distinct error, and when they load again.
+struct ScriptErrors {
+    host: Arc<str>,
+    console: Option<Console>,
+    reported: HashMap<PathBuf, String>,
+}
+
+impl ScriptErrors {
+    fn new(host: Arc<str>, console: Option<Console>) -> Self {
+        ScriptErrors {
+            host,
+            console,
+            reported: HashMap::new(),
+        }
+    }
+
+    fn report(&mut self, plan: &Plan, scheduler: &Scheduler, config: &Config) {
+        let dir = config.file.parent().unwrap_or(Path::new(""));
+        let mut now = HashSet::new();
+        for b in &plan.broken {
+            now.insert(b.file.clone());
+            if self.reported.get(&b.file) == Some(&b.error) {
+                continue;
+            }
+            let kept = scheduler
+                .specs()
+                .any(|s| s.source.as_deref() == Some(b.file.as_path()));
+            let file = vigia_lua::display_path(&b.file, dir);
+            tracing::error!(event = "script_error", file = %file, kept_previous = kept, "{}", b.error);
+            alert::script_error(self.console.as_ref(), &self.host, &file, &b.error, kept);
+            self.reported.insert(b.file.clone(), b.error.clone());
+        }
+        self.reported.retain(|file, _| {
+            if now.contains(file) {
+                return true;
+            }
+            let shown = vigia_lua::display_path(file, dir);
+            tracing::info!(event = "script_fixed", file = %shown, "{shown} loads again.");
+            false
+        });
+    }
+}
+
+/// What the watcher looks at: directories, and which names in them matter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchSet {
+    dirs: BTreeSet<PathBuf>,
+    files: HashSet<PathBuf>,
+    scripts_dir: PathBuf,
+}
+
+impl WatchSet {
+    fn of(config_file: &Path, config: &Config, plan: &Plan) -> Self {
+        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let mut files: HashSet<PathBuf> = plan.files.iter().map(|f| abs(f)).collect();
+        files.insert(abs(config_file));
+        let scripts_dir = abs(&config.engine.checks_dir);
+        let mut dirs: BTreeSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        if scripts_dir.is_dir() {
+            dirs.insert(scripts_dir.clone());
+        }
+        WatchSet {
+            dirs,
+            files,
+            scripts_dir,
+        }
+    }
+
+    /// Whether a change to `p` should reload.
+    fn matters(&self, p: &Path) -> bool {
+        if self.files.contains(p) {
+            return true;
+        }
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        p.parent() == Some(self.scripts_dir.as_path())
+            && name.ends_with(".lua")
+            && !name.starts_with('.')
+    }
+}
+
+/// Watches config.yaml, the files it names and the scripts directory (inotify through
+/// notify); `changed` resolves once saves have settled for [`DEBOUNCE`].
+struct Watch {
+    set: WatchSet,
+    watcher: Option<notify::RecommendedWatcher>,
+    rx: mpsc::UnboundedReceiver<PathBuf>,
+    tx: mpsc::UnboundedSender<PathBuf>,
+}
+
+/// Editors save in several steps (write a temp file, rename, chmod): wait for quiet.
+pub const DEBOUNCE: Duration = Duration::from_millis(300);
+
+impl Watch {
+    fn start(config_file: &Path, config: &Config, plan: &Plan) -> Watch {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut w = Watch {
+            set: WatchSet::of(config_file, config, plan),
+            watcher: None,
+            rx,
+            tx,
+        };
+        w.arm();
+        w
+    }
+
+    fn arm(&mut self) {
+        use notify::Watcher;
+        let tx = self.tx.clone();
+        let made = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = res {
+                if matches!(event.kind, notify::EventKind::Access(_)) {
+                    return;
+                }
+                for p in event.paths {
+                    let _ = tx.send(p);
+                }
+            }
+        });
+        let mut watcher = match made {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(event = "watch", "Cannot watch files for changes ({e}); reload with SIGHUP.");
+                return;
+            }
+        };
+        for dir in &self.set.dirs {
+            if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+                tracing::warn!(event = "watch", dir = %dir.display(), "Cannot watch {} for changes ({e}); reload with SIGHUP.", dir.display());
+            }
+        }
+        self.watcher = Some(watcher);
+    }
+
+    fn rewatch(&mut self, set: WatchSet) {
+        if set != self.set {
+            self.set = set;
+            self.watcher = None;
+            self.arm();
+        }
+    }
+
+    /// The files that changed, once no more changes came for [`DEBOUNCE`].
+    async fn changed(&mut self) -> Vec<String> {
+        let mut changed = BTreeSet::new();
+        loop {
+            let Some(p) = self.rx.recv().await else {
+                return std::future::pending().await;
+            };
+            if self.set.matters(&p) {
+                changed.insert(p);
+                break;
+            }
+        }
+        loop {
+            match tokio::time::timeout(DEBOUNCE, self.rx.recv()).await {
+                Ok(Some(p)) => {
+                    if self.set.matters(&p) {
+                        changed.insert(p);
+                    }
+                }
+                _ => break,
+            }
+        }
+        changed.iter().map(|p| p.display().to_string()).collect()
+    }
 }

@@ -160,6 +160,14 @@ async fn cmd_run(config: &Path, console: bool) -> ExitCode {
 fn cmd_validate(path: &Path) -> ExitCode {
     let registry = Registry::builtin();
     match Config::load_and_build(path, &registry) {
+        Ok((_, plan, _)) if !plan.broken.is_empty() => {
+            for b in &plan.broken {
+                eprintln!("{}", b.error);
+            }
+            let n = plan.broken.len();
+            eprintln!("{n} script{} do{} not load.", plural(n), if n == 1 { "es" } else { "" });
+            ExitCode::from(1)
+        }
         Ok((config, plan, warnings)) => {
             for w in &warnings {
                 eprintln!("warning: {w}");
@@ -211,6 +219,9 @@ async fn cmd_check(path: &Path, name: &str, json: bool) -> ExitCode {
         .cloned()
         .collect();
     if selected.is_empty() {
+        for b in &plan.broken {
+            eprintln!("vigia: {}", b.error);
+        }
         let names = plan.checks.iter().map(|c| &*c.name);
         let hint = vigia_api::yaml::did_you_mean(name, names)
             .map(|b| format!(" (did you mean `{b}`?)"))

@@ -176,6 +176,8 @@ pub struct ApplySummary {
     pub changed: usize,
     pub removed: Vec<Arc<str>>,
     pub kept: usize,
+    /// Checks kept at their last good version because their file does not load.
+    pub kept_broken: usize,
 }
 
 pub struct Scheduler {
@@ -223,10 +225,16 @@ impl Scheduler {
                         summary.added += 1;
                     }
                     let spec = Arc::new(planned.clone());
-                    self.shared
+                    let entry = self
+                        .shared
                         .status
                         .entry(spec.name.clone())
                         .or_insert_with(|| CheckState::new(unix_ms()));
+                    if let Some(state) = &entry.state {
+                        // A script's ctx.state outlives restarts and new versions.
+                        spec.check.restore_state(state);
+                    }
+                    drop(entry);
                     let cancel = CancellationToken::new();
                     let handle = tokio::spawn(check_loop(
                         spec.clone(),
@@ -246,6 +254,17 @@ impl Scheduler {
             }
         }
         for (name, r) in self.running.drain() {
+            let broken = r
+                .spec
+                .source
+                .as_deref()
+                .is_some_and(|src| plan.broken.iter().any(|b| b.file == src));
+            if broken {
+                // Its file does not load any more: the last good version keeps running.
+                summary.kept_broken += 1;
+                next.insert(name, r);
+                continue;
+            }
             r.cancel.cancel();
             self.shared.status.remove(&name);
             summary.removed.push(name);
@@ -418,6 +437,13 @@ async fn record(
         let before = entry.durable_part();
         let previous_change = entry.changed_at;
         let transition = entry.record(ok, spec.threshold, spec.recover_after, now);
+        let state_changed = match spec.check.take_state() {
+            Some(state) => {
+                entry.state = Some(state);
+                true
+            }
+            None => false,
+        };
         match transition {
             Some(Transition::Failed) => entry.failed_message = Some(outcome.message.clone()),
             Some(Transition::Recovered) => {}
@@ -440,7 +466,7 @@ async fn record(
             "{}",
             outcome.message
         );
-        (before != entry.durable_part()).then(|| Update {
+        (state_changed || before != entry.durable_part()).then(|| Update {
             spec: spec.clone(),
             state: entry.clone(),
             transition,
@@ -473,6 +499,7 @@ mod size_tests {
             threshold: 1,
             recover_after: 1,
             comment: "".into(),
+            source: None,
             fingerprint: 0,
         });
         let f = check_loop(spec, shared, CancellationToken::new(), None);

@@ -53,6 +53,9 @@ pub struct CheckState {
     pub failed_message: Option<String>,
     #[serde(default)]
     pub last: Option<LastRun>,
+    /// State the check keeps between runs (a Lua script's `ctx.state`), as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 impl CheckState {
@@ -64,6 +67,7 @@ impl CheckState {
             changed_at: now_ms,
             failed_message: None,
             last: None,
+            state: None,
         }
     }
 

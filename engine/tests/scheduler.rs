@@ -93,6 +93,7 @@ fn planned(
         threshold,
         recover_after: 1,
         comment: "".into(),
+        source: None,
         fingerprint: Node::parse(&format!("name: {name}\nversion: {version}"))
             .unwrap()
             .fingerprint(),
@@ -102,6 +103,7 @@ fn planned(
 fn plan(checks: Vec<PlannedCheck>) -> Plan {
     Plan {
         checks,
+        broken: vec![],
         files: vec![],
     }
 }

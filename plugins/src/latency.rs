@@ -294,9 +294,7 @@ mod tests {
             "lat",
             &node,
             "checks[0]",
-            &BuildContext {
-                config_dir: ".".into(),
-            },
+            &BuildContext::new("."),
         )?;
         Ok(b.checks[0].check.clone())
     }

@@ -116,23 +116,26 @@ impl CheckFactory for TerminalsFactory {
         let checks = terminals
             .into_iter()
             .map(|t| BuiltCheck {
-                name: format!("{name}/{}", t.host),
                 group: Some(name.to_string()),
-                check: Arc::new(PingCheck {
-                    label: match &t.name {
-                        Some(n) => format!("{n} ({})", t.host),
-                        None => t.host.clone(),
-                    },
-                    host: t.host,
-                    params: ping.clone(),
-                    icmp: self.icmp.clone(),
-                }),
+                ..BuiltCheck::new(
+                    format!("{name}/{}", t.host),
+                    Arc::new(PingCheck {
+                        label: match &t.name {
+                            Some(n) => format!("{n} ({})", t.host),
+                            None => t.host.clone(),
+                        },
+                        host: t.host,
+                        params: ping.clone(),
+                        icmp: self.icmp.clone(),
+                    }),
+                )
             })
             .collect();
         Ok(Built {
             checks,
             warnings,
             files: vec![file],
+            ..Built::default()
         })
     }
 }
@@ -190,9 +193,7 @@ mod tests {
                 "shops",
                 &node,
                 "checks[3]",
-                &BuildContext {
-                    config_dir: dir.path().into(),
-                },
+                &BuildContext::new(dir.path()),
             )
             .unwrap();
         let names: Vec<_> = built.checks.iter().map(|c| c.name.as_str()).collect();
@@ -215,9 +216,7 @@ mod tests {
                 "shops",
                 &node,
                 "checks[3]",
-                &BuildContext {
-                    config_dir: ".".into(),
-                },
+                &BuildContext::new("."),
             )
             .err()
             .unwrap()

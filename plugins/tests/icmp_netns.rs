@@ -62,9 +62,7 @@ fn run(argv: &[&str]) {
 }
 
 fn ctx() -> BuildContext {
-    BuildContext {
-        config_dir: std::env::temp_dir(),
-    }
+    BuildContext::new(std::env::temp_dir())
 }
 
 /// Builds with `factory` and runs every built check once, in a fresh runtime.

@@ -1,0 +1,233 @@
+//! The one constructor of a Lua state, and the budget that stops runaway scripts.
+//!
+//! A state gets Lua's string, table, math, utf8 and coroutine libraries, `os.time`,
+//! `os.clock` and `os.date`, a `load` that only accepts text, and Vigia's host API
+//! (`host.rs`). Nothing else: no io, no os.execute, no require, no debug, no dofile,
+//! loadfile, string.dump or collectgarbage (`Lua::new()`'s "safe" set can read any file).
+//!
+//! Runaway scripts: an instruction hook fires every [`HOOK_EVERY`] instructions.
+//! - Past the run's deadline it raises a [`Runaway`] error, and raises it again at every
+//!   later hook. `pcall`, `xpcall` and `coroutine.resume` are wrapped so that they pass a
+//!   `Runaway` on instead of catching it: no loop of `pcall`s or coroutines can swallow
+//!   it. (mlua's `catch_rust_panics(false)` would do the same with a panic, but its
+//!   `pcall` is not yieldable, so a script could not `pcall(mysql.query, ...)`.)
+//! - In the run's own coroutine, after [`SLICE`] of continuous work it yields to the
+//!   runtime, so a busy script shares the thread with every other check.
+//! - Inside a coroutine the script made itself a yield would be seen by the script
+//!   (a spurious `coroutine.yield`), so there it only keeps going up to
+//!   [`COROUTINE_SLICE`] without a break, then is stopped as a runaway.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mlua::{HookTriggers, Lua, LuaOptions, StdLib, VmState};
+
+use crate::host::{self, HostEnv};
+
+/// How often the hook looks at the clock.
+pub const HOOK_EVERY: u32 = 1000;
+/// How long a script runs before it lets other checks run.
+pub const SLICE: Duration = Duration::from_millis(1);
+/// How long code inside a script's own coroutine may run without returning to the
+/// check function.
+pub const COROUTINE_SLICE: Duration = Duration::from_millis(200);
+/// How long a script's top level may run when it is loaded.
+pub const LOAD_BUDGET: Duration = Duration::from_secs(1);
+/// Memory a script may use unless its config says otherwise.
+pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
+
+/// The error that stops a runaway script. It carries the message.
+#[derive(Debug)]
+pub struct Runaway(pub String);
+
+impl std::fmt::Display for Runaway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Runaway {}
+
+/// Whether a Lua error is a [`Runaway`].
+pub fn runaway_of(e: &mlua::Error) -> Option<&Runaway> {
+    match e {
+        mlua::Error::ExternalError(x) => x.downcast_ref::<Runaway>(),
+        mlua::Error::CallbackError { cause, .. } => runaway_of(cause),
+        mlua::Error::WithContext { cause, .. } => runaway_of(cause),
+        _ => None,
+    }
+}
+
+/// The clock of the current run, shared between the check and its state's hook.
+pub struct Budget {
+    base: Instant,
+    /// ns since `base`; `u64::MAX` when no run is armed.
+    deadline: AtomicU64,
+    /// The budget of the armed run, for the message.
+    allowed_ms: AtomicU64,
+    /// The run's own coroutine (a `lua_State` pointer); 0 = never yield.
+    main_thread: AtomicUsize,
+    /// ns since `base` of the last yield or of the run's start.
+    slice_start: AtomicU64,
+    /// The host call in flight, for a timeout message.
+    pub in_call: Mutex<Option<String>>,
+    /// The script's path as shown to operators (`checks/web.lua`), for its log lines.
+    pub script: String,
+    /// The check it runs as; empty while the script is being loaded.
+    pub check: Mutex<String>,
+    /// The state's memory limit in bytes, for the message when it is reached.
+    pub memory_limit: usize,
+}
+
+impl Budget {
+    fn new(script: &str, memory_limit: usize) -> Self {
+        Budget {
+            memory_limit,
+            script: script.to_string(),
+            check: Mutex::new(String::new()),
+            base: Instant::now(),
+            deadline: AtomicU64::new(u64::MAX),
+            allowed_ms: AtomicU64::new(0),
+            main_thread: AtomicUsize::new(0),
+            slice_start: AtomicU64::new(0),
+            in_call: Mutex::new(None),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    /// Starts a run that may take `allowed`; `thread` is its coroutine (0: none).
+    pub fn arm(&self, allowed: Duration, thread: usize) {
+        let now = self.now();
+        self.allowed_ms
+            .store(allowed.as_millis() as u64, Ordering::Relaxed);
+        self.deadline.store(
+            now.saturating_add(allowed.as_nanos() as u64),
+            Ordering::Relaxed,
+        );
+        self.main_thread.store(thread, Ordering::Relaxed);
+        self.slice_start.store(now, Ordering::Relaxed);
+    }
+
+    pub fn disarm(&self) {
+        self.deadline.store(u64::MAX, Ordering::Relaxed);
+        self.main_thread.store(0, Ordering::Relaxed);
+        *self.in_call.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub fn allowed(&self) -> Duration {
+        Duration::from_millis(self.allowed_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// A script's state with its budget.
+pub struct Vm {
+    pub lua: Lua,
+    pub budget: Arc<Budget>,
+}
+
+/// The one constructor of a sandboxed state. `memory_limit` in bytes.
+pub fn new_vm(env: Arc<HostEnv>, memory_limit: usize, script: &str) -> mlua::Result<Vm> {
+    let libs = StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE;
+    let lua = Lua::new_with(libs | StdLib::OS, LuaOptions::new())?;
+    harden(&lua)?;
+    let budget = Arc::new(Budget::new(script, memory_limit));
+    install_hook(&lua, budget.clone())?;
+    host::register(&lua, env, budget.clone())?;
+    lua.set_memory_limit(memory_limit)?;
+    Ok(Vm { lua, budget })
+}
+
+/// Removes what a check has no business doing.
+fn harden(lua: &Lua) -> mlua::Result<()> {
+    let g = lua.globals();
+    for name in ["dofile", "loadfile", "collectgarbage", "require", "module"] {
+        g.raw_set(name, mlua::Value::Nil)?;
+    }
+    // os: only the clock and the calendar.
+    let os: mlua::Table = g.get("os")?;
+    let safe_os = lua.create_table()?;
+    for name in ["time", "clock", "date"] {
+        safe_os.raw_set(name, os.get::<mlua::Value>(name)?)?;
+    }
+    g.raw_set("os", safe_os)?;
+    let string: mlua::Table = g.get("string")?;
+    string.raw_set("dump", mlua::Value::Nil)?;
+    let is_runaway = lua.create_function(|_, v: mlua::Value| {
+        Ok(matches!(&v, mlua::Value::Error(e) if runaway_of(e).is_some()))
+    })?;
+    lua.load(SANDBOX).set_name("=vigia").call::<()>(is_runaway)?;
+    Ok(())
+}
+
+/// `load` of text only (precompiled bytecode can crash the VM); `pcall`, `xpcall` and
+/// `coroutine.resume` that let a [`Runaway`] through.
+const SANDBOX: &str = r#"
+local is_runaway = ...
+local _load, _pcall, _xpcall, _resume, _error, _select = load, pcall, xpcall, coroutine.resume, error, select
+load = function(chunk, name, mode, ...)
+  if _select('#', ...) > 0 then return _load(chunk, name, "t", ...) end
+  return _load(chunk, name, "t")
+end
+local function pass(ok, ...)
+  if not ok and is_runaway((...)) then _error((...), 0) end
+  return ok, ...
+end
+pcall = function(...) return pass(_pcall(...)) end
+xpcall = function(f, handler, ...)
+  return pass(_xpcall(f, function(e)
+    if is_runaway(e) then return e end
+    return handler(e)
+  end, ...))
+end
+coroutine.resume = function(...) return pass(_resume(...)) end
+"#;
+
+fn install_hook(lua: &Lua, budget: Arc<Budget>) -> mlua::Result<()> {
+    lua.set_global_hook(
+        HookTriggers::new().every_nth_instruction(HOOK_EVERY),
+        move |lua, debug| {
+            let now = budget.now();
+            let deadline = budget.deadline.load(Ordering::Relaxed);
+            if deadline == u64::MAX {
+                return Ok(VmState::Continue);
+            }
+            let at = || {
+                let src = debug.source();
+                let line = debug.current_line().unwrap_or(0);
+                format!("{}:{line}", src.short_src.unwrap_or_default())
+            };
+            if now >= deadline {
+                let msg = format!(
+                    "{}: stopped after {}: the script was still running (an endless loop?)",
+                    at(),
+                    vigia_api::Dur(budget.allowed())
+                );
+                return Err(mlua::Error::external(Runaway(msg)));
+            }
+            let since = now.saturating_sub(budget.slice_start.load(Ordering::Relaxed));
+            let main = budget.main_thread.load(Ordering::Relaxed);
+            if main == 0 {
+                // Loading: a plain call, which cannot yield; the deadline alone applies.
+                return Ok(VmState::Continue);
+            }
+            if lua.current_thread().to_pointer() as usize == main {
+                if since >= SLICE.as_nanos() as u64 {
+                    budget.slice_start.store(now, Ordering::Relaxed);
+                    return Ok(VmState::Yield);
+                }
+            } else if since >= COROUTINE_SLICE.as_nanos() as u64 {
+                let msg = format!(
+                    "{}: stopped: ran {} without a break inside a coroutine (an endless loop?)",
+                    at(),
+                    vigia_api::Dur(COROUTINE_SLICE)
+                );
+                return Err(mlua::Error::external(Runaway(msg)));
+            }
+            Ok(VmState::Continue)
+        },
+    )
+}
