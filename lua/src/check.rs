@@ -37,6 +37,12 @@ local xpcall = xpcall
 return function(ctx) return xpcall(f, handler, ctx) end
 "#;
 
+impl std::fmt::Debug for LuaCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LuaCheck").field("script", &self.script).finish()
+    }
+}
+
 impl LuaCheck {
     /// Makes a check named `name` of a loaded script; `params` are the config entry's,
     /// laid over the script's own `params`.
@@ -328,8 +334,15 @@ impl Check for LuaCheck {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
+            let stopped = self
+                .budget
+                .stopped
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
             self.budget.disarm();
             let outcome = match r {
+                Err(_) if stopped.is_some() => CheckOutcome::critical(stopped.unwrap_or_default()),
                 Err(_) => CheckOutcome::critical(match in_call {
                     Some(call) => format!(
                         "{}: no result within {}: still waiting for {call}",

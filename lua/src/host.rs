@@ -579,10 +579,14 @@ async fn http(lua: &Lua, v: Value, env: &HostEnv, budget: &Budget) -> HostResult
     let _call = InCall::new(budget, format!("http.request to {url}"));
     let start = Instant::now();
     let mut resp = req.send().await.map_err(|e| {
+        // The innermost cause says what happened: "connection refused".
         let mut reason = e.to_string();
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
-            reason = s.to_string();
+            reason = match s.downcast_ref::<std::io::Error>() {
+                Some(io) => vigia_plugins::tcp::io_reason(io),
+                None => s.to_string(),
+            };
             src = s.source();
         }
         if e.is_timeout() {

@@ -6,11 +6,13 @@
 //! loadfile, string.dump or collectgarbage (`Lua::new()`'s "safe" set can read any file).
 //!
 //! Runaway scripts: an instruction hook fires every [`HOOK_EVERY`] instructions.
-//! - Past the run's deadline it raises a [`Runaway`] error, and raises it again at every
-//!   later hook. `pcall`, `xpcall` and `coroutine.resume` are wrapped so that they pass a
-//!   `Runaway` on instead of catching it: no loop of `pcall`s or coroutines can swallow
-//!   it. (mlua's `catch_rust_panics(false)` would do the same with a panic, but its
-//!   `pcall` is not yieldable, so a script could not `pcall(mysql.query, ...)`.)
+//! - Past the run's deadline, in the run's own coroutine, it yields, and the check's
+//!   timer drops the whole run whatever `pcall`s it is inside. Where it cannot yield (in
+//!   a coroutine of the script's, or under a C function), it raises a [`Runaway`] error,
+//!   again at every later hook; `pcall`, `xpcall` and `coroutine.resume` are wrapped so
+//!   that they pass a `Runaway` on instead of catching it. (mlua's
+//!   `catch_rust_panics(false)` would stop it with a panic instead, but makes `pcall`
+//!   unyieldable, so a script could not `pcall(mysql.query, ...)`.)
 //! - In the run's own coroutine, after [`SLICE`] of continuous work it yields to the
 //!   runtime, so a busy script shares the thread with every other check.
 //! - Inside a coroutine the script made itself a yield would be seen by the script
@@ -74,6 +76,10 @@ pub struct Budget {
     pub in_call: Mutex<Option<String>>,
     /// The script's path as shown to operators (`checks/web.lua`), for its log lines.
     pub script: String,
+    /// `guard.stop` tells the sandbox's pcall & co. to let every error through.
+    guard: mlua::Table,
+    /// Set once the run passed its deadline: where it was, for the message.
+    pub stopped: Mutex<Option<String>>,
     /// The check it runs as; empty while the script is being loaded.
     pub check: Mutex<String>,
     /// The state's memory limit in bytes, for the message when it is reached.
@@ -81,8 +87,9 @@ pub struct Budget {
 }
 
 impl Budget {
-    fn new(script: &str, memory_limit: usize) -> Self {
+    fn new(script: &str, memory_limit: usize, guard: mlua::Table) -> Self {
         Budget {
+            guard,
             memory_limit,
             script: script.to_string(),
             check: Mutex::new(String::new()),
@@ -92,6 +99,7 @@ impl Budget {
             main_thread: AtomicUsize::new(0),
             slice_start: AtomicU64::new(0),
             in_call: Mutex::new(None),
+            stopped: Mutex::new(None),
         }
     }
 
@@ -113,6 +121,8 @@ impl Budget {
     }
 
     pub fn disarm(&self) {
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let _ = self.guard.raw_set("stop", false);
         self.deadline.store(u64::MAX, Ordering::Relaxed);
         self.main_thread.store(0, Ordering::Relaxed);
         *self.in_call.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -133,8 +143,8 @@ pub struct Vm {
 pub fn new_vm(env: Arc<HostEnv>, memory_limit: usize, script: &str) -> mlua::Result<Vm> {
     let libs = StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE;
     let lua = Lua::new_with(libs | StdLib::OS, LuaOptions::new())?;
-    harden(&lua)?;
-    let budget = Arc::new(Budget::new(script, memory_limit));
+    let guard = harden(&lua)?;
+    let budget = Arc::new(Budget::new(script, memory_limit, guard));
     install_hook(&lua, budget.clone())?;
     host::register(&lua, env, budget.clone())?;
     lua.set_memory_limit(memory_limit)?;
@@ -142,7 +152,7 @@ pub fn new_vm(env: Arc<HostEnv>, memory_limit: usize, script: &str) -> mlua::Res
 }
 
 /// Removes what a check has no business doing.
-fn harden(lua: &Lua) -> mlua::Result<()> {
+fn harden(lua: &Lua) -> mlua::Result<mlua::Table> {
     let g = lua.globals();
     for name in ["dofile", "loadfile", "collectgarbage", "require", "module"] {
         g.raw_set(name, mlua::Value::Nil)?;
@@ -159,27 +169,32 @@ fn harden(lua: &Lua) -> mlua::Result<()> {
     let is_runaway = lua.create_function(|_, v: mlua::Value| {
         Ok(matches!(&v, mlua::Value::Error(e) if runaway_of(e).is_some()))
     })?;
-    lua.load(SANDBOX).set_name("=vigia").call::<()>(is_runaway)?;
-    Ok(())
+    let guard = lua.create_table()?;
+    lua.load(SANDBOX)
+        .set_name("=vigia")
+        .call::<()>((is_runaway, guard.clone()))?;
+    Ok(guard)
 }
 
 /// `load` of text only (precompiled bytecode can crash the VM); `pcall`, `xpcall` and
 /// `coroutine.resume` that let a [`Runaway`] through.
 const SANDBOX: &str = r#"
-local is_runaway = ...
+local is_runaway, guard = ...
 local _load, _pcall, _xpcall, _resume, _error, _select = load, pcall, xpcall, coroutine.resume, error, select
 load = function(chunk, name, mode, ...)
   if _select('#', ...) > 0 then return _load(chunk, name, "t", ...) end
   return _load(chunk, name, "t")
 end
+-- Once the run is being stopped (guard.stop), every error passes, whatever it is: near
+-- the C-stack limit the runaway error itself may turn into "C stack overflow".
 local function pass(ok, ...)
-  if not ok and is_runaway((...)) then _error((...), 0) end
+  if not ok and (guard.stop or is_runaway((...))) then _error((...), 0) end
   return ok, ...
 end
 pcall = function(...) return pass(_pcall(...)) end
 xpcall = function(f, handler, ...)
   return pass(_xpcall(f, function(e)
-    if is_runaway(e) then return e end
+    if guard.stop or is_runaway(e) then return e end
     return handler(e)
   end, ...))
 end
@@ -189,32 +204,42 @@ coroutine.resume = function(...) return pass(_resume(...)) end
 fn install_hook(lua: &Lua, budget: Arc<Budget>) -> mlua::Result<()> {
     lua.set_global_hook(
         HookTriggers::new().every_nth_instruction(HOOK_EVERY),
-        move |lua, debug| {
+        move |lua, _debug| {
             let now = budget.now();
             let deadline = budget.deadline.load(Ordering::Relaxed);
             if deadline == u64::MAX {
                 return Ok(VmState::Continue);
             }
-            let at = || {
-                let src = debug.source();
-                let line = debug.current_line().unwrap_or(0);
-                format!("{}:{line}", src.short_src.unwrap_or_default())
-            };
+            let main = budget.main_thread.load(Ordering::Relaxed);
+            let in_main = main != 0 && lua.current_thread().to_pointer() as usize == main;
             if now >= deadline {
                 let msg = format!(
                     "{}: stopped after {}: the script was still running (an endless loop?)",
-                    at(),
+                    script_position(lua),
                     vigia_api::Dur(budget.allowed())
                 );
+                let mut stopped = budget.stopped.lock().unwrap_or_else(|p| p.into_inner());
+                if stopped.is_none() {
+                    *stopped = Some(msg.clone());
+                    let _ = budget.guard.raw_set("stop", true);
+                }
+                drop(stopped);
+                // In the run's coroutine, yield: the check's timer then drops the
+                // whole run, whatever pcalls it is inside. Where a yield is not
+                // possible (inside a C function's callback, or in a coroutine of the
+                // script's), raise, and keep raising: the wrapped pcall & co. pass it on.
+                let grace = Duration::from_millis(20).as_nanos() as u64;
+                if in_main && now < deadline.saturating_add(grace) {
+                    return Ok(VmState::Yield);
+                }
                 return Err(mlua::Error::external(Runaway(msg)));
             }
-            let since = now.saturating_sub(budget.slice_start.load(Ordering::Relaxed));
-            let main = budget.main_thread.load(Ordering::Relaxed);
             if main == 0 {
                 // Loading: a plain call, which cannot yield; the deadline alone applies.
                 return Ok(VmState::Continue);
             }
-            if lua.current_thread().to_pointer() as usize == main {
+            let since = now.saturating_sub(budget.slice_start.load(Ordering::Relaxed));
+            if in_main {
                 if since >= SLICE.as_nanos() as u64 {
                     budget.slice_start.store(now, Ordering::Relaxed);
                     return Ok(VmState::Yield);
@@ -222,7 +247,7 @@ fn install_hook(lua: &Lua, budget: Arc<Budget>) -> mlua::Result<()> {
             } else if since >= COROUTINE_SLICE.as_nanos() as u64 {
                 let msg = format!(
                     "{}: stopped: ran {} without a break inside a coroutine (an endless loop?)",
-                    at(),
+                    script_position(lua),
                     vigia_api::Dur(COROUTINE_SLICE)
                 );
                 return Err(mlua::Error::external(Runaway(msg)));
@@ -230,4 +255,27 @@ fn install_hook(lua: &Lua, budget: Arc<Budget>) -> mlua::Result<()> {
             Ok(VmState::Continue)
         },
     )
+}
+
+/// `checks/x.lua:12`: the innermost frame of the script itself (not Vigia's wrappers).
+fn script_position(lua: &Lua) -> String {
+    for level in 0..64 {
+        let frame = lua.inspect_stack(level, |d| {
+            let src = d.source();
+            (
+                src.source.map(|s| s.to_string()).unwrap_or_default(),
+                src.short_src.map(|s| s.to_string()).unwrap_or_default(),
+                d.current_line(),
+            )
+        });
+        let Some((source, short, line)) = frame else {
+            break;
+        };
+        if source.starts_with('@') {
+            if let Some(line) = line {
+                return format!("{short}:{line}");
+            }
+        }
+    }
+    "the script".into()
 }

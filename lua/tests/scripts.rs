@@ -1,0 +1,194 @@
+//! The scripts shipped in checks/, run against real servers with the expected outcomes
+//! kept beside them in checks/tests/<script>.yaml (see that folder for the format).
+//! Servers: vigia-mock in-process (HTTP + TCP line service, switchable), and a MariaDB
+//! started by scripts/fixtures/mariadb.sh for the cases that say `needs: mariadb`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use vigia_api::{BuildContext, Node, RunContext};
+use vigia_lua::LuaFactory;
+use vigia_mocks::{Mocks, Mode, Options};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    script: String,
+    #[serde(default)]
+    needs: Option<String>,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    #[serde(default)]
+    params: serde_json::Value,
+    runs: Vec<Run>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Run {
+    #[serde(default)]
+    mock: Option<std::collections::BTreeMap<String, String>>,
+    ok: bool,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A MariaDB of our own, stopped when dropped.
+struct MariaDb {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl MariaDb {
+    fn start() -> MariaDb {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let out = Command::new(repo().join("scripts/fixtures/mariadb.sh"))
+            .args(["start", dir.path().to_str().unwrap(), &port.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scripts/fixtures/mariadb.sh start failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        MariaDb { dir, port }
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/fixtures/mariadb.sh"))
+            .args(["stop", self.dir.path().to_str().unwrap()])
+            .status();
+    }
+}
+
+async fn run_cases(name: &str) {
+    let file = repo().join("checks/tests").join(format!("{name}.yaml"));
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    let mocks: Arc<Mocks> = vigia_mocks::start(Options {
+        http: "127.0.0.1:0".parse().unwrap(),
+        tcp: "127.0.0.1:0".parse().unwrap(),
+        control: "127.0.0.1:0".parse().unwrap(),
+        slow_delay: Duration::from_millis(300),
+    })
+    .await
+    .unwrap();
+    let db = text.contains("needs: mariadb").then(MariaDb::start);
+    let subst = [
+        ("$HTTP_PORT", mocks.http.port()),
+        ("$TCP_PORT", mocks.tcp.port()),
+        ("$CLOSED_PORT", free_port()),
+        ("$MYSQL_PORT", db.as_ref().map(|d| d.port).unwrap_or(1)),
+    ];
+    for (k, v) in subst {
+        text = text.replace(k, &v.to_string());
+    }
+    let node = Node::parse(&text).unwrap();
+    let cases: CaseFile = node
+        .deserialize("")
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let _ = &cases.needs;
+    let factory = LuaFactory::default();
+    let ctx = BuildContext::new(repo());
+    let script = repo().join("checks").join(&cases.script);
+    let mut failures = Vec::new();
+    for case in &cases.cases {
+        let built = factory
+            .build_check(&script, Some("t"), Some(&case.params), 16 << 20, &ctx)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let timeout = built.settings.timeout.unwrap_or(Duration::from_secs(5));
+        for service in ["http", "tcp"] {
+            mocks.set(service, Mode::Healthy).unwrap();
+        }
+        for (i, run) in case.runs.iter().enumerate() {
+            for (service, mode) in run.mock.iter().flatten() {
+                mocks.set(service, mode.parse().unwrap()).unwrap();
+            }
+            if run.mock.is_some() || i == 0 {
+                // A listener closed by `refusing` is bound again in the background.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let outcome = built
+                .check
+                .run(RunContext {
+                    check: "t",
+                    timeout,
+                })
+                .await;
+            let message_ok = run
+                .message
+                .as_ref()
+                .is_none_or(|m| outcome.message.contains(m.as_str()));
+            if outcome.is_ok() != run.ok || !message_ok {
+                failures.push(format!(
+                    "{} / {} / run {}: expected ok={} with {:?}, got ok={}: {}",
+                    cases.script,
+                    case.name,
+                    i + 1,
+                    run.ok,
+                    run.message.as_deref().unwrap_or(""),
+                    outcome.is_ok(),
+                    outcome.message
+                ));
+            }
+        }
+    }
+    drop(db);
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn atto_socket() {
+    run_cases("atto_socket").await;
+}
+
+#[tokio::test]
+async fn web() {
+    run_cases("web").await;
+}
+
+#[tokio::test]
+async fn latency_window() {
+    run_cases("latency_window").await;
+}
+
+#[tokio::test]
+async fn galera_sync() {
+    run_cases("galera_sync").await;
+}
+
+/// Every shipped script has its cases, and every one of them is run above.
+#[test]
+fn every_script_has_cases() {
+    let run_above = ["atto_socket", "web", "latency_window", "galera_sync"];
+    for script in vigia_lua::scripts_in(&repo().join("checks")) {
+        let name = script.file_stem().unwrap().to_str().unwrap().to_string();
+        assert!(
+            repo().join("checks/tests").join(format!("{name}.yaml")).exists(),
+            "checks/{name}.lua has no checks/tests/{name}.yaml"
+        );
+        assert!(run_above.contains(&name.as_str()), "checks/tests/{name}.yaml is not run by lua/tests/scripts.rs");
+    }
+}
