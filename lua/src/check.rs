@@ -342,7 +342,9 @@ impl Check for LuaCheck {
                 .take();
             self.budget.disarm();
             let outcome = match r {
-                Err(_) if stopped.is_some() => CheckOutcome::critical(stopped.unwrap_or_default()),
+                // Past its deadline, whatever the run ended with (an error let through
+                // by the sandbox's pcall, or the timer) it was stopped.
+                _ if stopped.is_some() => CheckOutcome::critical(stopped.unwrap_or_default()),
                 Err(_) => CheckOutcome::critical(match in_call {
                     Some(call) => format!(
                         "{}: no result within {}: still waiting for {call}",
