@@ -341,6 +341,12 @@ impl Check for LuaCheck {
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
             self.budget.disarm();
+            if r.is_err() {
+                // The abandoned run's host call (a child process, a connection) lives in
+                // the state until collected: collect now, so it is dropped (killed,
+                // closed) with the run, not at some later garbage collection.
+                let _ = self.lua.gc_collect();
+            }
             let outcome = match r {
                 // Past its deadline, whatever the run ended with (an error let through
                 // by the sandbox's pcall, or the timer) it was stopped.

@@ -58,6 +58,9 @@ pub const MAX_BODY: usize = 4 << 20;
 
 type HostResult = Result<Value, String>;
 
+/// Loading a script runs its top level once, outside any check run.
+pub const TOP_LEVEL: &str = "the script's top level called a host function that waits (network, exec, sleep): do that inside `check`";
+
 fn reply(lua: &Lua, r: HostResult) -> mlua::Result<MultiValue> {
     Ok(match r {
         Ok(v) => MultiValue::from_iter([Value::Boolean(true), v]),
@@ -228,9 +231,12 @@ where
     Fut: Future<Output = HostResult> + Send + 'static,
 {
     lua.create_async_function(move |lua, v: Value| {
-        let fut = f(lua.clone(), v, budget.clone());
+        let fut = (budget.in_run()).then(|| f(lua.clone(), v, budget.clone()));
         async move {
-            let r = fut.await;
+            let r = match fut {
+                Some(fut) => fut.await,
+                None => Err(TOP_LEVEL.to_string()),
+            };
             reply(&lua, r)
         }
     })

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use mlua::{Lua, Value};
+use mysql_async::consts::ColumnType;
 use mysql_async::prelude::Queryable;
 use vigia_api::Dur;
 
@@ -64,7 +65,7 @@ pub async fn query(lua: &Lua, v: Value, budget: &Budget) -> Result<Value, String
         let t = lua.create_table().map_err(|e| e.to_string())?;
         for (c, col) in row.columns_ref().iter().enumerate() {
             let v = match row.as_ref(c) {
-                Some(v) => to_lua(lua, v).map_err(|e| e.to_string())?,
+                Some(v) => to_lua(lua, v, col.column_type()).map_err(|e| e.to_string())?,
                 None => Value::Nil,
             };
             t.raw_set(col.name_str().as_ref(), v)
@@ -87,11 +88,40 @@ fn reason(e: &mysql_async::Error) -> String {
     }
 }
 
-fn to_lua(lua: &Lua, v: &mysql_async::Value) -> mlua::Result<Value> {
+/// SQL values to Lua. The text protocol sends every value as text: numeric columns
+/// become Lua numbers (integers stay integers; DECIMAL becomes a float), the rest strings.
+/// `SHOW STATUS` values are text columns: scripts use `tonumber` on them.
+fn to_lua(lua: &Lua, v: &mysql_async::Value, kind: ColumnType) -> mlua::Result<Value> {
     use mysql_async::Value as M;
     Ok(match v {
         M::NULL => Value::Nil,
-        M::Bytes(b) => Value::String(lua.create_string(b)?),
+        M::Bytes(b) => {
+            let text = std::str::from_utf8(b).ok();
+            let number = match kind {
+                ColumnType::MYSQL_TYPE_TINY
+                | ColumnType::MYSQL_TYPE_SHORT
+                | ColumnType::MYSQL_TYPE_INT24
+                | ColumnType::MYSQL_TYPE_LONG
+                | ColumnType::MYSQL_TYPE_LONGLONG
+                | ColumnType::MYSQL_TYPE_YEAR => text.and_then(|t| {
+                    t.parse::<i64>()
+                        .map(Value::Integer)
+                        .ok()
+                        .or_else(|| t.parse::<f64>().ok().map(Value::Number))
+                }),
+                ColumnType::MYSQL_TYPE_FLOAT
+                | ColumnType::MYSQL_TYPE_DOUBLE
+                | ColumnType::MYSQL_TYPE_DECIMAL
+                | ColumnType::MYSQL_TYPE_NEWDECIMAL => {
+                    text.and_then(|t| t.parse::<f64>().ok()).map(Value::Number)
+                }
+                _ => None,
+            };
+            match number {
+                Some(n) => n,
+                None => Value::String(lua.create_string(b)?),
+            }
+        }
         M::Int(i) => Value::Integer(*i),
         M::UInt(u) => match i64::try_from(*u) {
             Ok(i) => Value::Integer(i),

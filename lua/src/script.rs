@@ -104,7 +104,7 @@ pub fn load_text(
         let Value::String(k) = k else {
             return Err(format!(
                 "{display}: the returned table has a {} key; its fields are: {}",
-                k.type_name(),
+                type_of(&k),
                 FIELDS.join(", ")
             ));
         };
@@ -210,10 +210,8 @@ fn run_top_level(budget: &Budget, chunk: &Function, display: &str) -> Result<Val
     budget.disarm();
     r.map_err(|e| {
         let msg = error_message(&e);
-        if msg.contains("attempt to yield") {
-            format!(
-                "{display}: the script's top level called a host function that waits (network, exec, sleep): do that inside `check`"
-            )
+        if msg.contains("attempt to yield") || msg.contains(crate::host::TOP_LEVEL) {
+            format!("{display}: {}", crate::host::TOP_LEVEL)
         } else {
             msg
         }
@@ -223,7 +221,12 @@ fn run_top_level(budget: &Budget, chunk: &Function, display: &str) -> Result<Val
 /// The message of a Lua error as an operator should read it.
 pub fn error_message(e: &mlua::Error) -> String {
     match e {
-        mlua::Error::RuntimeError(s) => s.clone(),
+        // mlua appends a traceback to errors raised by Lua code: the message is the head.
+        mlua::Error::RuntimeError(s) => s
+            .split("\nstack traceback:")
+            .next()
+            .unwrap_or_default()
+            .to_string(),
         mlua::Error::SyntaxError { message, .. } => message.clone(),
         mlua::Error::CallbackError { cause, .. } => error_message(cause),
         mlua::Error::ExternalError(x) => x.to_string(),
@@ -268,6 +271,7 @@ fn describe(v: &Value) -> String {
 fn type_of(v: &Value) -> &'static str {
     match v {
         Value::Nil => "nothing",
+        Value::Integer(_) | Value::Number(_) => "number",
         other => other.type_name(),
     }
 }

@@ -128,6 +128,11 @@ impl Budget {
         *self.in_call.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// Whether a check run is under way (not a load).
+    pub fn in_run(&self) -> bool {
+        self.main_thread.load(Ordering::Relaxed) != 0
+    }
+
     pub fn allowed(&self) -> Duration {
         Duration::from_millis(self.allowed_ms.load(Ordering::Relaxed))
     }
