@@ -15,7 +15,8 @@ pub mod error;
 pub mod yaml;
 
 pub use check::{
-    BrokenFile, BuildContext, Built, BuiltCheck, Check, CheckFactory, CheckOutcome, RunContext, Settings, Severity,
+    BrokenFile, BuildContext, Built, BuiltCheck, Check, CheckFactory, CheckOutcome, RunContext,
+    Settings, Severity,
 };
 pub use duration::Dur;
 pub use error::{ConfigError, ConfigErrors};

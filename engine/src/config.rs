@@ -796,7 +796,9 @@ fn parse_commands(n: &Node, errors: &mut ConfigErrors) -> BTreeMap<String, PathB
             errors.push(ConfigError::at(
                 k.pos,
                 &path,
-                format!("`{name}` is not a valid command name: use letters, digits, `_`, `-` and `.`"),
+                format!(
+                    "`{name}` is not a valid command name: use letters, digits, `_`, `-` and `.`"
+                ),
             ));
             continue;
         }

@@ -574,7 +574,10 @@ impl Watch {
         let mut watcher = match made {
             Ok(w) => w,
             Err(e) => {
-                tracing::warn!(event = "watch", "Cannot watch files for changes ({e}); reload with SIGHUP.");
+                tracing::warn!(
+                    event = "watch",
+                    "Cannot watch files for changes ({e}); reload with SIGHUP."
+                );
                 return;
             }
         };
@@ -606,14 +609,9 @@ impl Watch {
                 break;
             }
         }
-        loop {
-            match tokio::time::timeout(DEBOUNCE, self.rx.recv()).await {
-                Ok(Some(p)) => {
-                    if self.set.matters(&p) {
-                        changed.insert(p);
-                    }
-                }
-                _ => break,
+        while let Ok(Some(p)) = tokio::time::timeout(DEBOUNCE, self.rx.recv()).await {
+            if self.set.matters(&p) {
+                changed.insert(p);
             }
         }
         changed.iter().map(|p| p.display().to_string()).collect()

@@ -165,7 +165,11 @@ fn cmd_validate(path: &Path) -> ExitCode {
                 eprintln!("{}", b.error);
             }
             let n = plan.broken.len();
-            eprintln!("{n} script{} do{} not load.", plural(n), if n == 1 { "es" } else { "" });
+            eprintln!(
+                "{n} script{} do{} not load.",
+                plural(n),
+                if n == 1 { "es" } else { "" }
+            );
             ExitCode::from(1)
         }
         Ok((config, plan, warnings)) => {

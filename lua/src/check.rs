@@ -39,7 +39,9 @@ return function(ctx) return xpcall(f, handler, ctx) end
 
 impl std::fmt::Debug for LuaCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LuaCheck").field("script", &self.script).finish()
+        f.debug_struct("LuaCheck")
+            .field("script", &self.script)
+            .finish()
     }
 }
 
@@ -53,7 +55,10 @@ impl LuaCheck {
         hostname: &str,
     ) -> Result<LuaCheck, String> {
         let Loaded {
-            vm, params: own, check, ..
+            vm,
+            params: own,
+            check,
+            ..
         } = loaded;
         let lua = vm.lua;
         let script = vm.budget.script.clone();
@@ -65,14 +70,17 @@ impl LuaCheck {
         };
         if let Some(serde_json::Value::Object(map)) = params {
             for (k, v) in map {
-                merged.raw_set(k.as_str(), to_lua(&lua, v).map_err(e)?).map_err(e)?;
+                merged
+                    .raw_set(k.as_str(), to_lua(&lua, v).map_err(e)?)
+                    .map_err(e)?;
             }
         }
         let ctx = lua.create_table().map_err(e)?;
         ctx.raw_set("check", name).map_err(e)?;
         ctx.raw_set("host", hostname).map_err(e)?;
         ctx.raw_set("params", merged).map_err(e)?;
-        ctx.raw_set("state", lua.create_table().map_err(e)?).map_err(e)?;
+        ctx.raw_set("state", lua.create_table().map_err(e)?)
+            .map_err(e)?;
         let handler = lua
             .create_function(|lua, err: Value| {
                 let message = match &err {
@@ -138,9 +146,7 @@ impl LuaCheck {
             Value::Table(t) => t,
             _ => {
                 tracing::warn!(event = "script_state", script = %self.script, "ctx.state must stay a table; it was replaced and is reset to {{}}.");
-                let _ = self
-                    .ctx
-                    .raw_set("state", self.lua.create_table().ok());
+                let _ = self.ctx.raw_set("state", self.lua.create_table().ok());
                 return;
             }
         };
@@ -182,7 +188,7 @@ pub fn convert(v: &Value) -> Result<CheckOutcome, String> {
             };
             return Err(format!(
                 "{what} instead of a table such as {{ ok = true, message = \"...\" }}"
-            ))
+            ));
         }
     };
     let mut ok = None;
@@ -198,12 +204,7 @@ pub fn convert(v: &Value) -> Result<CheckOutcome, String> {
         match key.as_str() {
             "ok" => match v {
                 Value::Boolean(b) => ok = Some(b),
-                other => {
-                    return Err(format!(
-                        "ok = {}: `ok` must be true or false",
-                        show(&other)
-                    ))
-                }
+                other => return Err(format!("ok = {}: `ok` must be true or false", show(&other))),
             },
             "message" => match &v {
                 Value::String(s) => message = Some(s.to_string_lossy()),
@@ -228,7 +229,12 @@ pub fn convert(v: &Value) -> Result<CheckOutcome, String> {
             "severity" => {
                 let s = match &v {
                     Value::String(s) => s.to_string_lossy(),
-                    other => return Err(format!("severity = {}: use \"warning\", \"critical\" or \"unknown\"", show(other))),
+                    other => {
+                        return Err(format!(
+                            "severity = {}: use \"warning\", \"critical\" or \"unknown\"",
+                            show(other)
+                        ))
+                    }
                 };
                 severity = Some(match s.as_str() {
                     "warning" => Severity::Warning,
@@ -251,7 +257,10 @@ pub fn convert(v: &Value) -> Result<CheckOutcome, String> {
         }
     }
     let Some(ok) = ok else {
-        return Err("a table without `ok`: return { ok = true } or { ok = false, message = \"why\" }".into());
+        return Err(
+            "a table without `ok`: return { ok = true } or { ok = false, message = \"why\" }"
+                .into(),
+        );
     };
     let mut message = message.unwrap_or_else(|| {
         if ok {
@@ -294,7 +303,9 @@ fn show(v: &Value) -> String {
 /// The script's own frames of a traceback, at most 8 lines.
 fn short_traceback(tb: &str) -> String {
     tb.lines()
-        .filter(|l| !l.contains("[C]") && !l.contains("vigia:") && !l.contains("(...tail calls...)"))
+        .filter(|l| {
+            !l.contains("[C]") && !l.contains("vigia:") && !l.contains("(...tail calls...)")
+        })
         .take(8)
         .collect::<Vec<_>>()
         .join("\n")
@@ -372,7 +383,10 @@ impl Check for LuaCheck {
     }
 
     fn take_state(&self) -> Option<String> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     fn restore_state(&self, json: &str) {

@@ -64,7 +64,10 @@ pub const TOP_LEVEL: &str = "the script's top level called a host function that 
 fn reply(lua: &Lua, r: HostResult) -> mlua::Result<MultiValue> {
     Ok(match r {
         Ok(v) => MultiValue::from_iter([Value::Boolean(true), v]),
-        Err(msg) => MultiValue::from_iter([Value::Boolean(false), Value::String(lua.create_string(msg)?)]),
+        Err(msg) => MultiValue::from_iter([
+            Value::Boolean(false),
+            Value::String(lua.create_string(msg)?),
+        ]),
     })
 }
 
@@ -95,7 +98,9 @@ pub fn register(lua: &Lua, env: Arc<HostEnv>, budget: Arc<Budget>) -> mlua::Resu
         let budget = budget.clone();
         raw.set(
             "tcp",
-            async_host(lua, budget, |lua, v, budget| async move { tcp(&lua, v, &budget).await })?,
+            async_host(lua, budget, |lua, v, budget| async move {
+                tcp(&lua, v, &budget).await
+            })?,
         )?;
     }
     {
@@ -162,7 +167,11 @@ pub fn register(lua: &Lua, env: Arc<HostEnv>, budget: Arc<Budget>) -> mlua::Resu
                 .and_then(|j| {
                     serde_json::to_string(&j)
                         .map_err(|e| format!("json.encode: {e}"))
-                        .and_then(|s| lua.create_string(s).map(Value::String).map_err(|e| e.to_string()))
+                        .and_then(|s| {
+                            lua.create_string(s)
+                                .map(Value::String)
+                                .map_err(|e| e.to_string())
+                        })
                 });
             reply(lua, r)
         })?,
@@ -193,7 +202,10 @@ pub fn register(lua: &Lua, env: Arc<HostEnv>, budget: Arc<Budget>) -> mlua::Resu
             lua.create_function(move |_lua, args: MultiValue| {
                 let text: Vec<String> = args
                     .iter()
-                    .map(|v| v.to_string().unwrap_or_else(|_| format!("<{}>", v.type_name())))
+                    .map(|v| {
+                        v.to_string()
+                            .unwrap_or_else(|_| format!("<{}>", v.type_name()))
+                    })
                     .collect();
                 script_log(&budget, level, &text.join(" "));
                 Ok(())
@@ -215,11 +227,19 @@ pub fn register(lua: &Lua, env: Arc<HostEnv>, budget: Arc<Budget>) -> mlua::Resu
 }
 
 fn script_log(budget: &Budget, level: tracing::Level, text: &str) {
-    let check = budget.check.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let check = budget
+        .check
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let script = &budget.script;
     match level {
-        tracing::Level::ERROR => tracing::error!(event = "script_log", check = %check, script = %script, "{text}"),
-        tracing::Level::WARN => tracing::warn!(event = "script_log", check = %check, script = %script, "{text}"),
+        tracing::Level::ERROR => {
+            tracing::error!(event = "script_log", check = %check, script = %script, "{text}")
+        }
+        tracing::Level::WARN => {
+            tracing::warn!(event = "script_log", check = %check, script = %script, "{text}")
+        }
         _ => tracing::info!(event = "script_log", check = %check, script = %script, "{text}"),
     }
 }
@@ -480,7 +500,9 @@ async fn tcp(lua: &Lua, v: Value, budget: &Budget) -> HostResult {
         .ok_or("net.tcp: argument `port` is missing")? as u16;
     let send = a.opt_bytes("send")?;
     let expect = a.opt_str("expect")?;
-    let timeout = a.opt_dur("timeout", Duration::from_secs(300))?.unwrap_or(Duration::from_secs(2));
+    let timeout = a
+        .opt_dur("timeout", Duration::from_secs(300))?
+        .unwrap_or(Duration::from_secs(2));
     let _call = InCall::new(budget, format!("net.tcp to {host}:{port}"));
     let check = TcpCheck {
         host: host.clone(),
@@ -513,7 +535,10 @@ async fn tcp(lua: &Lua, v: Value, budget: &Budget) -> HostResult {
             set(
                 &t,
                 "error",
-                format!("no complete exchange with {host}:{port} within {}", Dur(timeout)),
+                format!(
+                    "no complete exchange with {host}:{port} within {}",
+                    Dur(timeout)
+                ),
             )?;
         }
     }
@@ -529,9 +554,13 @@ async fn ping(lua: &Lua, v: Value, env: &HostEnv, budget: &Budget) -> HostResult
     )?;
     let host = a.str("host")?;
     let count = a.opt_int("count", 1, 100)?.unwrap_or(1) as u32;
-    let timeout = a.opt_dur("timeout", Duration::from_secs(60))?.unwrap_or(Duration::from_secs(1));
+    let timeout = a
+        .opt_dur("timeout", Duration::from_secs(60))?
+        .unwrap_or(Duration::from_secs(1));
     let _call = InCall::new(budget, format!("net.ping to {host}"));
-    let addr = resolve(&host, 0).await.map_err(|e| format!("net.ping: {e}"))?;
+    let addr = resolve(&host, 0)
+        .await
+        .map_err(|e| format!("net.ping: {e}"))?;
     let stats = env
         .shared
         .icmp
@@ -556,10 +585,15 @@ async fn http(lua: &Lua, v: Value, env: &HostEnv, budget: &Budget) -> HostResult
         &["method", "url", "headers", "body", "timeout"],
     )?;
     let url = a.str("url")?;
-    let method = a.opt_str("method")?.unwrap_or_else(|| "GET".into()).to_uppercase();
+    let method = a
+        .opt_str("method")?
+        .unwrap_or_else(|| "GET".into())
+        .to_uppercase();
     let headers = a.opt_table("headers")?;
     let body = a.opt_bytes("body")?;
-    let timeout = a.opt_dur("timeout", Duration::from_secs(300))?.unwrap_or(Duration::from_secs(5));
+    let timeout = a
+        .opt_dur("timeout", Duration::from_secs(300))?
+        .unwrap_or(Duration::from_secs(5));
     let parsed = reqwest::Url::parse(&url)
         .map_err(|e| format!("http.request: argument `url` \"{url}\" is not a URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
@@ -567,9 +601,13 @@ async fn http(lua: &Lua, v: Value, env: &HostEnv, budget: &Budget) -> HostResult
             "http.request: argument `url` must be http:// or https://, got \"{url}\""
         ));
     }
-    let method = reqwest::Method::from_bytes(method.as_bytes())
-        .map_err(|_| format!("http.request: argument `method` \"{method}\" is not an HTTP method"))?;
-    let client = env.shared.http().map_err(|e| format!("http.request: {e}"))?;
+    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|_| {
+        format!("http.request: argument `method` \"{method}\" is not an HTTP method")
+    })?;
+    let client = env
+        .shared
+        .http()
+        .map_err(|e| format!("http.request: {e}"))?;
     let mut req = client.request(method, parsed).timeout(timeout);
     if let Some(h) = headers {
         for pair in h.pairs::<String, String>() {
@@ -596,7 +634,10 @@ async fn http(lua: &Lua, v: Value, env: &HostEnv, budget: &Budget) -> HostResult
             src = s.source();
         }
         if e.is_timeout() {
-            format!("http.request: no response from {url} within {}", Dur(timeout))
+            format!(
+                "http.request: no response from {url} within {}",
+                Dur(timeout)
+            )
         } else {
             format!("http.request: {url}: {reason}")
         }
@@ -631,7 +672,11 @@ async fn http(lua: &Lua, v: Value, env: &HostEnv, budget: &Budget) -> HostResult
     }
     set(&t, "status", status)?;
     set(&t, "headers", hs)?;
-    set(&t, "body", lua.create_string(&body).map_err(|e| e.to_string())?)?;
+    set(
+        &t,
+        "body",
+        lua.create_string(&body).map_err(|e| e.to_string())?,
+    )?;
     set(&t, "ms", ms_since(start))?;
     if truncated {
         set(&t, "truncated", true)?;
@@ -649,7 +694,9 @@ async fn exec(lua: &Lua, v: Value, env: &HostEnv, budget: &Budget) -> HostResult
     let name = a.str("command")?;
     let args = a.opt_table("args")?;
     let stdin = a.opt_bytes("stdin")?;
-    let timeout = a.opt_dur("timeout", Duration::from_secs(3600))?.unwrap_or(Duration::from_secs(10));
+    let timeout = a
+        .opt_dur("timeout", Duration::from_secs(3600))?
+        .unwrap_or(Duration::from_secs(10));
     let Some(program) = env.commands.get(&name) else {
         let known: Vec<&str> = env.commands.keys().map(String::as_str).collect();
         let hint = match did_you_mean(&name, known.iter().copied()) {
@@ -683,7 +730,10 @@ async fn exec(lua: &Lua, v: Value, env: &HostEnv, budget: &Budget) -> HostResult
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(&argv)
         .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("LANG", "C.UTF-8")
         .stdin(if stdin.is_some() {
             std::process::Stdio::piped()
@@ -723,8 +773,16 @@ async fn exec(lua: &Lua, v: Value, env: &HostEnv, budget: &Budget) -> HostResult
         use std::os::unix::process::ExitStatusExt;
         set(&t, "signal", status.signal())?;
     }
-    set(&t, "stdout", lua.create_string(&stdout).map_err(|e| e.to_string())?)?;
-    set(&t, "stderr", lua.create_string(&stderr).map_err(|e| e.to_string())?)?;
+    set(
+        &t,
+        "stdout",
+        lua.create_string(&stdout).map_err(|e| e.to_string())?,
+    )?;
+    set(
+        &t,
+        "stderr",
+        lua.create_string(&stderr).map_err(|e| e.to_string())?,
+    )?;
     set(&t, "ms", ms_since(start))?;
     Ok(Value::Table(t))
 }

@@ -55,9 +55,12 @@ pub async fn query(lua: &Lua, v: Value, budget: &Budget) -> Result<Value, String
         let _ = conn.disconnect().await;
         rows.map_err(|e| format!("mysql.query on {server}: {}", reason(&e)))
     };
-    let rows = tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| format!("mysql.query: no answer from {server} within {}", Dur(timeout)))??;
+    let rows = tokio::time::timeout(timeout, work).await.map_err(|_| {
+        format!(
+            "mysql.query: no answer from {server} within {}",
+            Dur(timeout)
+        )
+    })??;
     let out = lua
         .create_table_with_capacity(rows.len(), 0)
         .map_err(|e| e.to_string())?;
@@ -131,13 +134,21 @@ fn to_lua(lua: &Lua, v: &mysql_async::Value, kind: ColumnType) -> mlua::Result<V
         M::Double(d) => Value::Number(*d),
         M::Date(y, mo, d, h, mi, s, us) => Value::String(lua.create_string(format!(
             "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}{}",
-            if *us > 0 { format!(".{us:06}") } else { String::new() }
+            if *us > 0 {
+                format!(".{us:06}")
+            } else {
+                String::new()
+            }
         ))?),
         M::Time(neg, d, h, mi, s, us) => Value::String(lua.create_string(format!(
             "{}{:02}:{mi:02}:{s:02}{}",
             if *neg { "-" } else { "" },
             u32::from(*h) + d * 24,
-            if *us > 0 { format!(".{us:06}") } else { String::new() }
+            if *us > 0 {
+                format!(".{us:06}")
+            } else {
+                String::new()
+            }
         ))?),
     })
 }

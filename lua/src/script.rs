@@ -67,7 +67,8 @@ pub fn load(
     env: Arc<HostEnv>,
     memory_limit: usize,
 ) -> Result<Loaded, String> {
-    let text = std::fs::read(file).map_err(|e| format!("{display}: cannot read the script: {e}"))?;
+    let text =
+        std::fs::read(file).map_err(|e| format!("{display}: cannot read the script: {e}"))?;
     load_text(&text, display, env, memory_limit)
 }
 
@@ -109,7 +110,8 @@ pub fn load_text(
             ));
         };
         let key = k.to_string_lossy();
-        let bad = |what: &str| format!("{}: `{key}` must be {what}, got {}", at(&key), describe(&v));
+        let bad =
+            |what: &str| format!("{}: `{key}` must be {what}, got {}", at(&key), describe(&v));
         match key.as_str() {
             "name" => {
                 let Value::String(s) = &v else {
@@ -129,10 +131,15 @@ pub fn load_text(
                 name = Some(s);
             }
             "interval" | "timeout" => {
-                let d = duration(&v).ok_or_else(|| bad("a duration such as \"10s\" or \"500ms\""))?;
+                let d =
+                    duration(&v).ok_or_else(|| bad("a duration such as \"10s\" or \"500ms\""))?;
                 if key == "interval" {
                     if d < Duration::from_millis(100) {
-                        return Err(format!("{}: interval {} is too short (at least 100ms)", at(&key), Dur(d)));
+                        return Err(format!(
+                            "{}: interval {} is too short (at least 100ms)",
+                            at(&key),
+                            Dur(d)
+                        ));
                     }
                     settings.interval = Some(d);
                 } else {

@@ -75,7 +75,9 @@ fn declaration_errors_name_the_file_and_line() {
     for (text, expected) in cases {
         match lua_check(text) {
             Ok(_) => wrong.push(format!("{text:?}: loaded")),
-            Err(e) if e != *expected => wrong.push(format!("{text:?}:\n  got      {e}\n  expected {expected}")),
+            Err(e) if e != *expected => {
+                wrong.push(format!("{text:?}:\n  got      {e}\n  expected {expected}"))
+            }
             Err(_) => {}
         }
     }
@@ -85,14 +87,21 @@ fn declaration_errors_name_the_file_and_line() {
 #[tokio::test]
 async fn ctx_has_the_check_the_host_and_params_over_the_scripts_defaults() {
     let text = "return {\n  params = { port = 3306, user = 'monitor' },\n  check = function(ctx)\n    return { ok = true, message = ctx.check .. ' ' .. ctx.host .. ' ' .. ctx.params.user .. ':' .. ctx.params.port }\n  end,\n}";
-    let c = lua_check_with(text, Some(serde_json::json!({ "port": 13301 })), env_with(&[])).unwrap();
+    let c = lua_check_with(
+        text,
+        Some(serde_json::json!({ "port": 13301 })),
+        env_with(&[]),
+    )
+    .unwrap();
     let o = run(&c, Duration::from_secs(1)).await;
     assert_eq!(o.message, "t test-host monitor:13301");
 }
 
 #[tokio::test]
 async fn ctx_state_is_handed_over_when_it_changes_and_restored_into_a_new_version() {
-    let v1 = body("ctx.state.runs = (ctx.state.runs or 0) + 1\n return { ok = true, value = ctx.state.runs }");
+    let v1 = body(
+        "ctx.state.runs = (ctx.state.runs or 0) + 1\n return { ok = true, value = ctx.state.runs }",
+    );
     let c = lua_check(&v1).unwrap();
     run(&c, Duration::from_secs(1)).await;
     assert_eq!(c.take_state().as_deref(), Some(r#"{"runs":1}"#));
@@ -101,7 +110,8 @@ async fn ctx_state_is_handed_over_when_it_changes_and_restored_into_a_new_versio
     let saved = c.take_state().unwrap();
     assert_eq!(saved, r#"{"runs":2}"#);
     // A new version of the script (a reload) or a restart: the engine restores it.
-    let v2 = body("ctx.state.runs = ctx.state.runs + 10\n return { ok = true, value = ctx.state.runs }");
+    let v2 =
+        body("ctx.state.runs = ctx.state.runs + 10\n return { ok = true, value = ctx.state.runs }");
     let c2 = lua_check(&v2).unwrap();
     c2.restore_state(&saved);
     let o = run(&c2, Duration::from_secs(1)).await;

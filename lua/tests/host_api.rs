@@ -50,7 +50,10 @@ async fn bad_arguments_say_which_and_why_at_the_callers_line() {
     for (call, expected) in ARGUMENT_ERRORS {
         let o = run_with_commands(&format!("local r = {call}\n return {{ ok = true }}")).await;
         if o.message != *expected {
-            wrong.push(format!("{call}:\n  got      {}\n  expected {expected}", o.message));
+            wrong.push(format!(
+                "{call}:\n  got      {}\n  expected {expected}",
+                o.message
+            ));
         }
     }
     assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
@@ -79,7 +82,11 @@ async fn line_server() -> u16 {
 }
 
 fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test]
@@ -103,7 +110,10 @@ async fn net_tcp_exchanges_and_reports() {
         "local r = net.tcp{{ host = '127.0.0.1', port = {closed} }}\n return {{ ok = not r.ok, message = r.error }}"
     ))
     .await;
-    assert_eq!(o.message, format!("cannot connect to 127.0.0.1:{closed}: connection refused"));
+    assert_eq!(
+        o.message,
+        format!("cannot connect to 127.0.0.1:{closed}: connection refused")
+    );
 }
 
 /// Answers one request with 201, a header and a body that echo what it received.
@@ -125,13 +135,21 @@ async fn echo_http_server() -> u16 {
                     if let Some(end) = text.find("\r\n\r\n") {
                         let len: usize = text
                             .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
                             .unwrap_or(0);
                         if buf.len() >= end + 4 + len {
                             let head = text[..end].to_string();
                             let body = &text[end + 4..];
                             let first = head.lines().next().unwrap_or_default().to_string();
-                            let custom = head.lines().find(|l| l.to_ascii_lowercase().starts_with("x-test:")).unwrap_or("").to_string();
+                            let custom = head
+                                .lines()
+                                .find(|l| l.to_ascii_lowercase().starts_with("x-test:"))
+                                .unwrap_or("")
+                                .to_string();
                             let reply = format!("{first}|{custom}|{body}");
                             let resp = format!(
                                 "HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nX-Reply: yes\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
@@ -159,7 +177,10 @@ async fn http_request_sends_method_headers_and_body_and_returns_the_answer() {
     assert!(o.is_ok(), "{}", o.message);
     assert_eq!(o.message, "POST /api?x=1 HTTP/1.1|x-test: yes|hello");
     let closed = closed_port();
-    let o = run_body(&format!("local r = http.request{{ url = 'http://127.0.0.1:{closed}/' }}\n return {{ ok = true }}")).await;
+    let o = run_body(&format!(
+        "local r = http.request{{ url = 'http://127.0.0.1:{closed}/' }}\n return {{ ok = true }}"
+    ))
+    .await;
     assert_eq!(
         o.message,
         format!("checks/t.lua:3: http.request: http://127.0.0.1:{closed}/: connection refused")
@@ -189,17 +210,26 @@ async fn exec_kills_a_program_that_runs_too_long() {
     let start = Instant::now();
     let o = run_with_commands("local r = exec{ command = 'sh', args = { '-c', 'sleep 30' }, timeout = '300ms' }\n return { ok = true }").await;
     assert!(start.elapsed() < Duration::from_secs(5));
-    assert_eq!(o.message, "checks/t.lua:3: exec: `sh` did not finish within 300ms and was killed");
+    assert_eq!(
+        o.message,
+        "checks/t.lua:3: exec: `sh` did not finish within 300ms and was killed"
+    );
     // The check's own timeout kills it too (the child is dropped with the run).
     let marker = tempfile::NamedTempFile::new().unwrap();
     let path = marker.path().display().to_string();
     let c = lua_check_with(&body(&format!("exec{{ command = 'sh', args = {{ '-c', 'echo $$ > {path}; exec sleep 30' }}, timeout = '60s' }}")), None, allow_list()).unwrap();
     let o = run(&c, Duration::from_millis(500)).await;
-    assert!(o.message.contains("still waiting for exec sh"), "{}", o.message);
+    assert!(
+        o.message.contains("still waiting for exec sh"),
+        "{}",
+        o.message
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pid = std::fs::read_to_string(&path).unwrap().trim().to_string();
     let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ");
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ");
     assert!(!alive, "the child {pid} outlived its check");
 }
 
@@ -221,21 +251,37 @@ async fn net_ping_reports_loss_and_times() {
     // Loopback answers; needs root or CAP_NET_RAW (the test suite runs as root).
     let o = run_body("local r = net.ping{ host = '127.0.0.1', count = 2, timeout = '1s' }\n return { ok = r.sent == 2 and r.received == 2 and r.loss == 0 and r.avg_ms >= r.min_ms and r.max_ms >= r.avg_ms, message = json.encode(r) }").await;
     assert!(o.is_ok(), "{}", o.message);
-    let o = run_body("local r = net.ping{ host = 'no-such-host.invalid' }\n return { ok = true }").await;
-    assert!(o.message.starts_with("checks/t.lua:3: net.ping: cannot resolve no-such-host.invalid"), "{}", o.message);
+    let o = run_body("local r = net.ping{ host = 'no-such-host.invalid' }\n return { ok = true }")
+        .await;
+    assert!(
+        o.message
+            .starts_with("checks/t.lua:3: net.ping: cannot resolve no-such-host.invalid"),
+        "{}",
+        o.message
+    );
 }
 
 #[tokio::test]
 async fn mysql_query_returns_typed_rows_from_a_real_server() {
     let dir = tempfile::tempdir().unwrap();
     let port = closed_port();
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fixtures/mariadb.sh");
-    let out = Command::new(&fixture).args(["start", dir.path().to_str().unwrap(), &port.to_string()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fixtures/mariadb.sh");
+    let out = Command::new(&fixture)
+        .args(["start", dir.path().to_str().unwrap(), &port.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     struct Stop<'a>(&'a std::path::Path, &'a std::path::Path);
     impl Drop for Stop<'_> {
         fn drop(&mut self) {
-            let _ = Command::new(self.0).args(["stop", self.1.to_str().unwrap()]).status();
+            let _ = Command::new(self.0)
+                .args(["stop", self.1.to_str().unwrap()])
+                .status();
         }
     }
     let _stop = Stop(&fixture, dir.path());
@@ -247,8 +293,21 @@ async fn mysql_query_returns_typed_rows_from_a_real_server() {
     ))
     .await;
     assert!(o.is_ok(), "{}", o.message);
-    let o = run_body(&format!("local rows = mysql.query{{ {conn}, sql = 'SELEC 1' }}\n return {{ ok = true }}")).await;
-    assert!(o.message.starts_with(&format!("checks/t.lua:3: mysql.query on 127.0.0.1:{port}: You have an error in your SQL syntax")), "{}", o.message);
+    let o = run_body(&format!(
+        "local rows = mysql.query{{ {conn}, sql = 'SELEC 1' }}\n return {{ ok = true }}"
+    ))
+    .await;
+    assert!(
+        o.message.starts_with(&format!(
+            "checks/t.lua:3: mysql.query on 127.0.0.1:{port}: You have an error in your SQL syntax"
+        )),
+        "{}",
+        o.message
+    );
     let o = run_body(&format!("local rows = mysql.query{{ host = '127.0.0.1', port = {port}, user = 'monitor', password = 'nope', sql = 'SELECT 1' }}\n return {{ ok = true }}")).await;
-    assert!(o.message.contains("Access denied for user 'monitor'@"), "{}", o.message);
+    assert!(
+        o.message.contains("Access denied for user 'monitor'@"),
+        "{}",
+        o.message
+    );
 }

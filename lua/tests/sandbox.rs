@@ -67,8 +67,8 @@ async fn every_runaway_form_is_stopped() {
         let start = Instant::now();
         let o = run(&c, Duration::from_millis(500)).await;
         let took = start.elapsed();
-        let stopped = !o.is_ok()
-            && (o.message.contains("stopped") || o.message.contains("stack overflow"));
+        let stopped =
+            !o.is_ok() && (o.message.contains("stopped") || o.message.contains("stack overflow"));
         if !stopped || took > Duration::from_millis(1500) {
             failed.push(format!("{name}: {took:?}: {}", o.message));
         }
@@ -87,7 +87,11 @@ async fn a_pcall_recursion_bomb_is_stopped() {
     let c = lua_check(&body("local function f() pcall(f) f() end f()")).unwrap();
     let start = Instant::now();
     let o = run(&c, Duration::from_millis(500)).await;
-    assert!(start.elapsed() < Duration::from_secs(15), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(o.message.contains("stopped after"), "{}", o.message);
 }
 
@@ -118,7 +122,11 @@ async fn a_memory_bomb_is_stopped_and_the_next_run_works() {
     assert!(o.is_ok(), "{}", o.message);
     // One big allocation is refused the same way.
     let o = run_body("local s = string.rep('x', 1 << 30) return { ok = true }").await;
-    assert!(o.message.contains("memory limit of 16 MiB"), "{}", o.message);
+    assert!(
+        o.message.contains("memory limit of 16 MiB"),
+        "{}",
+        o.message
+    );
 }
 
 /// A busy script yields every millisecond: on one thread, a quick check scheduled
@@ -180,7 +188,10 @@ async fn the_timeout_cancels_a_host_call_and_names_it() {
     // The next run starts clean.
     let c2 = lua_check(&body("return { ok = true }")).unwrap();
     assert!(run(&c2, Duration::from_secs(1)).await.is_ok());
-    assert!(run(&c, Duration::from_millis(300)).await.message.contains("no result"));
+    assert!(run(&c, Duration::from_millis(300))
+        .await
+        .message
+        .contains("no result"));
 }
 
 #[tokio::test]

@@ -42,7 +42,10 @@ struct Run {
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn free_port() -> u16 {
@@ -186,9 +189,15 @@ fn every_script_has_cases() {
     for script in vigia_lua::scripts_in(&repo().join("checks")) {
         let name = script.file_stem().unwrap().to_str().unwrap().to_string();
         assert!(
-            repo().join("checks/tests").join(format!("{name}.yaml")).exists(),
+            repo()
+                .join("checks/tests")
+                .join(format!("{name}.yaml"))
+                .exists(),
             "checks/{name}.lua has no checks/tests/{name}.yaml"
         );
-        assert!(run_above.contains(&name.as_str()), "checks/tests/{name}.yaml is not run by lua/tests/scripts.rs");
+        assert!(
+            run_above.contains(&name.as_str()),
+            "checks/tests/{name}.yaml is not run by lua/tests/scripts.rs"
+        );
     }
 }

@@ -290,12 +290,7 @@ mod tests {
         let f = LatencyFactory {
             icmp: Arc::new(Icmp::default()),
         };
-        let b = f.build(
-            "lat",
-            &node,
-            "checks[0]",
-            &BuildContext::new("."),
-        )?;
+        let b = f.build("lat", &node, "checks[0]", &BuildContext::new("."))?;
         Ok(b.checks[0].check.clone())
     }
 

@@ -189,12 +189,7 @@ mod tests {
         };
         let node = Node::parse("file: ips.txt\ncount: 1\n").unwrap();
         let built = f
-            .build(
-                "shops",
-                &node,
-                "checks[3]",
-                &BuildContext::new(dir.path()),
-            )
+            .build("shops", &node, "checks[3]", &BuildContext::new(dir.path()))
             .unwrap();
         let names: Vec<_> = built.checks.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["shops/127.0.0.1", "shops/127.0.0.2"]);
@@ -212,12 +207,7 @@ mod tests {
         };
         let node = Node::parse("file: /nonexistent/ips.txt\n").unwrap();
         let e = f
-            .build(
-                "shops",
-                &node,
-                "checks[3]",
-                &BuildContext::new("."),
-            )
+            .build("shops", &node, "checks[3]", &BuildContext::new("."))
             .err()
             .unwrap()
             .to_string();

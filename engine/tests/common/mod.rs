@@ -1,0 +1,238 @@
+//! Helpers for the end-to-end tests: processes of `vigia` and `vigia-mock`, their JSON
+//! logs, and a config to start from.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn vigia_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vigia"))
+}
+
+pub fn mock_bin() -> PathBuf {
+    let p = vigia_bin().with_file_name("vigia-mock");
+    assert!(
+        p.exists(),
+        "{} is missing: run the whole suite with `cargo test --workspace` (or `cargo build -p vigia-mocks` first)",
+        p.display()
+    );
+    p
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        for (pipe, sink) in [
+            (
+                Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+                stdout.clone(),
+            ),
+            (Box::new(child.stderr.take().unwrap()), stderr.clone()),
+        ] {
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+        }
+        Proc {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// JSON log events (stdout lines that parse).
+    pub fn events(&self) -> Vec<Value> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if pred(&self.events()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "timed out after {timeout:?} waiting for {what}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout.lock().unwrap().join("\n"),
+            self.stderr_text()
+        );
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn alerts(events: &[Value], check: &str, state: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e["event"] == "alert" && e["check"] == check && e["state"] == state)
+        .count()
+}
+
+pub fn has_event(events: &[Value], name: &str) -> bool {
+    events.iter().any(|e| e["event"] == name)
+}
+
+pub struct Mock {
+    pub proc: Proc,
+    pub http: u16,
+    pub tcp: u16,
+    pub control: u16,
+}
+
+impl Mock {
+    pub fn start() -> Mock {
+        let mut cmd = Command::new(mock_bin());
+        cmd.args([
+            "serve",
+            "--http-port",
+            "0",
+            "--tcp-port",
+            "0",
+            "--control-port",
+            "0",
+        ]);
+        let proc = Proc::spawn(cmd);
+        let start = Instant::now();
+        loop {
+            let first = proc.stdout.lock().unwrap().first().cloned();
+            if let Some(line) = first {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                return Mock {
+                    http: v["http"].as_u64().unwrap() as u16,
+                    tcp: v["tcp"].as_u64().unwrap() as u16,
+                    control: v["control"].as_u64().unwrap() as u16,
+                    proc,
+                };
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the mock did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn set(&self, service: &str, mode: &str) {
+        let out = Command::new(mock_bin())
+            .args([
+                "set",
+                service,
+                mode,
+                "--control",
+                &format!("127.0.0.1:{}", self.control),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = &self.proc;
+    }
+}
+
+pub fn write_config(dir: &Path, mock: &Mock, extra: &str) -> PathBuf {
+    let file = dir.join("config.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"engine:
+  hostname: e2e-host
+  state_dir: state
+  status_log_interval: 1h
+  shutdown_grace: 2s
+checks:
+  - name: web
+    type: http
+    url: http://127.0.0.1:{http}/health
+    interval: 200ms
+    timeout: 150ms
+    threshold: 3
+    recover_after: 2
+    comment: "e2e web"
+{extra}"#,
+            http = mock.http
+        ),
+    )
+    .unwrap();
+    file
+}
+
+pub fn start_engine(config: &Path) -> Proc {
+    let mut cmd = Command::new(vigia_bin());
+    cmd.args(["run", "--log-format", "json", "-c"]).arg(config);
+    let p = Proc::spawn(cmd);
+    p.wait_for("the engine to start", Duration::from_secs(20), |e| {
+        has_event(e, "started")
+    });
+    p
+}
+
+/// Runs `vigia ARGS -c CONFIG` to completion.
+pub fn vigia(args: &[&str], config: &Path) -> std::process::Output {
+    Command::new(vigia_bin())
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .unwrap()
+}
