@@ -183,13 +183,21 @@ pub struct ApplySummary {
 pub struct Scheduler {
     shared: Arc<Shared>,
     running: HashMap<Arc<str>, Running>,
+    /// Whether the first plan was applied: later ones are reloads.
+    started: bool,
 }
+
+/// On a reload, checks that are new or changed run at once (an operator who saved a
+/// script wants to see it run), unless there are more than this many: then they are
+/// spread over their intervals like at start, so a big reload is not a burst.
+pub const RUN_AT_ONCE_MAX: usize = 100;
 
 impl Scheduler {
     pub fn new(shared: Arc<Shared>) -> Self {
         Scheduler {
             shared,
             running: HashMap::new(),
+            started: false,
         }
     }
 
@@ -208,6 +216,13 @@ impl Scheduler {
     pub fn apply(&mut self, plan: &Plan) -> ApplySummary {
         let mut summary = ApplySummary::default();
         let mut next: HashMap<Arc<str>, Running> = HashMap::new();
+        let fresh = plan
+            .checks
+            .iter()
+            .filter(|p| !self.running.get(&p.name).is_some_and(|r| r.spec.same_as(p)))
+            .count();
+        let run_now = self.started && fresh <= RUN_AT_ONCE_MAX;
+        self.started = true;
         for planned in &plan.checks {
             let old = self.running.remove(&planned.name);
             match old {
@@ -241,6 +256,7 @@ impl Scheduler {
                         self.shared.clone(),
                         cancel.clone(),
                         previous,
+                        run_now,
                     ));
                     next.insert(
                         spec.name.clone(),
@@ -324,13 +340,18 @@ async fn check_loop(
     shared: Arc<Shared>,
     cancel: CancellationToken,
     previous: Option<JoinHandle<()>>,
+    run_now: bool,
 ) {
     // A changed check waits for its old version's last run: never two at once.
     if let Some(h) = previous {
         let _ = h.await;
     }
     let interval = spec.interval;
-    let mut next = Instant::now() + phase(&spec);
+    let mut next = if run_now {
+        Instant::now()
+    } else {
+        Instant::now() + phase(&spec)
+    };
     loop {
         tokio::select! {
             biased;
@@ -502,7 +523,7 @@ mod size_tests {
             source: None,
             fingerprint: 0,
         });
-        let f = check_loop(spec, shared, CancellationToken::new(), None);
+        let f = check_loop(spec, shared, CancellationToken::new(), None, false);
         let size = std::mem::size_of_val(&f);
         assert!(size <= 400, "the check task future grew to {size} bytes");
     }

@@ -394,3 +394,58 @@ async fn table_of_thresholds_through_the_scheduler() {
         s.shutdown(Duration::from_secs(1)).await;
     }
 }
+
+/// At start checks wait for their phase; after a reload, new and changed checks run at
+/// once (a saved script is seen running), unless the reload brings too many of them.
+#[tokio::test(start_paused = true)]
+async fn after_a_reload_new_and_changed_checks_run_at_once() {
+    let (mut s, _rx) = setup(1000);
+    let name = (0..)
+        .map(|i| format!("late-{i}"))
+        .find(|n| {
+            phase(&planned(n, Scripted::new(".", Duration::ZERO), 60, 5, 3, 1))
+                > Duration::from_secs(30)
+        })
+        .unwrap();
+    let first = Scripted::new(".", Duration::ZERO);
+    s.apply(&plan(vec![planned(&name, first.clone(), 60, 5, 3, 1)]));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        first.runs.load(Ordering::SeqCst),
+        0,
+        "waits for its phase at start"
+    );
+
+    let changed = Scripted::new(".", Duration::ZERO);
+    let added = Scripted::new(".", Duration::ZERO);
+    s.apply(&plan(vec![
+        planned(&name, changed.clone(), 60, 5, 3, 2),
+        planned(&format!("{name}-new"), added.clone(), 60, 5, 3, 1),
+    ]));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(changed.runs.load(Ordering::SeqCst), 1);
+    assert_eq!(added.runs.load(Ordering::SeqCst), 1);
+
+    // A reload that changes more than RUN_AT_ONCE_MAX checks spreads them.
+    let many: Vec<_> = (0..=vigia_engine::scheduler::RUN_AT_ONCE_MAX)
+        .map(|i| {
+            planned(
+                &format!("many-{i}"),
+                Scripted::new(".", Duration::ZERO),
+                60,
+                5,
+                3,
+                1,
+            )
+        })
+        .collect();
+    s.apply(&plan(many));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let ran = s
+        .shared()
+        .status
+        .iter()
+        .filter(|e| e.key().starts_with("many-") && e.value().last.is_some())
+        .count();
+    assert!(ran < 10, "{ran} of 101 ran at once");
+}
