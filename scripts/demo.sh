@@ -59,17 +59,19 @@ wait_for() { # wait_for PATTERN FILE SECONDS
 
 say "Breaking the web API: vigia-mock set http failing (now it answers HTTP 500)"
 "$BIN/vigia-mock" set http failing
-echo "The web check runs every 2s and has threshold 3: the alert comes after 3 failures."
-wait_for "ALERT FAILED web" "$WORK/alerts.txt" 30
+echo "The web check and its Lua twin web_api run every 2s with threshold 3: the alerts come after 3 failures."
+wait_for "ALERT FAILED web " "$WORK/alerts.txt" 30
+wait_for "ALERT FAILED web_api " "$WORK/alerts.txt" 30
 grep "ALERT" "$WORK/alerts.txt"
 "$BIN/vigia" status -c config.yaml
 
 say "Healing it: vigia-mock set http healthy"
 "$BIN/vigia-mock" set http healthy
-wait_for "ALERT RECOVERED web" "$WORK/alerts.txt" 30
+wait_for "ALERT RECOVERED web " "$WORK/alerts.txt" 30
+wait_for "ALERT RECOVERED web_api " "$WORK/alerts.txt" 30
 grep "ALERT RECOVERED" "$WORK/alerts.txt"
 
-say "The same two alerts in the JSON log (one event per transition, never repeated)"
+say "The same alerts in the JSON log (one event per transition, never repeated)"
 grep '"event":"alert"' "$WORK/vigia.log"
 
 say "Stopping the engine (SIGTERM): running checks finish, state is saved"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs Vigia's whole test suite on a fresh Debian machine; installs what it needs.
 # Needs root: the ICMP tests open raw sockets and create their own network namespaces.
+# The Lua mysql tests start a MariaDB of their own (scripts/fixtures/mariadb.sh, which
+# installs mariadb-server when it is missing); they never use the machine's own server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -169,7 +169,15 @@ fn reload_latency(dir: &Path) {
         "engine:\n  state_dir: state\n  status_log_interval: 1h\nchecks: []\n",
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_vigia"))
-        .args(["run", "--no-console", "--log-format", "json", "--log-level", "vigia=debug,warn", "-c"])
+        .args([
+            "run",
+            "--no-console",
+            "--log-format",
+            "json",
+            "--log-level",
+            "vigia=debug,warn",
+            "-c",
+        ])
         .arg(&config)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -184,7 +192,10 @@ fn reload_latency(dir: &Path) {
                 Err(_) => continue,
             };
             if v["event"] == "check" && v["check"] == "saved" {
-                let _ = tx.send((Instant::now(), v["message"].as_str().unwrap_or("").to_string()));
+                let _ = tx.send((
+                    Instant::now(),
+                    v["message"].as_str().unwrap_or("").to_string(),
+                ));
             }
         }
     });
@@ -226,8 +237,16 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        per_run("trivial script: engine overhead per run", &planned(&factory, &trivial, &ctx, "trivial")).await;
-        per_run("30-line script, no host calls, per run", &planned(&factory, &thirty, &ctx, "thirty")).await;
+        per_run(
+            "trivial script: engine overhead per run",
+            &planned(&factory, &trivial, &ctx, "trivial"),
+        )
+        .await;
+        per_run(
+            "30-line script, no host calls, per run",
+            &planned(&factory, &thirty, &ctx, "thirty"),
+        )
+        .await;
     });
     load_many(&factory, &thirty, &ctx);
     reload_latency(&dir.path().join("engine"));
