@@ -240,16 +240,10 @@ impl Scheduler {
                         summary.added += 1;
                     }
                     let spec = Arc::new(planned.clone());
-                    let entry = self
-                        .shared
+                    self.shared
                         .status
                         .entry(spec.name.clone())
                         .or_insert_with(|| CheckState::new(unix_ms()));
-                    if let Some(state) = &entry.state {
-                        // A script's ctx.state outlives restarts and new versions.
-                        spec.check.restore_state(state);
-                    }
-                    drop(entry);
                     let cancel = CancellationToken::new();
                     let handle = tokio::spawn(check_loop(
                         spec.clone(),
@@ -345,6 +339,12 @@ async fn check_loop(
     // A changed check waits for its old version's last run: never two at once.
     if let Some(h) = previous {
         let _ = h.await;
+    }
+    // A script's ctx.state outlives restarts and new versions: the new check starts
+    // from what the last run of the old one (or the store) left.
+    let saved = shared.status.get(&spec.name).and_then(|e| e.state.clone());
+    if let Some(state) = saved {
+        spec.check.restore_state(&state);
     }
     let interval = spec.interval;
     let mut next = if run_now {
