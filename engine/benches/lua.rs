@@ -80,6 +80,7 @@ fn planned(factory: &LuaFactory, file: &Path, ctx: &BuildContext, name: &str) ->
         recover_after: 1,
         comment: "".into(),
         source: None,
+        alerting: None,
         fingerprint: 0,
     }
 }

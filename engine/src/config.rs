@@ -115,6 +115,34 @@ pub struct CommonCheckConfig {
     /// A disabled check is validated but not run (default true).
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// The channels its alerts go to (default: every channel).
+    #[serde(default)]
+    pub notify: Option<Vec<String>>,
+    /// A send window of its own, on top of the channel's.
+    #[serde(default)]
+    pub send_window: Option<String>,
+    /// While it is down, remind this often (default: never).
+    #[serde(default)]
+    pub remind_every: Option<Dur>,
+    /// While one of these checks is down, this check's failures are not sent.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+}
+
+impl CommonCheckConfig {
+    /// Its alert settings; `None` when they are all defaults (most checks).
+    pub fn alerting(&self) -> Option<Arc<crate::alert::policy::CheckAlerting>> {
+        let a = crate::alert::policy::CheckAlerting {
+            notify: self
+                .notify
+                .as_ref()
+                .map(|v| v.iter().map(|s| s.as_str().into()).collect()),
+            window: self.send_window.clone(),
+            remind_every: self.remind_every.map(Dur::get),
+            depends_on: self.depends_on.iter().map(|s| s.as_str().into()).collect(),
+        };
+        (a != crate::alert::policy::CheckAlerting::default()).then(|| Arc::new(a))
+    }
 }
 
 /// The engine's keys of a check entry, in the order the README documents them.
@@ -127,6 +155,10 @@ pub const COMMON_KEYS: &[&str] = &[
     "recover_after",
     "comment",
     "enabled",
+    "notify",
+    "send_window",
+    "remind_every",
+    "depends_on",
 ];
 
 fn default_interval() -> Dur {
@@ -195,10 +227,14 @@ pub struct Config {
     pub checks: Vec<CheckEntry>,
     /// The `commands:` allow-list: what scripts may run with `exec`.
     pub commands: Arc<BTreeMap<String, PathBuf>>,
+    /// `channels:`, `windows:`, `alerting:`.
+    pub alerting: crate::alert::config::AlertingSetup,
     root: Node,
 }
 
-const TOP_KEYS: &[&str] = &["engine", "commands", "checks"];
+const TOP_KEYS: &[&str] = &[
+    "engine", "alerting", "windows", "channels", "commands", "checks",
+];
 
 impl Config {
     /// Reads, parses and validates a config file, without building checks (for the
@@ -339,11 +375,18 @@ impl Config {
                 engine.checks_dir = dir.join(&engine.checks_dir);
             }
         }
+        let config_dir = file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let alerting = crate::alert::config::parse(&root, &config_dir, &mut errors);
         let config = Config {
             file: file.to_path_buf(),
             engine,
             checks,
             commands: Arc::new(commands),
+            alerting,
             root,
         };
         errors.extend(config.semantic_errors());
@@ -417,6 +460,37 @@ impl Config {
             }
             if c.common.threshold == 0 {
                 err(p("threshold"), "must be at least 1 (the number of consecutive failures before the check is down)".into());
+            }
+            if let Some(notify) = &c.common.notify {
+                let names: Vec<&str> = self.alerting.channels.iter().map(|c| &*c.name).collect();
+                for (i, n) in notify.iter().enumerate() {
+                    if !names.contains(&n.as_str()) {
+                        err(
+                            format!("{}[{i}]", p("notify")),
+                            unknown_with_hint("channel", n, &names),
+                        );
+                    }
+                }
+            }
+            if let Some(w) = &c.common.send_window {
+                if !self.alerting.policy.windows.contains_key(w) {
+                    let names: Vec<&str> = self
+                        .alerting
+                        .policy
+                        .windows
+                        .keys()
+                        .map(String::as_str)
+                        .collect();
+                    err(p("send_window"), unknown_with_hint("window", w, &names));
+                }
+            }
+            if let Some(r) = c.common.remind_every {
+                if r.get() < Duration::from_secs(60) {
+                    err(p("remind_every"), format!("{r} is too short (at least 1m)"));
+                }
+            }
+            if c.common.depends_on.iter().any(|d| *d == c.common.name) {
+                err(p("depends_on"), "a check cannot depend on itself".into());
             }
             if c.common.recover_after == 0 {
                 err(p("recover_after"), "must be at least 1 (the number of consecutive successes before the check is up again)".into());
@@ -588,6 +662,7 @@ impl Config {
                                 .as_str()
                                 .into(),
                             source: b.source.map(Into::into),
+                            alerting: c.alerting(),
                             // The target too: a terminal renamed in ips.txt (same
                             // address) is a changed check, not a kept one. And the
                             // version: a script whose text changed.
@@ -653,7 +728,21 @@ impl Config {
                     recover_after: s.recover_after.unwrap_or(default_recover_after()),
                     comment: s.comment.clone().unwrap_or_default().into(),
                     source: Some(src.into()),
+                    alerting: None,
                 });
+            }
+        }
+        for entry in &self.checks {
+            for (i, d) in entry.common.depends_on.iter().enumerate() {
+                if !names.contains(d.as_str()) {
+                    let path = format!("{}[{i}]", join_path(&entry.path, "depends_on"));
+                    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+                    errors.push(ConfigError::at(
+                        self.pos_of(&path),
+                        &path,
+                        unknown_with_hint("check", d, &all),
+                    ));
+                }
             }
         }
         let errors = errors.in_file(&self.file);
@@ -737,6 +826,8 @@ pub struct PlannedCheck {
     /// The script that defines it, if any: while that file fails to load, a reload
     /// keeps the running version.
     pub source: Option<Arc<Path>>,
+    /// `notify`, `window`, `remind_every`, `depends_on`; `None`: all defaults.
+    pub alerting: Option<Arc<crate::alert::policy::CheckAlerting>>,
     /// The fingerprint of the config entry it came from: equal fingerprints mean an
     /// unchanged check on reload. (A hash, not the node: a node per check would cost
     /// kilobytes at 10 000 checks.)
@@ -759,6 +850,18 @@ pub struct Plan {
     /// Scripts that failed to load: `vigia validate` reports them as errors; a running
     /// engine reports them once and keeps their last good version.
     pub broken: Vec<BrokenFile>,
+}
+
+impl Plan {
+    /// The alert settings of the checks that have any, for the alert pipeline.
+    pub fn alerting(
+        &self,
+    ) -> std::collections::HashMap<Arc<str>, Arc<crate::alert::policy::CheckAlerting>> {
+        self.checks
+            .iter()
+            .filter_map(|c| c.alerting.clone().map(|a| (c.name.clone(), a)))
+            .collect()
+    }
 }
 
 /// The config entry's value if it sets the key, else the definition's, else the default.

@@ -2,7 +2,9 @@
 //!
 //! `vigia status` reads the status map of a running engine through it (the state store
 //! is locked by the engine while it runs). Requests: `{"cmd":"status"}`,
-//! `{"cmd":"stats"}`, `{"cmd":"stats_reset"}`.
+//! `{"cmd":"stats"}`, `{"cmd":"stats_reset"}`, `{"cmd":"silence_add","pattern":"web",
+//! "for_ms":7200000,"reason":"..."}`, `{"cmd":"silence_list"}`,
+//! `{"cmd":"silence_remove","id":12}`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,6 +42,9 @@ pub struct StatusView {
     pub config: String,
     pub checks: Vec<CheckView>,
     pub stats: Option<serde_json::Value>,
+    /// Per delivery target: pending, delivered, failed, last error.
+    #[serde(default)]
+    pub channels: std::collections::BTreeMap<String, crate::alert::pipeline::TargetStats>,
 }
 
 /// What the control server needs to answer; refreshed on reload.
@@ -50,6 +55,8 @@ pub struct ControlState {
     pub shared: Arc<Shared>,
     /// The scheduled checks (the scheduler's own `Arc`s: no copy per check).
     pub checks: std::sync::RwLock<Vec<Arc<PlannedCheck>>>,
+    pub alerts: Arc<crate::alert::pipeline::AlertStatus>,
+    pub alert_tx: tokio::sync::mpsc::Sender<crate::alert::pipeline::Input>,
 }
 
 impl ControlState {
@@ -84,13 +91,43 @@ impl ControlState {
             config: self.config.display().to_string(),
             checks,
             stats: serde_json::to_value(self.shared.stats.snapshot()).ok(),
+            channels: self.alerts.snapshot(),
         }
+    }
+
+    async fn silence(
+        &self,
+        cmd: crate::alert::pipeline::SilenceCmd,
+    ) -> Result<serde_json::Value, serde_json::Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self
+            .alert_tx
+            .send(crate::alert::pipeline::Input::Silence(cmd, tx))
+            .await;
+        let answer = match sent {
+            Ok(()) => rx
+                .await
+                .unwrap_or_else(|_| Err("the alert pipeline stopped".into())),
+            Err(_) => Err("the alert pipeline stopped".into()),
+        };
+        Ok(match answer {
+            Ok(v) => v,
+            Err(e) => serde_json::json!({ "error": e }),
+        })
     }
 }
 
 #[derive(Debug, Deserialize)]
 struct Request {
     cmd: String,
+    #[serde(default)]
+    pattern: Option<String>,
+    #[serde(default)]
+    for_ms: Option<u64>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    id: Option<u64>,
 }
 
 /// Binds the socket (replacing a stale one left by a crash) and serves it.
@@ -133,6 +170,31 @@ async fn answer(stream: UnixStream, state: &ControlState) -> std::io::Result<()>
                 state.shared.stats.reset();
                 serde_json::to_value(state.shared.stats.snapshot())
             }
+            "silence_add" => match (req.pattern, req.for_ms) {
+                (Some(pattern), Some(ms)) => {
+                    state
+                        .silence(crate::alert::pipeline::SilenceCmd::Add {
+                            pattern,
+                            duration: Duration::from_millis(ms),
+                            reason: req.reason.unwrap_or_default(),
+                        })
+                        .await
+                }
+                _ => Ok(serde_json::json!({"error": "silence_add needs `pattern` and `for_ms`"})),
+            },
+            "silence_list" => {
+                state
+                    .silence(crate::alert::pipeline::SilenceCmd::List)
+                    .await
+            }
+            "silence_remove" => match req.id {
+                Some(id) => {
+                    state
+                        .silence(crate::alert::pipeline::SilenceCmd::Remove { id })
+                        .await
+                }
+                None => Ok(serde_json::json!({"error": "silence_remove needs `id`"})),
+            },
             other => Ok(serde_json::json!({"error": format!("unknown command `{other}`")})),
         },
         Err(e) => Ok(serde_json::json!({"error": format!("bad request: {e}")})),
@@ -154,6 +216,14 @@ pub enum ClientError {
 
 /// Sends one request to a running engine.
 pub async fn request(path: &Path, cmd: &str) -> Result<serde_json::Value, ClientError> {
+    request_json(path, serde_json::json!({ "cmd": cmd })).await
+}
+
+/// Sends a request with arguments: `{"cmd": ..., ...}`.
+pub async fn request_json(
+    path: &Path,
+    req: serde_json::Value,
+) -> Result<serde_json::Value, ClientError> {
     let unreachable = |e: std::io::Error| ClientError::Unreachable {
         path: path.to_path_buf(),
         reason: match e.kind() {
@@ -168,7 +238,7 @@ pub async fn request(path: &Path, cmd: &str) -> Result<serde_json::Value, Client
         },
     };
     let mut stream = UnixStream::connect(path).await.map_err(unreachable)?;
-    let req = serde_json::json!({ "cmd": cmd }).to_string() + "\n";
+    let req = req.to_string() + "\n";
     stream
         .write_all(req.as_bytes())
         .await

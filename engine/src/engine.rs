@@ -15,12 +15,14 @@ use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use crate::alert::pipeline::{self as alert_pipeline, Input as AlertInput};
+use crate::alert::policy::Item;
 use crate::alert::{self, AlertEvent, Console};
 use crate::config::{system_hostname, Config, EngineConfig, Plan, Registry};
 use crate::control::{self, ControlState};
 use crate::scheduler::{unix_ms, Scheduler, Shared, Update};
 use crate::status::CheckState;
-use crate::store::{Store, StoreUpdate};
+use crate::store::{Op, Store, StoreUpdate};
 use crate::systemd;
 
 /// How `vigia run` was asked to run.
@@ -77,13 +79,21 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let shared = Shared::new(config.engine.max_concurrent_checks, updates_tx);
     restore(&shared, &store, &plan, persisted).await;
 
-    let (alerts_tx, alerts_rx) = mpsc::channel::<AlertEvent>(16 * 1024);
     let console = opts.console.then(Console::stderr);
-    let alerts = alert::spawn(alerts_rx, console.clone());
+    let alerting = alert_pipeline::start(
+        &config.alerting,
+        host.clone(),
+        store.clone(),
+        shared.clone(),
+        console.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("alerting cannot start: {e}"))?;
+    let _ = alerting.tx.send(AlertInput::Checks(plan.alerting())).await;
+    let mut running_alerting = config.alerting.fingerprint;
     let recorder = tokio::spawn(recorder(
         updates_rx,
         store.clone(),
-        alerts_tx,
+        alerting.tx.clone(),
         host.clone(),
         shared.clone(),
     ));
@@ -94,6 +104,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         config: opts.config.clone(),
         shared: shared.clone(),
         checks: Default::default(),
+        alerts: alerting.status.clone(),
+        alert_tx: alerting.tx.clone(),
     });
     let socket_path = state_dir.join(control::SOCKET_FILE);
     let control = control::serve(&socket_path, control_state.clone())
@@ -102,8 +114,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut scheduler = Scheduler::new(shared.clone());
     scheduler.apply(&plan);
     refresh_views(&control_state, &scheduler);
-    let mut script_errors = ScriptErrors::new(host.clone(), console.clone());
-    script_errors.report(&plan, &scheduler, &config);
+    let mut script_errors = ScriptErrors::new(host.clone(), alerting.tx.clone(), store.clone());
+    script_errors.report(&plan, &scheduler, &config).await;
     let mut watcher = config
         .engine
         .watch
@@ -153,7 +165,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             _ = hup.recv() => {
                 systemd::notify("RELOADING=1");
                 tracing::info!(event = "reload", "SIGHUP received: reloading {}.", opts.config.display());
-                if let Some((engine, new_watch)) = reload(&opts.config, &registry, &running, &mut scheduler, &store, &control_state, &mut script_errors).await {
+                if let Some((engine, new_watch)) = reload(&opts.config, &registry, &running, &mut running_alerting, &mut scheduler, &store, &control_state, &mut script_errors).await {
                     running = engine;
                     if let Some(w) = watcher.as_mut() { w.rewatch(new_watch); }
                 }
@@ -162,7 +174,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             files = changed => {
                 systemd::notify("RELOADING=1");
                 tracing::info!(event = "reload", files = %files.join(", "), "Files changed ({}): reloading.", files.join(", "));
-                if let Some((engine, new_watch)) = reload(&opts.config, &registry, &running, &mut scheduler, &store, &control_state, &mut script_errors).await {
+                if let Some((engine, new_watch)) = reload(&opts.config, &registry, &running, &mut running_alerting, &mut scheduler, &store, &control_state, &mut script_errors).await {
                     running = engine;
                     if let Some(w) = watcher.as_mut() { w.rewatch(new_watch); }
                 }
@@ -199,8 +211,27 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // last one is in `shared`, shared with the control state.
     drop(control_state);
     drop(shared);
+    drop(script_errors);
     let _ = recorder.await;
-    let _ = alerts.await;
+    let alert_status = alerting.status.clone();
+    drop(alerting.tx);
+    let _ = alerting.pipeline.await;
+    // Give the senders a moment to deliver what is pending; the rest stays in the
+    // outbox for the next start.
+    let drain_until = tokio::time::Instant::now() + grace.min(Duration::from_secs(5));
+    while tokio::time::Instant::now() < drain_until
+        && alert_status.snapshot().values().any(|t| t.pending > 0)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pending: usize = alert_status.snapshot().values().map(|t| t.pending).sum();
+    if pending > 0 {
+        tracing::warn!(event = "stopping", pending, "{pending} alert messages are not delivered yet; they stay in the outbox and go out at the next start.");
+    }
+    alerting.stop_senders.cancel();
+    for s in alerting.senders {
+        let _ = s.await;
+    }
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!(
         event = "stopped",
@@ -248,9 +279,17 @@ async fn restore(
 }
 
 async fn persist(store: &Arc<Store>, updates: Vec<StoreUpdate>) -> bool {
+    persist_ops(
+        store,
+        updates.into_iter().map(|(n, s)| Op::Check(n, s)).collect(),
+    )
+    .await
+}
+
+async fn persist_ops(store: &Arc<Store>, ops: Vec<Op>) -> bool {
     let store = store.clone();
-    let n = updates.len();
-    match tokio::task::spawn_blocking(move || store.write(&updates)).await {
+    let n = ops.len();
+    match tokio::task::spawn_blocking(move || store.apply(&ops)).await {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
             tracing::error!(
@@ -269,11 +308,12 @@ async fn persist(store: &Arc<Store>, updates: Vec<StoreUpdate>) -> bool {
     }
 }
 
-/// Makes changed states durable in batches, then hands transitions to alerting.
+/// Makes changed states durable in batches, with their transitions in the alert inbox
+/// in the same transaction; then logs the transitions and hands them to alerting.
 async fn recorder(
     mut rx: mpsc::Receiver<Update>,
     store: Arc<Store>,
-    alerts: mpsc::Sender<AlertEvent>,
+    alerts: mpsc::Sender<AlertInput>,
     host: Arc<str>,
     shared: Arc<Shared>,
 ) {
@@ -290,23 +330,22 @@ async fn recorder(
                 Err(_) => break,
             }
         }
-        let writes: Vec<StoreUpdate> = batch
+        let mut ops: Vec<Op> = batch
             .iter()
-            .map(|u| (u.spec.name.to_string(), Some(u.state.clone())))
+            .map(|u| Op::Check(u.spec.name.to_string(), Some(u.state.clone())))
             .collect();
-        persist(&store, writes).await;
-        let mut transitions = 0;
+        let mut events = Vec::new();
         for u in batch.drain(..) {
             let Some(transition) = u.transition else {
                 continue;
             };
-            transitions += 1;
             let event = AlertEvent {
                 host: host.clone(),
                 check: u.spec.name.clone(),
                 group: u.spec.group.clone(),
                 transition,
                 message: u.outcome.message.clone(),
+                value: u.outcome.value,
                 failures: u.state.failures,
                 threshold: u.spec.threshold,
                 successes: u.state.successes,
@@ -315,10 +354,17 @@ async fn recorder(
                 at: u.state.changed_at,
                 previous_duration_ms: u.state.changed_at.saturating_sub(u.previous_change),
                 failed_message: u.state.failed_message.clone(),
-                group_wait: u.spec.timeout + Duration::from_secs(1),
             };
+            let seq = store.next_seq();
+            let item = Item::Transition(event.clone());
+            ops.push(Op::Inbox(seq, serde_json::to_vec(&item).ok()));
+            events.push((seq, event, item));
+        }
+        persist_ops(&store, ops).await;
+        let transitions = events.len();
+        for (seq, event, item) in events {
             alert::log_event(&event);
-            let _ = alerts.send(event).await;
+            let _ = alerts.send(AlertInput::Item(seq, item)).await;
         }
         if transitions > 0 {
             if let Some(shared) = status_source.upgrade() {
@@ -374,6 +420,7 @@ async fn reload(
     path: &Path,
     registry: &Registry,
     running: &EngineConfig,
+    running_alerting: &mut u64,
     scheduler: &mut Scheduler,
     store: &Arc<Store>,
     control: &ControlState,
@@ -408,6 +455,9 @@ async fn reload(
     if old.status_log_interval != new.status_log_interval {
         needs_restart.push("engine.status_log_interval");
     }
+    if config.alerting.fingerprint != *running_alerting {
+        needs_restart.push("channels/windows/alerting");
+    }
     if !needs_restart.is_empty() {
         tracing::warn!(
             event = "reload",
@@ -417,7 +467,11 @@ async fn reload(
     }
     let summary = scheduler.apply(&plan);
     refresh_views(control, scheduler);
-    script_errors.report(&plan, scheduler, &config);
+    let _ = control
+        .alert_tx
+        .send(AlertInput::Checks(plan.alerting()))
+        .await;
+    script_errors.report(&plan, scheduler, &config).await;
     let watch = WatchSet::of(path, &config, &plan);
     if !summary.removed.is_empty() {
         persist(
@@ -453,20 +507,22 @@ async fn reload(
 /// Reports scripts that do not load, once per distinct error, and when they load again.
 struct ScriptErrors {
     host: Arc<str>,
-    console: Option<Console>,
+    alerts: mpsc::Sender<AlertInput>,
+    store: Arc<Store>,
     reported: HashMap<PathBuf, String>,
 }
 
 impl ScriptErrors {
-    fn new(host: Arc<str>, console: Option<Console>) -> Self {
+    fn new(host: Arc<str>, alerts: mpsc::Sender<AlertInput>, store: Arc<Store>) -> Self {
         ScriptErrors {
             host,
-            console,
+            alerts,
+            store,
             reported: HashMap::new(),
         }
     }
 
-    fn report(&mut self, plan: &Plan, scheduler: &Scheduler, config: &Config) {
+    async fn report(&mut self, plan: &Plan, scheduler: &Scheduler, config: &Config) {
         let dir = config.file.parent().unwrap_or(Path::new(""));
         let mut now = HashSet::new();
         for b in &plan.broken {
@@ -479,7 +535,18 @@ impl ScriptErrors {
                 .any(|s| s.source.as_deref() == Some(b.file.as_path()));
             let file = vigia_lua::display_path(&b.file, dir);
             tracing::error!(event = "script_error", file = %file, kept_previous = kept, "{}", b.error);
-            alert::script_error(self.console.as_ref(), &self.host, &file, &b.error, kept);
+            alert::log_script_error(&self.host, &file, &b.error, kept);
+            let item = Item::ScriptError {
+                host: self.host.clone(),
+                file,
+                error: b.error.clone(),
+                kept,
+                at: unix_ms(),
+            };
+            let _ = self
+                .alerts
+                .send(AlertInput::Item(self.store.next_seq(), item))
+                .await;
             self.reported.insert(b.file.clone(), b.error.clone());
         }
         self.reported.retain(|file, _| {

@@ -75,6 +75,35 @@ enum Command {
     },
     /// List the check types this build knows.
     Plugins,
+    /// Silence alerts of a check (or a pattern such as `terminals/*`) for a while. A
+    /// silenced check is still checked and logged; silences expire on their own and
+    /// survive restarts.
+    Silence {
+        #[command(subcommand)]
+        cmd: SilenceCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SilenceCommand {
+    /// Silence CHECK or PATTERN (`*` matches anything): `vigia silence add web --for 2h --reason "deploy"`.
+    Add {
+        /// A check name, or a pattern with `*`.
+        pattern: String,
+        /// How long: 30m, 2h, 1d12h.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: vigia_api::Dur,
+        /// Why, for whoever looks later.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// The silences in force.
+    List,
+    /// End a silence now.
+    Remove {
+        /// Its id, as `vigia silence list` shows it.
+        id: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -112,6 +141,7 @@ fn main() -> ExitCode {
             Command::Check { name, json } => cmd_check(&cli.config, &name, json).await,
             Command::Status { json } => cmd_status(&cli.config, json).await,
             Command::Plugins => cmd_plugins(),
+            Command::Silence { cmd } => cmd_silence(&cli.config, cmd).await,
         }
     })
 }
@@ -343,6 +373,7 @@ async fn cmd_status(path: &Path, json: bool) -> ExitCode {
                             })
                             .collect(),
                         stats: None,
+                        channels: Default::default(),
                     };
                     print_status(&view, Some(&e.to_string()));
                     ExitCode::from(3)
@@ -413,6 +444,149 @@ fn print_status(view: &StatusView, not_running: Option<&str>) {
             failures,
             last
         );
+    }
+    if !view.channels.is_empty() {
+        let width = view
+            .channels
+            .keys()
+            .map(|k| k.len())
+            .max()
+            .unwrap_or(7)
+            .max(7);
+        println!(
+            "\n{:width$}  {:>7}  {:>9}  {:>6}  LAST ERROR",
+            "CHANNEL", "PENDING", "DELIVERED", "FAILED"
+        );
+        for (key, t) in &view.channels {
+            let last = match (&t.last_error, t.last_error_at) {
+                (Some(e), Some(at)) => {
+                    format!("{} ago: {e}", human_duration(view.now.saturating_sub(at)))
+                }
+                (Some(e), None) => e.clone(),
+                _ => "-".into(),
+            };
+            println!(
+                "{key:width$}  {:>7}  {:>9}  {:>6}  {last}",
+                t.pending, t.delivered, t.failed
+            );
+        }
+    }
+}
+
+async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
+    use vigia_engine::alert::policy::Silence;
+    let state_dir = match Config::load(path) {
+        Ok(c) => c.engine.state_dir,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let socket = state_dir.join(control::SOCKET_FILE);
+    let req = match &cmd {
+        SilenceCommand::Add {
+            pattern,
+            duration,
+            reason,
+        } => {
+            serde_json::json!({"cmd": "silence_add", "pattern": pattern, "for_ms": duration.get().as_millis() as u64, "reason": reason})
+        }
+        SilenceCommand::List => serde_json::json!({"cmd": "silence_list"}),
+        SilenceCommand::Remove { id } => serde_json::json!({"cmd": "silence_remove", "id": id}),
+    };
+    let answer = match control::request_json(&socket, req).await {
+        Ok(v) => Ok(v),
+        // Not running: the silences are in the store, which is then free.
+        Err(_) => silence_offline(&state_dir, &cmd),
+    };
+    let v = match answer {
+        Ok(v) if v.get("error").is_none() => v,
+        Ok(v) => {
+            eprintln!("vigia: {}", v["error"].as_str().unwrap_or("error"));
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("vigia: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let now = unix_ms();
+    match cmd {
+        SilenceCommand::Add { .. } => {
+            let s: Silence = serde_json::from_value(v).unwrap_or_else(|_| Silence {
+                id: 0,
+                pattern: String::new(),
+                until: 0,
+                reason: String::new(),
+                created_at: 0,
+            });
+            println!(
+                "Silence {} added: alerts of `{}` are not sent for {}.",
+                s.id,
+                s.pattern,
+                human_duration(s.until.saturating_sub(now))
+            );
+        }
+        SilenceCommand::List => {
+            let list: Vec<Silence> = serde_json::from_value(v).unwrap_or_default();
+            if list.is_empty() {
+                println!("No silences.");
+            }
+            for s in list {
+                println!(
+                    "{:>6}  {:24}  {:>10} left  {}",
+                    s.id,
+                    s.pattern,
+                    human_duration(s.until.saturating_sub(now)),
+                    s.reason
+                );
+            }
+        }
+        SilenceCommand::Remove { id } => println!("Silence {id} removed."),
+    }
+    ExitCode::SUCCESS
+}
+
+fn silence_offline(state_dir: &Path, cmd: &SilenceCommand) -> Result<serde_json::Value, String> {
+    use vigia_engine::alert::policy::Silence;
+    use vigia_engine::store::Op;
+    let store = Store::open(state_dir).map_err(|e| e.to_string())?;
+    let now = unix_ms();
+    let mut all: Vec<Silence> = store
+        .load_silences()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .filter_map(|b| serde_json::from_slice(b).ok())
+        .collect();
+    all.retain(|s| s.until > now);
+    match cmd {
+        SilenceCommand::Add {
+            pattern,
+            duration,
+            reason,
+        } => {
+            let s = Silence {
+                id: store.next_seq(),
+                pattern: pattern.clone(),
+                until: now + duration.get().as_millis() as u64,
+                reason: reason.clone(),
+                created_at: now,
+            };
+            store
+                .apply(&[Op::Silence(s.id, serde_json::to_vec(&s).ok())])
+                .map_err(|e| e.to_string())?;
+            Ok(serde_json::to_value(&s).unwrap_or_default())
+        }
+        SilenceCommand::List => Ok(serde_json::to_value(&all).unwrap_or_default()),
+        SilenceCommand::Remove { id } => {
+            if !all.iter().any(|s| s.id == *id) {
+                return Err(format!("there is no silence {id}"));
+            }
+            store
+                .apply(&[Op::Silence(*id, None)])
+                .map_err(|e| e.to_string())?;
+            Ok(serde_json::json!({ "removed": id }))
+        }
     }
 }
 

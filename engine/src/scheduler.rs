@@ -521,6 +521,7 @@ mod size_tests {
             recover_after: 1,
             comment: "".into(),
             source: None,
+            alerting: None,
             fingerprint: 0,
         });
         let f = check_loop(spec, shared, CancellationToken::new(), None, false);

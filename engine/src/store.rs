@@ -12,6 +12,28 @@ use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefini
 use crate::status::CheckState;
 
 const CHECKS: TableDefinition<&str, &[u8]> = TableDefinition::new("checks");
+/// Transitions committed with the state that caused them, until alerting took them.
+const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("alert_inbox");
+/// Items waiting on a channel (group wait, closed window): (channel, seq).
+const HELD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("alert_held");
+/// Rendered messages not yet delivered: (target, seq); a target is a channel, or a
+/// channel's chat (`ops#12345`).
+const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("alert_outbox");
+/// Delivery counters per target (JSON).
+const TARGETS: TableDefinition<&str, &[u8]> = TableDefinition::new("alert_targets");
+const SILENCES: TableDefinition<u64, &[u8]> = TableDefinition::new("silences");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// One change in a transaction; `None` deletes.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Check(String, Option<CheckState>),
+    Inbox(u64, Option<Vec<u8>>),
+    Held(String, u64, Option<Vec<u8>>),
+    Outbox(String, u64, Option<Vec<u8>>),
+    Target(String, Vec<u8>),
+    Silence(u64, Option<Vec<u8>>),
+}
 
 /// The file name of the store inside `state_dir`.
 pub const STORE_FILE: &str = "state.redb";
@@ -38,6 +60,9 @@ pub enum StoreError {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// The next sequence number for alert items and messages (never reused: the
+    /// highest one used is kept in `meta`).
+    seq: std::sync::atomic::AtomicU64,
 }
 
 /// One change to write: a state, or `None` to forget a check that left the config.
@@ -64,9 +89,17 @@ impl Store {
                 ),
             },
         })?;
-        let store = Store { db, path };
-        // Make sure the table exists so that reads of a new store work.
-        store.write(&[])?;
+        let store = Store {
+            db,
+            path,
+            seq: std::sync::atomic::AtomicU64::new(1),
+        };
+        // Make sure the tables exist so that reads of a new store work.
+        store.apply(&[])?;
+        let last = store.read_meta("seq")?;
+        store
+            .seq
+            .store(last + 1, std::sync::atomic::Ordering::SeqCst);
         Ok(store)
     }
 
@@ -104,27 +137,174 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes a batch of changes in one durable transaction.
+    /// Writes a batch of check states in one durable transaction.
     pub fn write(&self, updates: &[StoreUpdate]) -> Result<(), StoreError> {
-        let err = self.io_err("writing check states");
+        let ops: Vec<Op> = updates
+            .iter()
+            .map(|(n, s)| Op::Check(n.clone(), s.clone()))
+            .collect();
+        self.apply(&ops)
+    }
+
+    /// A new sequence number (alert items, messages).
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn read_meta(&self, key: &str) -> Result<u64, StoreError> {
+        let err = self.io_err("reading metadata");
+        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let table = tx.open_table(META).map_err(|e| err(e.into()))?;
+        Ok(table
+            .get(key)
+            .map_err(|e| err(e.into()))?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// Applies changes in one durable transaction (fsync on commit).
+    pub fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let err = self.io_err("writing");
         let tx = self.db.begin_write().map_err(|e| err(e.into()))?;
         {
-            let mut table = tx.open_table(CHECKS).map_err(|e| err(e.into()))?;
-            for (name, state) in updates {
-                match state {
-                    Some(s) => {
+            let mut checks = tx.open_table(CHECKS).map_err(|e| err(e.into()))?;
+            let mut inbox = tx.open_table(INBOX).map_err(|e| err(e.into()))?;
+            let mut held = tx.open_table(HELD).map_err(|e| err(e.into()))?;
+            let mut outbox = tx.open_table(OUTBOX).map_err(|e| err(e.into()))?;
+            let mut targets = tx.open_table(TARGETS).map_err(|e| err(e.into()))?;
+            let mut silences = tx.open_table(SILENCES).map_err(|e| err(e.into()))?;
+            let mut meta = tx.open_table(META).map_err(|e| err(e.into()))?;
+            let mut max_seq = 0;
+            for op in ops {
+                let r: Result<(), redb::StorageError> = match op {
+                    Op::Check(name, Some(s)) => {
                         let bytes = serde_json::to_vec(s).unwrap_or_default();
-                        table
-                            .insert(name.as_str(), bytes.as_slice())
-                            .map_err(|e| err(e.into()))?;
+                        checks.insert(name.as_str(), bytes.as_slice()).map(|_| ())
                     }
-                    None => {
-                        table.remove(name.as_str()).map_err(|e| err(e.into()))?;
+                    Op::Check(name, None) => checks.remove(name.as_str()).map(|_| ()),
+                    Op::Inbox(seq, v) => {
+                        max_seq = max_seq.max(*seq);
+                        match v {
+                            Some(b) => inbox.insert(*seq, b.as_slice()).map(|_| ()),
+                            None => inbox.remove(*seq).map(|_| ()),
+                        }
                     }
+                    Op::Held(ch, seq, v) => {
+                        max_seq = max_seq.max(*seq);
+                        match v {
+                            Some(b) => held.insert((ch.as_str(), *seq), b.as_slice()).map(|_| ()),
+                            None => held.remove((ch.as_str(), *seq)).map(|_| ()),
+                        }
+                    }
+                    Op::Outbox(t, seq, v) => {
+                        max_seq = max_seq.max(*seq);
+                        match v {
+                            Some(b) => outbox.insert((t.as_str(), *seq), b.as_slice()).map(|_| ()),
+                            None => outbox.remove((t.as_str(), *seq)).map(|_| ()),
+                        }
+                    }
+                    Op::Target(t, b) => targets.insert(t.as_str(), b.as_slice()).map(|_| ()),
+                    Op::Silence(id, v) => {
+                        max_seq = max_seq.max(*id);
+                        match v {
+                            Some(b) => silences.insert(*id, b.as_slice()).map(|_| ()),
+                            None => silences.remove(*id).map(|_| ()),
+                        }
+                    }
+                };
+                r.map_err(|e| err(e.into()))?;
+            }
+            if max_seq > 0 {
+                let current = meta
+                    .get("seq")
+                    .map_err(|e| err(e.into()))?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                if max_seq > current {
+                    meta.insert("seq", max_seq).map_err(|e| err(e.into()))?;
                 }
             }
         }
         tx.commit().map_err(|e| err(e.into()))
+    }
+
+    pub fn load_inbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let err = self.io_err("reading the alert inbox");
+        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let t = tx.open_table(INBOX).map_err(|e| err(e.into()))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = item.map_err(|e| err(e.into()))?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn load_held(&self) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
+        let err = self.io_err("reading held alerts");
+        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let t = tx.open_table(HELD).map_err(|e| err(e.into()))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = item.map_err(|e| err(e.into()))?;
+            let (ch, seq) = k.value();
+            out.push((ch.to_string(), seq, v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The oldest undelivered message of a target.
+    pub fn first_outbox(&self, target: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let err = self.io_err("reading the outbox");
+        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let t = tx.open_table(OUTBOX).map_err(|e| err(e.into()))?;
+        let mut range = t
+            .range((target, 0u64)..=(target, u64::MAX))
+            .map_err(|e| err(e.into()))?;
+        match range.next() {
+            Some(item) => {
+                let (k, v) = item.map_err(|e| err(e.into()))?;
+                Ok(Some((k.value().1, v.value().to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// How many messages each target has waiting.
+    pub fn outbox_counts(&self) -> Result<HashMap<String, usize>, StoreError> {
+        let err = self.io_err("reading the outbox");
+        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let t = tx.open_table(OUTBOX).map_err(|e| err(e.into()))?;
+        let mut out: HashMap<String, usize> = HashMap::new();
+        for item in t.iter().map_err(|e| err(e.into()))? {
+            let (k, _) = item.map_err(|e| err(e.into()))?;
+            *out.entry(k.value().0.to_string()).or_default() += 1;
+        }
+        Ok(out)
+    }
+
+    pub fn load_targets(&self) -> Result<HashMap<String, Vec<u8>>, StoreError> {
+        let err = self.io_err("reading delivery counters");
+        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let t = tx.open_table(TARGETS).map_err(|e| err(e.into()))?;
+        let mut out = HashMap::new();
+        for item in t.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = item.map_err(|e| err(e.into()))?;
+            out.insert(k.value().to_string(), v.value().to_vec());
+        }
+        Ok(out)
+    }
+
+    pub fn load_silences(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let err = self.io_err("reading silences");
+        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let t = tx.open_table(SILENCES).map_err(|e| err(e.into()))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| err(e.into()))? {
+            let (_, v) = item.map_err(|e| err(e.into()))?;
+            out.push(v.value().to_vec());
+        }
+        Ok(out)
     }
 }
 

@@ -46,9 +46,10 @@ fn one_failed_one_recovered_even_across_kill_9() {
     // Many more failing runs: still exactly one alert.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(alerts(&engine.events(), "web", "failed"), 1);
-    assert!(engine
-        .stderr_text()
-        .contains("ALERT FAILED web on e2e-host: HTTP 500"));
+    engine.wait_for_stderr(
+        "ALERT FAILED web on e2e-host: HTTP 500",
+        Duration::from_secs(10),
+    );
 
     // kill -9 while down, then restart on the same state.
     engine.signal(libc::SIGKILL);
@@ -87,9 +88,10 @@ fn one_failed_one_recovered_even_across_kill_9() {
     let events = engine.events();
     assert_eq!(alerts(&events, "web", "recovered"), 1);
     assert_eq!(alerts(&events, "web", "failed"), 0);
-    assert!(engine
-        .stderr_text()
-        .contains("ALERT RECOVERED web on e2e-host after"));
+    engine.wait_for_stderr(
+        "ALERT RECOVERED web on e2e-host after",
+        Duration::from_secs(10),
+    );
 
     // SIGTERM: a clean stop with exit 0.
     let mut engine = engine;

@@ -108,9 +108,10 @@ fn saved_scripts_reload_with_their_state_and_a_broken_one_keeps_the_old_version(
             .starts_with("checks/counter.lua:4: unexpected symbol near 'then'"),
         "{err}"
     );
-    assert!(engine
-        .stderr_text()
-        .contains("ALERT SCRIPT ERROR on e2e-host: checks/counter.lua:4:"));
+    engine.wait_for_stderr(
+        "ALERT SCRIPT ERROR on e2e-host: checks/counter.lua:4:",
+        Duration::from_secs(10),
+    );
     let v2_before = runs(&ev, "counter", "v2").len();
     engine.wait_for("v2 still running", Duration::from_secs(5), |e| {
         runs(e, "counter", "v2").len() >= v2_before + 3

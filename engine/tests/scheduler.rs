@@ -94,6 +94,7 @@ fn planned(
         recover_after: 1,
         comment: "".into(),
         source: None,
+        alerting: None,
         fingerprint: Node::parse(&format!("name: {name}\nversion: {version}"))
             .unwrap()
             .fingerprint(),

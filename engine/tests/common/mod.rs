@@ -100,6 +100,21 @@ impl Proc {
         );
     }
 
+    /// Waits until stderr (the console channel) contains `text`.
+    pub fn wait_for_stderr(&self, text: &str, timeout: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.stderr_text().contains(text) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "timed out after {timeout:?} waiting for {text:?} on stderr\nstderr:\n{}",
+            self.stderr_text()
+        );
+    }
+
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let start = Instant::now();
         while start.elapsed() < timeout {

@@ -1,0 +1,846 @@
+//! Alert policy, as a pure state machine: items in (transitions, script errors), held
+//! entries and messages out, at times the caller gives. No IO and no clock of its own,
+//! so every rule is tested with plain timestamps (see the tests below).
+//!
+//! For each item: flapping (a check that changed too often is reported once and then
+//! held until stable), reminders, silences, then routing to each channel the check
+//! notifies. On a channel an item is *held* until it is released:
+//! - window open: with the channel's current batch, `group_wait` after the batch's first
+//!   item (so things that fail together are one message);
+//! - window closed (the channel's or the check's): at the next opening, as one digest.
+//!
+//! When a batch is released, failures of checks whose `depends_on` check is down are
+//! suppressed (and named in that check's messages).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::window::{next_open, Window};
+use super::AlertEvent;
+use crate::alert::human_duration;
+use crate::status::Transition;
+
+/// What reached alerting. Kept durably (as JSON) from the moment it is accepted until
+/// the message that carries it is in the outbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "item", rename_all = "snake_case")]
+pub enum Item {
+    Transition(AlertEvent),
+    Reminder {
+        event: AlertEvent,
+        count: u32,
+        at: u64,
+    },
+    /// `status`: "flapping" when it starts, then "up" or "down" when it ends.
+    Flapping {
+        event: AlertEvent,
+        status: String,
+        changes: u32,
+        at: u64,
+    },
+    ScriptError {
+        host: Arc<str>,
+        file: String,
+        error: String,
+        kept: bool,
+        at: u64,
+    },
+}
+
+impl Item {
+    pub fn check(&self) -> Option<&str> {
+        match self {
+            Item::Transition(e)
+            | Item::Reminder { event: e, .. }
+            | Item::Flapping { event: e, .. } => Some(&e.check),
+            Item::ScriptError { .. } => None,
+        }
+    }
+
+    fn at(&self) -> u64 {
+        match self {
+            Item::Transition(e) => e.at,
+            Item::Reminder { at, .. }
+            | Item::Flapping { at, .. }
+            | Item::ScriptError { at, .. } => *at,
+        }
+    }
+}
+
+/// An item on a channel, waiting for its release.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Held {
+    pub seq: u64,
+    pub item: Item,
+    /// Unix ms.
+    pub release_at: u64,
+    /// Held by a closed send window (it goes out in a digest).
+    pub windowed: bool,
+}
+
+/// A message for one channel, ready to render.
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub channel: Arc<str>,
+    pub kind: &'static str,
+    pub ctx: Ctx,
+    /// The held entries it carries (deleted when the message is stored).
+    pub seqs: Vec<u64>,
+    /// The items it carries, for a webhook's JSON.
+    pub items: Vec<Item>,
+}
+
+/// What a template sees. Every field is always there (empty when it does not apply).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Ctx {
+    pub kind: String,
+    pub host: String,
+    pub check: String,
+    /// failed, recovered; for a flapping message: flapping, up, down.
+    pub status: String,
+    pub message: String,
+    pub value: Option<f64>,
+    pub comment: String,
+    /// When the status changed, in the configured time zone: `2026-11-23 02:10:05 WET`.
+    pub since: String,
+    /// How long the previous state lasted (recovered) or the current one (reminder).
+    pub duration: String,
+    pub failures: u32,
+    pub threshold: u32,
+    /// The time of the event, full and as `02:10`.
+    pub time: String,
+    pub clock: String,
+    /// What a remediation did (filled by the remediation feature).
+    pub transcript: String,
+    pub reminders: u32,
+    pub suppressed: Vec<String>,
+    pub events: Vec<EventCtx>,
+    /// For a digest: one line per check, "web failed 02:10, recovered 02:40".
+    pub summary: Vec<String>,
+    pub group: String,
+    /// Members of a group, by their short names.
+    pub names: Vec<String>,
+    pub count: usize,
+    pub changes: u32,
+    pub within: String,
+    pub stable_for: String,
+    pub file: String,
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EventCtx {
+    pub check: String,
+    pub status: String,
+    pub message: String,
+    pub comment: String,
+    pub time: String,
+    pub clock: String,
+}
+
+/// A channel as the policy sees it.
+#[derive(Clone, Debug)]
+pub struct ChannelPolicy {
+    pub name: Arc<str>,
+    pub window: Option<Arc<Window>>,
+}
+
+/// A check's alert settings (`notify`, `window`, `remind_every`, `depends_on`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CheckAlerting {
+    /// `None`: every channel.
+    pub notify: Option<Vec<Arc<str>>>,
+    pub window: Option<String>,
+    pub remind_every: Option<Duration>,
+    pub depends_on: Vec<Arc<str>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Flapping {
+    /// More than this many status changes within `within` is flapping; 0 turns it off.
+    pub changes: u32,
+    pub within: Duration,
+    pub stable_for: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct PolicyConfig {
+    pub tz: TimeZone,
+    pub group_wait: Duration,
+    pub flapping: Flapping,
+    pub channels: Vec<ChannelPolicy>,
+    pub windows: HashMap<String, Arc<Window>>,
+    pub checks: HashMap<Arc<str>, Arc<CheckAlerting>>,
+}
+
+/// A silence: alerts of matching checks are not sent until it expires. The checks
+/// still run and their transitions are still logged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Silence {
+    pub id: u64,
+    /// A check name, or a pattern with `*` (`terminals/*`).
+    pub pattern: String,
+    /// Unix ms.
+    pub until: u64,
+    pub reason: String,
+    pub created_at: u64,
+}
+
+impl Silence {
+    pub fn matches(&self, check: &str) -> bool {
+        glob(&self.pattern, check)
+    }
+}
+
+/// `*` matches any run of characters.
+pub fn glob(pattern: &str, s: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == s;
+    }
+    let mut rest = s;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            let Some(r) = rest.strip_prefix(part) else {
+                return false;
+            };
+            rest = r;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(at) => rest = &rest[at + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
+#[derive(Default, Debug)]
+struct FlapState {
+    times: Vec<u64>,
+    flapping: bool,
+    stable_until: u64,
+    last: Option<AlertEvent>,
+}
+
+#[derive(Debug)]
+struct Reminder {
+    next_at: u64,
+    count: u32,
+    every: u64,
+    event: AlertEvent,
+}
+
+/// What happened to an accepted item, for the log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fate {
+    Routed(usize),
+    Silenced(u64),
+    HeldAsFlapping,
+    FlappingStarted,
+}
+
+pub struct Policy {
+    cfg: PolicyConfig,
+    host: Arc<str>,
+    held: HashMap<Arc<str>, Vec<Held>>,
+    flap: HashMap<Arc<str>, FlapState>,
+    reminders: HashMap<Arc<str>, Reminder>,
+    suppressed: HashMap<Arc<str>, Vec<Arc<str>>>,
+    pub silences: Vec<Silence>,
+}
+
+impl Policy {
+    pub fn new(cfg: PolicyConfig, host: Arc<str>) -> Self {
+        Policy {
+            cfg,
+            host,
+            held: HashMap::new(),
+            flap: HashMap::new(),
+            reminders: HashMap::new(),
+            suppressed: HashMap::new(),
+            silences: Vec::new(),
+        }
+    }
+
+    /// A reload: new check settings (channels and windows need a restart).
+    pub fn set_checks(&mut self, checks: HashMap<Arc<str>, Arc<CheckAlerting>>) {
+        self.cfg.checks = checks;
+    }
+
+    fn alerting(&self, check: &str) -> Arc<CheckAlerting> {
+        self.cfg.checks.get(check).cloned().unwrap_or_default()
+    }
+
+    /// Puts back an entry held before a restart.
+    pub fn restore(&mut self, channel: Arc<str>, held: Held) {
+        self.held.entry(channel).or_default().push(held);
+    }
+
+    /// After a restart: reminders of checks that are down, counted from their change.
+    pub fn restore_reminder(&mut self, event: AlertEvent, now: u64) {
+        let Some(every) = self.alerting(&event.check).remind_every else {
+            return;
+        };
+        let every = every.as_millis() as u64;
+        let count = (now.saturating_sub(event.at) / every.max(1)) as u32;
+        self.reminders.insert(
+            event.check.clone(),
+            Reminder {
+                next_at: event.at + (u64::from(count) + 1) * every,
+                count,
+                every,
+                event,
+            },
+        );
+    }
+
+    pub fn pending(&self, channel: &str) -> usize {
+        self.held.get(channel).map_or(0, Vec::len)
+    }
+
+    /// An item arrives with its sequence number. Returns the entries to hold durably
+    /// (the caller stores them, and removes the item from the inbox, in one transaction).
+    pub fn accept(
+        &mut self,
+        seq: u64,
+        item: Item,
+        now: u64,
+        next_seq: &mut dyn FnMut() -> u64,
+    ) -> (Fate, Vec<(Arc<str>, Held)>) {
+        let mut item = item;
+        if let Item::Transition(e) = &item {
+            let e = e.clone();
+            let f = &self.cfg.flapping;
+            if f.changes > 0 {
+                let within = f.within.as_millis() as u64;
+                let stable_for = f.stable_for.as_millis() as u64;
+                let st = self.flap.entry(e.check.clone()).or_default();
+                st.times.push(now);
+                st.times.retain(|t| now.saturating_sub(*t) <= within);
+                st.last = Some(e.clone());
+                if st.flapping {
+                    st.stable_until = now + stable_for;
+                    self.track_reminder(&e);
+                    return (Fate::HeldAsFlapping, Vec::new());
+                }
+                if st.times.len() as u32 > f.changes {
+                    st.flapping = true;
+                    st.stable_until = now + stable_for;
+                    let changes = st.times.len() as u32;
+                    self.track_reminder(&e);
+                    item = Item::Flapping {
+                        event: e,
+                        status: "flapping".into(),
+                        changes,
+                        at: now,
+                    };
+                    let held = self.route(seq, item, now);
+                    return (Fate::FlappingStarted, held);
+                }
+            }
+            self.track_reminder(&e);
+        }
+        if let Some(check) = item.check() {
+            if let Some(s) = self
+                .silences
+                .iter()
+                .find(|s| s.until > now && s.matches(check))
+            {
+                return (Fate::Silenced(s.id), Vec::new());
+            }
+        }
+        let _ = next_seq;
+        let held = self.route(seq, item, now);
+        (Fate::Routed(held.len()), held)
+    }
+
+    fn track_reminder(&mut self, e: &AlertEvent) {
+        match e.transition {
+            Transition::Failed => {
+                if let Some(every) = self.alerting(&e.check).remind_every {
+                    let every = every.as_millis() as u64;
+                    self.reminders.insert(
+                        e.check.clone(),
+                        Reminder {
+                            next_at: e.at + every,
+                            count: 0,
+                            every,
+                            event: e.clone(),
+                        },
+                    );
+                }
+            }
+            Transition::Recovered => {
+                self.reminders.remove(&e.check);
+            }
+        }
+    }
+
+    /// Puts an item on each channel its check notifies.
+    fn route(&mut self, seq: u64, item: Item, now: u64) -> Vec<(Arc<str>, Held)> {
+        let alerting = item.check().map(|c| self.alerting(c)).unwrap_or_default();
+        let check_window = alerting
+            .window
+            .as_ref()
+            .and_then(|w| self.cfg.windows.get(w).cloned());
+        let group_wait = self.cfg.group_wait.as_millis() as u64;
+        let mut out = Vec::new();
+        for ch in &self.cfg.channels {
+            if let Some(notify) = &alerting.notify {
+                if !notify.iter().any(|n| **n == *ch.name) {
+                    continue;
+                }
+            }
+            let windows: Vec<&Window> = ch
+                .window
+                .iter()
+                .chain(check_window.iter())
+                .map(|w| &**w)
+                .collect();
+            let now_ts = ts(now);
+            let open = windows.iter().all(|w| w.is_open(now_ts));
+            let held_list = self.held.entry(ch.name.clone()).or_default();
+            let (release_at, windowed) = if open {
+                let batch = held_list
+                    .iter()
+                    .filter(|h| !h.windowed)
+                    .map(|h| h.release_at)
+                    .min();
+                (batch.unwrap_or(now + group_wait), false)
+            } else {
+                let at = next_open(&windows, now_ts)
+                    .map(|t| t.as_millisecond() as u64)
+                    .unwrap_or(now + 86_400_000);
+                (at, true)
+            };
+            let held = Held {
+                seq,
+                item: item.clone(),
+                release_at,
+                windowed,
+            };
+            held_list.push(held.clone());
+            out.push((ch.name.clone(), held));
+        }
+        out
+    }
+
+    /// The next moment something is due (a release, a reminder, the end of flapping).
+    pub fn next_deadline(&self) -> Option<u64> {
+        let held = self.held.values().flatten().map(|h| h.release_at);
+        let reminders = self.reminders.values().map(|r| r.next_at);
+        let flaps = self
+            .flap
+            .values()
+            .filter(|f| f.flapping)
+            .map(|f| f.stable_until);
+        held.chain(reminders).chain(flaps).min()
+    }
+
+    /// Everything due at `now`: new entries to hold (reminders, ends of flapping) and
+    /// messages ready to store. `is_down(check)` reads the status map.
+    pub fn due(
+        &mut self,
+        now: u64,
+        is_down: &dyn Fn(&str) -> bool,
+        next_seq: &mut dyn FnMut() -> u64,
+    ) -> (Vec<(Arc<str>, Held)>, Vec<Message>) {
+        let mut new_held = Vec::new();
+        // Reminders.
+        let due_reminders: Vec<Arc<str>> = self
+            .reminders
+            .iter()
+            .filter(|(_, r)| r.next_at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for check in due_reminders {
+            let Some(r) = self.reminders.get_mut(&check) else {
+                continue;
+            };
+            if !is_down(&check) {
+                self.reminders.remove(&check);
+                continue;
+            }
+            r.count += 1;
+            r.next_at += r.every;
+            let item = Item::Reminder {
+                event: r.event.clone(),
+                count: r.count,
+                at: now,
+            };
+            let silenced = self
+                .silences
+                .iter()
+                .any(|s| s.until > now && s.matches(&check));
+            let flapping = self.flap.get(&check).is_some_and(|f| f.flapping);
+            if !silenced && !flapping {
+                let seq = next_seq();
+                new_held.extend(self.route(seq, item, now));
+            }
+        }
+        // Ends of flapping.
+        let stable: Vec<Arc<str>> = self
+            .flap
+            .iter()
+            .filter(|(_, f)| f.flapping && f.stable_until <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for check in stable {
+            let Some(f) = self.flap.get_mut(&check) else {
+                continue;
+            };
+            f.flapping = false;
+            f.times.clear();
+            let Some(event) = f.last.clone() else {
+                continue;
+            };
+            let status = if is_down(&check) { "down" } else { "up" };
+            let item = Item::Flapping {
+                event,
+                status: status.into(),
+                changes: 0,
+                at: now,
+            };
+            let seq = next_seq();
+            new_held.extend(self.route(seq, item, now));
+        }
+        // Releases.
+        let mut messages = Vec::new();
+        let channels: Vec<Arc<str>> = self.cfg.channels.iter().map(|c| c.name.clone()).collect();
+        for ch in channels {
+            let Some(list) = self.held.get_mut(&ch) else {
+                continue;
+            };
+            let (due, keep): (Vec<Held>, Vec<Held>) =
+                list.drain(..).partition(|h| h.release_at <= now);
+            *list = keep;
+            if due.is_empty() {
+                continue;
+            }
+            let (windowed, batch): (Vec<Held>, Vec<Held>) =
+                due.into_iter().partition(|h| h.windowed);
+            if !windowed.is_empty() {
+                messages.push(self.digest(&ch, windowed, now, is_down));
+            }
+            if !batch.is_empty() {
+                messages.extend(self.release_batch(&ch, batch, now, is_down));
+            }
+        }
+        (new_held, messages)
+    }
+
+    fn release_batch(
+        &mut self,
+        ch: &Arc<str>,
+        batch: Vec<Held>,
+        now: u64,
+        is_down: &dyn Fn(&str) -> bool,
+    ) -> Vec<Message> {
+        // Dependencies: a failure whose check depends on a check that is down is
+        // suppressed; it is named in that check's messages.
+        let mut kept = Vec::new();
+        let mut dropped = Vec::new();
+        for h in batch {
+            let down_dep = match &h.item {
+                Item::Transition(e) if e.transition == Transition::Failed => self
+                    .alerting(&e.check)
+                    .depends_on
+                    .iter()
+                    .find(|d| is_down(d))
+                    .cloned(),
+                Item::Reminder { event, .. } => self
+                    .alerting(&event.check)
+                    .depends_on
+                    .iter()
+                    .find(|d| is_down(d))
+                    .cloned(),
+                _ => None,
+            };
+            match down_dep {
+                Some(dep) => {
+                    if let Some(check) = h.item.check() {
+                        let list = self.suppressed.entry(dep.clone()).or_default();
+                        if !list.iter().any(|c| **c == *check) {
+                            list.push(check.into());
+                        }
+                        tracing::info!(event = "alert_suppressed", check = %check, depends_on = %dep, channel = %ch, "The alert of {check} is suppressed: {dep}, which it depends on, is down.");
+                    }
+                    dropped.push(h.seq);
+                }
+                None => kept.push(h),
+            }
+        }
+        let mut out = Vec::new();
+        if kept.is_empty() {
+            if !dropped.is_empty() {
+                // Nothing to send, but the held entries must still go.
+                out.push(Message {
+                    channel: ch.clone(),
+                    kind: "none",
+                    ctx: Ctx::default(),
+                    seqs: dropped,
+                    items: Vec::new(),
+                });
+            }
+            return out;
+        }
+        let mut seqs: Vec<u64> = dropped;
+        if kept.len() == 1 {
+            let h = kept.remove(0);
+            seqs.push(h.seq);
+            let (kind, ctx) = self.single(&h.item, now);
+            out.push(Message {
+                channel: ch.clone(),
+                kind,
+                ctx,
+                seqs,
+                items: vec![h.item],
+            });
+            return out;
+        }
+        seqs.extend(kept.iter().map(|h| h.seq));
+        let items: Vec<Item> = kept.into_iter().map(|h| h.item).collect();
+        let mut ctx = self.base_ctx("grouped", now);
+        ctx.events = items.iter().map(|i| self.event_ctx(i)).collect();
+        ctx.count = items.len();
+        // One group, one direction: "3 of terminals failed".
+        let groups: Vec<Option<&str>> = items
+            .iter()
+            .map(|i| match i {
+                Item::Transition(e) => e.group.as_deref(),
+                _ => None,
+            })
+            .collect();
+        let statuses: Vec<&str> = ctx.events.iter().map(|e| e.status.as_str()).collect();
+        if let Some(Some(g)) = groups.first() {
+            if groups.iter().all(|x| x == &Some(*g)) && statuses.iter().all(|s| *s == statuses[0]) {
+                ctx.group = g.to_string();
+                ctx.status = statuses[0].to_string();
+                let mut names: Vec<String> = ctx
+                    .events
+                    .iter()
+                    .map(|e| {
+                        e.check
+                            .strip_prefix(*g)
+                            .and_then(|s| s.strip_prefix('/'))
+                            .unwrap_or(&e.check)
+                            .to_string()
+                    })
+                    .collect();
+                names.sort();
+                ctx.names = names;
+                if let Some(Item::Transition(e)) = items.first() {
+                    ctx.comment = e.comment.to_string();
+                }
+            }
+        }
+        out.push(Message {
+            channel: ch.clone(),
+            kind: "grouped",
+            ctx,
+            seqs,
+            items,
+        });
+        out
+    }
+
+    fn digest(
+        &mut self,
+        ch: &Arc<str>,
+        held: Vec<Held>,
+        now: u64,
+        is_down: &dyn Fn(&str) -> bool,
+    ) -> Message {
+        let mut ctx = self.base_ctx("digest", now);
+        let seqs = held.iter().map(|h| h.seq).collect();
+        let mut items: Vec<Item> = held.into_iter().map(|h| h.item).collect();
+        items.sort_by_key(|i| i.at());
+        ctx.events = items.iter().map(|i| self.event_ctx(i)).collect();
+        ctx.count = items.len();
+        // One line per check, in order of first appearance.
+        let mut order: Vec<String> = Vec::new();
+        let mut lines: HashMap<String, Vec<String>> = HashMap::new();
+        for (i, e) in items.iter().zip(&ctx.events) {
+            let key = match i {
+                Item::ScriptError { file, .. } => file.clone(),
+                _ => e.check.clone(),
+            };
+            if !lines.contains_key(&key) {
+                order.push(key.clone());
+            }
+            lines
+                .entry(key)
+                .or_default()
+                .push(format!("{} {}", e.status, e.clock));
+        }
+        ctx.summary = order
+            .iter()
+            .map(|k| {
+                let mut s = format!("{k} {}", lines[k].join(", "));
+                if is_down(k) {
+                    s.push_str(", still failing");
+                }
+                s
+            })
+            .collect();
+        Message {
+            channel: ch.clone(),
+            kind: "digest",
+            ctx,
+            seqs,
+            items,
+        }
+    }
+
+    fn base_ctx(&self, kind: &str, now: u64) -> Ctx {
+        let (time, clock) = self.times(now);
+        Ctx {
+            kind: kind.into(),
+            host: self.host.to_string(),
+            time,
+            clock,
+            ..Ctx::default()
+        }
+    }
+
+    fn times(&self, ms: u64) -> (String, String) {
+        let z = ts(ms).to_zoned(self.cfg.tz.clone());
+        (
+            z.strftime("%Y-%m-%d %H:%M:%S %Z").to_string(),
+            z.strftime("%H:%M").to_string(),
+        )
+    }
+
+    fn event_ctx(&self, item: &Item) -> EventCtx {
+        let (time, clock) = self.times(item.at());
+        match item {
+            Item::Transition(e) => EventCtx {
+                check: e.check.to_string(),
+                status: e.transition.as_str().into(),
+                message: e.message.clone(),
+                comment: e.comment.to_string(),
+                time,
+                clock,
+            },
+            Item::Reminder { event, count, .. } => EventCtx {
+                check: event.check.to_string(),
+                status: format!("still failing (reminder {count})"),
+                message: event.message.clone(),
+                comment: event.comment.to_string(),
+                time,
+                clock,
+            },
+            Item::Flapping { event, status, .. } => EventCtx {
+                check: event.check.to_string(),
+                status: if status == "flapping" {
+                    "flapping".into()
+                } else {
+                    format!("stable ({status})")
+                },
+                message: event.message.clone(),
+                comment: event.comment.to_string(),
+                time,
+                clock,
+            },
+            Item::ScriptError { file, error, .. } => EventCtx {
+                check: file.clone(),
+                status: "script error".into(),
+                message: error.clone(),
+                comment: String::new(),
+                time,
+                clock,
+            },
+        }
+    }
+
+    fn single(&mut self, item: &Item, now: u64) -> (&'static str, Ctx) {
+        match item {
+            Item::Transition(e) => {
+                let kind = e.transition.as_str();
+                let mut ctx = self.event_base(kind, e, now);
+                ctx.status = kind.into();
+                ctx.duration = human_duration(e.previous_duration_ms);
+                ctx.suppressed = match e.transition {
+                    Transition::Failed => self
+                        .suppressed
+                        .get(&e.check)
+                        .map(|v| v.iter().map(|s| s.to_string()).collect())
+                        .unwrap_or_default(),
+                    Transition::Recovered => self
+                        .suppressed
+                        .remove(&e.check)
+                        .map(|v| v.iter().map(|s| s.to_string()).collect())
+                        .unwrap_or_default(),
+                };
+                let kind = if e.transition == Transition::Failed {
+                    "failed"
+                } else {
+                    "recovered"
+                };
+                (kind, ctx)
+            }
+            Item::Reminder { event, count, at } => {
+                let mut ctx = self.event_base("reminder", event, now);
+                ctx.status = "failed".into();
+                ctx.reminders = *count;
+                ctx.duration = human_duration(at.saturating_sub(event.at));
+                ("reminder", ctx)
+            }
+            Item::Flapping {
+                event,
+                status,
+                changes,
+                ..
+            } => {
+                let mut ctx = self.event_base("flapping", event, now);
+                ctx.status = status.clone();
+                ctx.changes = *changes;
+                ctx.within = human_duration(self.cfg.flapping.within.as_millis() as u64);
+                ctx.stable_for = human_duration(self.cfg.flapping.stable_for.as_millis() as u64);
+                ("flapping", ctx)
+            }
+            Item::ScriptError {
+                file, error, kept, ..
+            } => {
+                let mut ctx = self.base_ctx("script_error", now);
+                ctx.file = file.clone();
+                ctx.error = error.clone();
+                ctx.message = if *kept {
+                    "the last good version keeps running".into()
+                } else {
+                    "it is not running".into()
+                };
+                ("script_error", ctx)
+            }
+        }
+    }
+
+    fn event_base(&self, kind: &str, e: &AlertEvent, now: u64) -> Ctx {
+        let mut ctx = self.base_ctx(kind, now);
+        let (since, _) = self.times(e.at);
+        ctx.check = e.check.to_string();
+        ctx.message = e.message.clone();
+        ctx.comment = e.comment.to_string();
+        ctx.since = since;
+        ctx.failures = e.failures;
+        ctx.threshold = e.threshold;
+        ctx.value = e.value;
+        ctx.group = e.group.as_deref().unwrap_or_default().to_string();
+        let (time, clock) = self.times(e.at);
+        ctx.time = time;
+        ctx.clock = clock;
+        ctx
+    }
+}
+
+fn ts(ms: u64) -> Timestamp {
+    Timestamp::from_millisecond(ms as i64).unwrap_or(Timestamp::UNIX_EPOCH)
+}
