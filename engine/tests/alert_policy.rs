@@ -38,7 +38,11 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(channels: &[(&str, Option<Arc<Window>>)], group_wait: Duration, flap_changes: u32) -> Sim {
+    fn new(
+        channels: &[(&str, Option<Arc<Window>>)],
+        group_wait: Duration,
+        flap_changes: u32,
+    ) -> Sim {
         let mut windows = HashMap::new();
         windows.insert("office".to_string(), office());
         let cfg = PolicyConfig {
@@ -105,18 +109,18 @@ impl Sim {
     fn due(&mut self, now: u64) -> Vec<Message> {
         let down = self.down.clone();
         let mut n = 5000 + now;
-        let (_, msgs) = self
-            .p
-            .due(now, &|c| down.contains(c), &mut || {
-                n += 1;
-                n
-            });
+        let (_, msgs) = self.p.due(now, &|c| down.contains(c), &mut || {
+            n += 1;
+            n
+        });
         msgs.into_iter().filter(|m| m.kind != "none").collect()
     }
 }
 
 fn kinds(msgs: &[Message]) -> Vec<String> {
-    msgs.iter().map(|m| format!("{}:{}:{}", m.channel, m.kind, m.ctx.check)).collect()
+    msgs.iter()
+        .map(|m| format!("{}:{}:{}", m.channel, m.kind, m.ctx.check))
+        .collect()
 }
 
 #[test]
@@ -131,7 +135,10 @@ fn a_closed_window_holds_alerts_and_sends_one_digest_when_it_opens() {
     assert_eq!(kinds(&msgs), ["ops:digest:"]);
     assert_eq!(
         msgs[0].ctx.summary,
-        ["web failed 02:10, recovered 02:40", "db failed 03:00, still failing"]
+        [
+            "web failed 02:10, recovered 02:40",
+            "db failed 03:00, still failing"
+        ]
     );
     assert_eq!(msgs[0].seqs.len(), 3, "it carries all three held items");
     assert!(s.due(t("09:00")).is_empty(), "once");
@@ -139,7 +146,11 @@ fn a_closed_window_holds_alerts_and_sends_one_digest_when_it_opens() {
 
 #[test]
 fn an_open_window_sends_at_once_after_the_group_wait() {
-    let mut s = Sim::new(&[("ops", Some(office())), ("console", None)], Duration::from_secs(2), 0);
+    let mut s = Sim::new(
+        &[("ops", Some(office())), ("console", None)],
+        Duration::from_secs(2),
+        0,
+    );
     s.event("web", Transition::Failed, t("10:00"));
     assert!(s.due(t("10:00")).is_empty(), "waits for the group");
     let msgs = s.due(t("10:00") + 2000);
@@ -153,9 +164,16 @@ fn an_open_window_sends_at_once_after_the_group_wait() {
 fn thirty_terminals_that_fail_together_are_one_message() {
     let mut s = Sim::new(&[("ops", None)], Duration::from_secs(5), 0);
     for i in 1..=30 {
-        s.event(&format!("terminals/10.0.0.{i}"), Transition::Failed, t("10:00") + i * 100);
+        s.event(
+            &format!("terminals/10.0.0.{i}"),
+            Transition::Failed,
+            t("10:00") + i * 100,
+        );
     }
-    assert!(s.due(t("10:00") + 5000).is_empty(), "the batch started with the first, at +100 ms");
+    assert!(
+        s.due(t("10:00") + 5000).is_empty(),
+        "the batch started with the first, at +100 ms"
+    );
     let msgs = s.due(t("10:00") + 5100);
     assert_eq!(msgs.len(), 1);
     let m = &msgs[0];
@@ -168,7 +186,10 @@ fn thirty_terminals_that_fail_together_are_one_message() {
     assert_eq!(m.seqs.len(), 30);
     // One that comes after the batch left is a message of its own.
     s.event("terminals/10.0.0.99", Transition::Failed, t("10:01"));
-    assert_eq!(kinds(&s.due(t("10:01") + 5000)), ["ops:failed:terminals/10.0.0.99"]);
+    assert_eq!(
+        kinds(&s.due(t("10:01") + 5000)),
+        ["ops:failed:terminals/10.0.0.99"]
+    );
 }
 
 #[test]
@@ -177,14 +198,23 @@ fn a_flapping_check_is_reported_once_then_held_until_stable() {
     let mut now = t("10:00");
     let mut sent = Vec::new();
     for i in 0..8 {
-        let tr = if i % 2 == 0 { Transition::Failed } else { Transition::Recovered };
+        let tr = if i % 2 == 0 {
+            Transition::Failed
+        } else {
+            Transition::Recovered
+        };
         s.event("web", tr, now);
         sent.extend(kinds(&s.due(now)));
         now += MIN;
     }
     assert_eq!(
         sent,
-        ["ops:failed:web", "ops:recovered:web", "ops:failed:web", "ops:flapping:web"],
+        [
+            "ops:failed:web",
+            "ops:recovered:web",
+            "ops:failed:web",
+            "ops:flapping:web"
+        ],
         "three changes, then one flapping message, then silence"
     );
     // Stable for 10 minutes after the last change: one message says how it ended.
@@ -214,23 +244,38 @@ fn failures_of_dependants_are_suppressed_while_their_uplink_is_down() {
     s.p.set_checks(map);
     s.event("uplink", Transition::Failed, t("10:00"));
     for i in 1..=3 {
-        s.event(&format!("terminals/10.0.0.{i}"), Transition::Failed, t("10:00") + 500);
+        s.event(
+            &format!("terminals/10.0.0.{i}"),
+            Transition::Failed,
+            t("10:00") + 500,
+        );
     }
     let msgs = s.due(t("10:00") + 2000);
     assert_eq!(kinds(&msgs), ["ops:failed:uplink"]);
     assert_eq!(
         msgs[0].ctx.suppressed,
-        ["terminals/10.0.0.1", "terminals/10.0.0.2", "terminals/10.0.0.3"]
+        [
+            "terminals/10.0.0.1",
+            "terminals/10.0.0.2",
+            "terminals/10.0.0.3"
+        ]
     );
     s.event("uplink", Transition::Recovered, t("10:30"));
     let msgs = s.due(t("10:30") + 2000);
     assert_eq!(kinds(&msgs), ["ops:recovered:uplink"]);
-    assert_eq!(msgs[0].ctx.suppressed.len(), 3, "named again when it recovers");
+    assert_eq!(
+        msgs[0].ctx.suppressed.len(),
+        3,
+        "named again when it recovers"
+    );
     // With the uplink up, a terminal's failure goes out.
     s.event("terminals/10.0.0.1", Transition::Recovered, t("10:31"));
     s.due(t("10:31") + 2000);
     s.event("terminals/10.0.0.1", Transition::Failed, t("10:40"));
-    assert_eq!(kinds(&s.due(t("10:40") + 2000)), ["ops:failed:terminals/10.0.0.1"]);
+    assert_eq!(
+        kinds(&s.due(t("10:40") + 2000)),
+        ["ops:failed:terminals/10.0.0.1"]
+    );
 }
 
 #[test]
@@ -247,7 +292,10 @@ fn a_silence_mutes_matching_checks_until_it_expires() {
     s.event("web", Transition::Failed, t("11:00"));
     assert_eq!(kinds(&s.due(t("11:00"))), ["ops:failed:web"]);
     s.event("terminals/10.0.0.1", Transition::Recovered, t("12:01"));
-    assert_eq!(kinds(&s.due(t("12:01"))), ["ops:recovered:terminals/10.0.0.1"]);
+    assert_eq!(
+        kinds(&s.due(t("12:01"))),
+        ["ops:recovered:terminals/10.0.0.1"]
+    );
 }
 
 #[test]
@@ -271,7 +319,10 @@ fn reminders_while_down_with_their_count() {
     assert_eq!(r2[0].ctx.reminders, 2);
     s.event("db", Transition::Recovered, t("12:30"));
     assert_eq!(kinds(&s.due(t("12:30"))), ["ops:recovered:db"]);
-    assert!(s.due(t("13:00")).is_empty(), "no reminder after the recovery");
+    assert!(
+        s.due(t("13:00")).is_empty(),
+        "no reminder after the recovery"
+    );
 }
 
 #[test]
@@ -310,5 +361,8 @@ fn a_check_with_its_own_send_window() {
     assert_eq!(kinds(&s.due(t("03:00"))), ["ops:failed:web"]);
     let morning = s.due(t("08:00"));
     assert_eq!(kinds(&morning), ["ops:digest:"]);
-    assert_eq!(morning[0].ctx.summary, ["backup failed 03:00, still failing"]);
+    assert_eq!(
+        morning[0].ctx.summary,
+        ["backup failed 03:00, still failing"]
+    );
 }

@@ -95,6 +95,8 @@ async fn run_cases(name: &str) {
         tcp: "127.0.0.1:0".parse().unwrap(),
         control: "127.0.0.1:0".parse().unwrap(),
         slow_delay: Duration::from_millis(300),
+        telegram: "127.0.0.1:0".parse().unwrap(),
+        telegram_rate: 0,
     })
     .await
     .unwrap();

@@ -6,9 +6,15 @@
 //!   `healthy`, `failing` (HTTP 500 / `ERR <line>`), `slow` (answers after a delay) and
 //!   `refusing` (the port is closed: connections are refused).
 //!
-//! Control API: `POST /mode/http/failing`, `POST /mode/tcp/healthy`, `GET /mode`.
+//! - a Telegram Bot API (`telegram.rs`) that records messages and can fail on demand.
+//!
+//! Control API: `POST /mode/http/failing`, `POST /mode/tcp/healthy`, `GET /mode`;
+//! `POST /telegram/mode/{ok|error|ratelimit|unauthorized|chat_not_found|hang}`,
+//! `POST /telegram/rate/{per_second}`, `GET /telegram/messages`,
+//! `DELETE /telegram/messages`.
 
 pub mod http;
+pub mod telegram;
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -51,6 +57,8 @@ pub struct Mocks {
     pub http: SocketAddr,
     pub tcp: SocketAddr,
     pub control: SocketAddr,
+    pub telegram: SocketAddr,
+    pub tg: Arc<telegram::Telegram>,
     http_mode: watch::Sender<Mode>,
     tcp_mode: watch::Sender<Mode>,
 }
@@ -60,6 +68,7 @@ pub struct Ports {
     pub http: u16,
     pub tcp: u16,
     pub control: u16,
+    pub telegram: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -74,6 +83,7 @@ impl Mocks {
             http: self.http.port(),
             tcp: self.tcp.port(),
             control: self.control.port(),
+            telegram: self.telegram.port(),
         }
     }
 
@@ -100,6 +110,10 @@ pub struct Options {
     pub tcp: SocketAddr,
     pub control: SocketAddr,
     pub slow_delay: Duration,
+    /// The Telegram Bot API mock.
+    pub telegram: SocketAddr,
+    /// Messages per second it accepts (0: no limit).
+    pub telegram_rate: u64,
 }
 
 /// Binds all three listeners and serves them until the runtime ends.
@@ -107,15 +121,20 @@ pub async fn start(opts: Options) -> std::io::Result<Arc<Mocks>> {
     let http_listener = TcpListener::bind(opts.http).await?;
     let tcp_listener = TcpListener::bind(opts.tcp).await?;
     let control_listener = TcpListener::bind(opts.control).await?;
+    let telegram_listener = TcpListener::bind(opts.telegram).await?;
+    let tg = telegram::Telegram::new(opts.telegram_rate);
     let (http_mode, http_rx) = watch::channel(Mode::Healthy);
     let (tcp_mode, tcp_rx) = watch::channel(Mode::Healthy);
     let mocks = Arc::new(Mocks {
         http: http_listener.local_addr()?,
         tcp: tcp_listener.local_addr()?,
         control: control_listener.local_addr()?,
+        telegram: telegram_listener.local_addr()?,
+        tg: tg.clone(),
         http_mode,
         tcp_mode,
     });
+    tokio::spawn(telegram::serve(telegram_listener, tg));
     let delay = opts.slow_delay;
     tokio::spawn(serve_switchable(http_listener, http_rx, move |s, m| {
         tokio::spawn(http_conn(s, m, delay));
@@ -227,6 +246,25 @@ async fn control_conn(mut s: TcpStream, mocks: &Mocks) {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (status, body) = match (method.as_str(), parts.as_slice()) {
         ("GET", ["mode"]) | ("GET", [""]) => (200, serde_json::to_string(&mocks.modes()).unwrap_or_default()),
+        ("POST", ["telegram", "mode", mode]) => match mode.parse::<telegram::TgMode>() {
+            Ok(m) => {
+                mocks.tg.set_mode(m);
+                (200, serde_json::json!({ "telegram": m }).to_string())
+            }
+            Err(e) => (400, serde_json::json!({ "error": e }).to_string()),
+        },
+        ("POST", ["telegram", "rate", n]) => match n.parse::<u64>() {
+            Ok(n) => {
+                mocks.tg.rate.store(n, std::sync::atomic::Ordering::Relaxed);
+                (200, serde_json::json!({ "rate": n }).to_string())
+            }
+            Err(_) => (400, serde_json::json!({ "error": "the rate is a number of messages per second" }).to_string()),
+        },
+        ("GET", ["telegram", "messages"]) => (200, serde_json::to_string(&mocks.tg.messages()).unwrap_or_default()),
+        ("DELETE", ["telegram", "messages"]) => {
+            mocks.tg.clear();
+            (200, "[]".to_string())
+        }
         ("POST", ["mode", service, mode]) | ("PUT", ["mode", service, mode]) => {
             match mode.parse::<Mode>().and_then(|m| mocks.set(service, m)) {
                 Ok(modes) => (200, serde_json::to_string(&modes).unwrap_or_default()),

@@ -12,9 +12,10 @@ use vigia_mocks::{start, Mode, Options};
 #[command(
     name = "vigia-mock",
     version,
-    about = "Mock servers for Vigia's demo and tests: an HTTP API (GET /health) and an \
+    about = "Mock servers for Vigia's demo and tests: an HTTP API (GET /health), an \
              atto-like TCP line service (answers `OK <line>`), each switchable at run time \
-             to healthy, failing, slow or refusing."
+             to healthy, failing, slow or refusing, and a Telegram Bot API that records \
+             messages and fails on demand."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -24,7 +25,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start the servers. Prints one JSON line with the ports, e.g.
-    /// {"http":18080,"tcp":17000,"control":18099}, then serves until SIGTERM or Ctrl-C.
+    /// {"http":18080,"tcp":17000,"control":18099,"telegram":18081}, then serves until
+    /// SIGTERM or Ctrl-C.
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
@@ -41,19 +43,31 @@ enum Command {
         /// How long `slow` waits before answering.
         #[arg(long, default_value = "5s")]
         slow_delay: Dur,
+        /// Telegram Bot API port (0 = any free port); point a channel's api_url at it.
+        #[arg(long, default_value_t = 18081)]
+        telegram_port: u16,
+        /// Messages per second the Telegram mock accepts; more get 429 (0 = no limit).
+        #[arg(long, default_value_t = 0)]
+        telegram_rate: u64,
     },
-    /// Switch a running mock: `vigia-mock set http failing`.
+    /// Switch a running mock: `vigia-mock set http failing`, `vigia-mock set telegram error`.
     Set {
-        /// http or tcp
+        /// http, tcp or telegram
         service: String,
-        /// healthy, failing, slow or refusing
-        mode: Mode,
+        /// http/tcp: healthy, failing, slow or refusing; telegram: ok, error, ratelimit,
+        /// unauthorized, chat_not_found or hang
+        mode: String,
         /// The control endpoint of the running mock.
         #[arg(long, default_value = "127.0.0.1:18099")]
         control: SocketAddr,
     },
     /// Print the current modes of a running mock.
     Get {
+        #[arg(long, default_value = "127.0.0.1:18099")]
+        control: SocketAddr,
+    },
+    /// Print the messages the Telegram mock accepted, as JSON.
+    Messages {
         #[arg(long, default_value = "127.0.0.1:18099")]
         control: SocketAddr,
     },
@@ -69,12 +83,16 @@ async fn main() -> ExitCode {
             tcp_port,
             control_port,
             slow_delay,
+            telegram_port,
+            telegram_rate,
         } => {
             serve(Options {
                 http: SocketAddr::new(bind, http_port),
                 tcp: SocketAddr::new(bind, tcp_port),
                 control: SocketAddr::new(bind, control_port),
                 slow_delay: slow_delay.get(),
+                telegram: SocketAddr::new(bind, telegram_port),
+                telegram_rate,
             })
             .await
         }
@@ -83,11 +101,20 @@ async fn main() -> ExitCode {
             mode,
             control,
         } => {
-            let mode = serde_json::to_value(mode).unwrap_or_default();
-            let mode = mode.as_str().unwrap_or_default();
-            call(control, "POST", &format!("/mode/{service}/{mode}")).await
+            if service == "telegram" {
+                match mode.parse::<vigia_mocks::telegram::TgMode>() {
+                    Ok(_) => call(control, "POST", &format!("/telegram/mode/{mode}")).await,
+                    Err(e) => Err(anyhow::anyhow!(e)),
+                }
+            } else {
+                match mode.parse::<Mode>() {
+                    Ok(_) => call(control, "POST", &format!("/mode/{service}/{mode}")).await,
+                    Err(e) => Err(anyhow::anyhow!(e)),
+                }
+            }
         }
         Command::Get { control } => call(control, "GET", "/mode").await,
+        Command::Messages { control } => call(control, "GET", "/telegram/messages").await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -53,6 +53,8 @@ fn serve_switch_and_refuse() {
             "0",
             "--control-port",
             "0",
+            "--telegram-port",
+            "0",
             "--slow-delay",
             "300ms",
         ])

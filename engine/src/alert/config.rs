@@ -42,6 +42,14 @@ struct AlertingSection {
     group_wait: Dur,
     #[serde(default)]
     flapping: FlappingSection,
+    /// The longest wait between two delivery attempts (default 60s; the wait doubles
+    /// from 1s up to it, unless Telegram says how long).
+    #[serde(default = "default_max_retry_wait")]
+    max_retry_wait: Dur,
+}
+
+fn default_max_retry_wait() -> Dur {
+    Dur::secs(60)
 }
 
 fn default_group_wait() -> Dur {
@@ -184,6 +192,7 @@ impl ChannelDef {
 /// Everything alerting needs from the config.
 pub struct AlertingSetup {
     pub policy: PolicyConfig,
+    pub max_retry_wait: Duration,
     pub channels: Vec<ChannelDef>,
     pub templates: Arc<Templates>,
     /// Of the three sections' text, to tell whether a reload changed them.
@@ -202,6 +211,7 @@ impl Clone for AlertingSetup {
     fn clone(&self) -> Self {
         AlertingSetup {
             policy: self.policy.clone(),
+            max_retry_wait: self.max_retry_wait,
             channels: self.channels.clone(),
             templates: self.templates.clone(),
             fingerprint: self.fingerprint,
@@ -247,6 +257,7 @@ fn parse_inner(
                     timezone: None,
                     group_wait: default_group_wait(),
                     flapping: FlappingSection::default(),
+                    max_retry_wait: default_max_retry_wait(),
                 }
             }
         },
@@ -254,6 +265,7 @@ fn parse_inner(
             timezone: None,
             group_wait: default_group_wait(),
             flapping: FlappingSection::default(),
+            max_retry_wait: default_max_retry_wait(),
         },
     };
     let zone = match &section.timezone {
@@ -563,6 +575,7 @@ fn parse_inner(
     };
     AlertingSetup {
         policy,
+        max_retry_wait: section.max_retry_wait.get().max(Duration::from_millis(100)),
         channels,
         templates: Arc::new(templates),
         fingerprint,

@@ -205,6 +205,7 @@ pub fn start(
                 store.clone(),
                 status.clone(),
                 stop_senders.clone(),
+                setup.max_retry_wait,
             ))
         })
         .collect();
@@ -532,8 +533,10 @@ async fn sender(
     store: Arc<Store>,
     status: Arc<AlertStatus>,
     stop: CancellationToken,
+    max_wait: Duration,
 ) {
-    let mut backoff = Duration::from_secs(1);
+    let first_wait = Duration::from_secs(1).min(max_wait);
+    let mut backoff = first_wait;
     loop {
         let next = {
             let store = store.clone();
@@ -571,7 +574,7 @@ async fn sender(
         let now = unix_ms();
         match result {
             Ok(()) => {
-                backoff = Duration::from_secs(1);
+                backoff = first_wait;
                 let stats = status.update(&key, |s| {
                     s.pending = s.pending.saturating_sub(1);
                     s.delivered += 1;
@@ -589,7 +592,7 @@ async fn sender(
                 retry_after,
             }) => {
                 let wait = retry_after.unwrap_or(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(60));
+                backoff = (backoff * 2).min(max_wait);
                 let first = status.update(&key, |s| {
                     s.retries += 1;
                     s.last_error = Some(reason.clone());

@@ -150,6 +150,7 @@ pub struct Mock {
     pub http: u16,
     pub tcp: u16,
     pub control: u16,
+    pub telegram: u16,
 }
 
 impl Mock {
@@ -163,6 +164,8 @@ impl Mock {
             "0",
             "--control-port",
             "0",
+            "--telegram-port",
+            "0",
         ]);
         let proc = Proc::spawn(cmd);
         let start = Instant::now();
@@ -174,6 +177,7 @@ impl Mock {
                     http: v["http"].as_u64().unwrap() as u16,
                     tcp: v["tcp"].as_u64().unwrap() as u16,
                     control: v["control"].as_u64().unwrap() as u16,
+                    telegram: v["telegram"].as_u64().unwrap() as u16,
                     proc,
                 };
             }
@@ -202,6 +206,21 @@ impl Mock {
             String::from_utf8_lossy(&out.stderr)
         );
         let _ = &self.proc;
+    }
+}
+
+impl Mock {
+    /// The messages the Telegram mock accepted.
+    pub fn telegram_messages(&self) -> Vec<Value> {
+        let out = Command::new(mock_bin())
+            .args([
+                "messages",
+                "--control",
+                &format!("127.0.0.1:{}", self.control),
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
     }
 }
 

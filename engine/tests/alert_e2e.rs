@@ -1,0 +1,295 @@
+//! Alert delivery end to end, as processes, through the Telegram mock of `vigia-mock`:
+//! a Telegram outage while checks fail and recover (with and without a kill -9 of the
+//! engine), permanent failures that do not block other channels, and the bot token
+//! kept out of logs and `vigia status`.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// The issue's outage: 60 s without Telegram.
+const OUTAGE: Duration = Duration::from_secs(60);
+const TOKEN: &str = "4242:SECRET-test-token-do-not-print";
+
+fn config(dir: &Path, mock: &Mock, ports: &[(&str, u16)]) -> PathBuf {
+    let mut checks = String::new();
+    for (name, port) in ports {
+        checks.push_str(&format!(
+            "  - name: {name}\n    type: tcp\n    host: 127.0.0.1\n    port: {port}\n    interval: 200ms\n    timeout: 150ms\n    threshold: 2\n"
+        ));
+    }
+    let file = dir.join("config.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "engine:\n  hostname: e2e-host\n  state_dir: state\n  status_log_interval: 1h\n  shutdown_grace: 2s\n\
+alerting:\n  group_wait: 0s\n  max_retry_wait: 1s\n\
+channels:\n  console: {{ type: console }}\n  ops:\n    type: telegram\n    token_env: VIGIA_E2E_TOKEN\n    chat_ids: [424242]\n    api_url: http://127.0.0.1:{tg}\n\
+checks:\n{checks}",
+            tg = mock.telegram
+        ),
+    )
+    .unwrap();
+    file
+}
+
+fn start(config: &Path) -> Proc {
+    let mut cmd = Command::new(vigia_bin());
+    cmd.env("VIGIA_E2E_TOKEN", TOKEN)
+        .args(["run", "--log-format", "json", "-c"])
+        .arg(config);
+    let p = Proc::spawn(cmd);
+    p.wait_for("the engine to start", Duration::from_secs(20), |e| {
+        has_event(e, "started")
+    });
+    p
+}
+
+fn listen() -> (TcpListener, u16) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    (l, port)
+}
+
+/// Listens on `port` again and accepts (and closes) every connection, so that the
+/// accept queue never fills up.
+fn serve_again(port: u16) {
+    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            drop(conn);
+        }
+    });
+}
+
+/// `(check, state)` of the alert events, in log order.
+fn alert_order(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "alert" && e["check"].is_string())
+        .map(|e| {
+            (
+                e["check"].as_str().unwrap().into(),
+                e["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
+/// `(check, state)` read back from the Telegram messages' text.
+fn delivered(mock: &Mock) -> Vec<(String, String)> {
+    mock.telegram_messages()
+        .iter()
+        .map(|m| {
+            let text = m["text"].as_str().unwrap_or_default();
+            let check = text
+                .split("<b>")
+                .nth(1)
+                .and_then(|s| s.split("</b>").next())
+                .unwrap_or_default()
+                .to_string();
+            let state = if text.contains(" failed on ") {
+                "failed"
+            } else if text.contains(" recovered on ") {
+                "recovered"
+            } else {
+                "other"
+            };
+            (check, state.to_string())
+        })
+        .collect()
+}
+
+fn outage_scenario(kill_during_outage: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start();
+    mock.set("telegram", "error");
+    let outage_started = Instant::now();
+    let (la, pa) = listen();
+    let (lb, pb) = listen();
+    let (lc, pc) = listen();
+    let config = config(dir.path(), &mock, &[("a", pa), ("b", pb), ("c", pc)]);
+    let mut engine = start(&config);
+    std::thread::sleep(Duration::from_millis(500));
+    // Three checks fail, then one of them recovers.
+    drop((la, lb, lc));
+    engine.wait_for("three failures", Duration::from_secs(10), |e| {
+        ["a", "b", "c"].iter().all(|c| alerts(e, c, "failed") == 1)
+    });
+    serve_again(pb);
+    engine.wait_for("b recovered", Duration::from_secs(10), |e| {
+        alerts(e, "b", "recovered") == 1
+    });
+    let mut expected = alert_order(&engine.events());
+    assert_eq!(expected.len(), 4, "{expected:?}");
+    engine.wait_for("delivery retries", Duration::from_secs(10), |e| {
+        has_event(e, "delivery_retry")
+    });
+    if kill_during_outage {
+        engine.signal(libc::SIGKILL);
+        drop(engine);
+        engine = start(&config);
+        // No transition is repeated after the restart.
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(alert_order(&engine.events()).is_empty());
+    }
+    assert!(
+        mock.telegram_messages().is_empty(),
+        "nothing got through the outage"
+    );
+    let rest = OUTAGE.saturating_sub(outage_started.elapsed());
+    std::thread::sleep(rest);
+    mock.set("telegram", "ok");
+    let start = Instant::now();
+    while delivered(&mock).len() < 4 && start.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Some more time for a duplicate to show up, if there were one.
+    std::thread::sleep(Duration::from_secs(2));
+    let got = delivered(&mock);
+    expected.sort_by_key(|(c, s)| (s == "recovered", c.clone()));
+    let mut sorted = got.clone();
+    sorted.sort_by_key(|(c, s)| (s == "recovered", c.clone()));
+    assert_eq!(sorted, expected, "every message exactly once: {got:?}");
+    let b_failed = got
+        .iter()
+        .position(|x| x == &("b".into(), "failed".into()))
+        .unwrap();
+    let b_recovered = got
+        .iter()
+        .position(|x| x == &("b".into(), "recovered".into()))
+        .unwrap();
+    assert!(b_failed < b_recovered, "in order: {got:?}");
+
+    // `vigia status` tells the story of the channel, without the token.
+    let out = vigia(&["status", "--json"], &config);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ops = &status["channels"]["ops#424242"];
+    assert_eq!(ops["pending"], 0, "{ops}");
+    assert_eq!(ops["failed"], 0, "{ops}");
+    assert!(ops["retries"].as_u64().unwrap() > 0, "{ops}");
+    assert!(
+        ops["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("Internal Server Error"),
+        "{ops}"
+    );
+    let text = String::from_utf8_lossy(&vigia(&["status"], &config).stdout).to_string();
+    assert!(text.contains("ops#424242"), "{text}");
+    for output in [
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        text,
+        engine.stdout.lock().unwrap().join("\n"),
+        engine.stderr_text(),
+    ] {
+        assert!(!output.contains(TOKEN), "the token leaked: {output}");
+        assert!(!output.contains("SECRET"), "the token leaked: {output}");
+    }
+    // The console channel was never held up by Telegram's outage.
+    for (c, s) in &expected {
+        assert!(
+            engine
+                .stderr_text()
+                .contains(&format!("ALERT {} {c} on e2e-host", s.to_uppercase()))
+                || kill_during_outage,
+            "console: {}",
+            engine.stderr_text()
+        );
+    }
+}
+
+#[test]
+fn a_telegram_outage_loses_nothing_and_sends_nothing_twice() {
+    outage_scenario(false);
+}
+
+#[test]
+fn the_same_across_a_kill_9_during_the_outage() {
+    outage_scenario(true);
+}
+
+#[test]
+fn permanent_failures_are_counted_and_do_not_block_other_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start();
+    mock.set("telegram", "unauthorized");
+    let (l, port) = listen();
+    let config = config(dir.path(), &mock, &[("web", port)]);
+    let engine = start(&config);
+    drop(l);
+    engine.wait_for_stderr("ALERT FAILED web on e2e-host", Duration::from_secs(10));
+    engine.wait_for("the delivery failure", Duration::from_secs(10), |e| {
+        has_event(e, "delivery_failed")
+    });
+    let failure = engine
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "delivery_failed")
+        .unwrap();
+    assert!(
+        failure["message"]
+            .as_str()
+            .unwrap()
+            .contains("Telegram refused the bot token (401 Unauthorized)"),
+        "{failure}"
+    );
+    let out = vigia(&["status", "--json"], &config);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["channels"]["ops#424242"]["failed"], 1);
+    assert_eq!(status["channels"]["console"]["delivered"], 1);
+    // An unknown chat: the same, with its own reason.
+    mock.set("telegram", "chat_not_found");
+    serve_again(port);
+    engine.wait_for(
+        "the second delivery failure",
+        Duration::from_secs(10),
+        |e| e.iter().filter(|x| x["event"] == "delivery_failed").count() == 2,
+    );
+    let last = engine
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "delivery_failed")
+        .last()
+        .unwrap();
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("chat 424242 does not exist"),
+        "{last}"
+    );
+    let all = format!(
+        "{}\n{}",
+        engine.stdout.lock().unwrap().join("\n"),
+        engine.stderr_text()
+    );
+    assert!(!all.contains(TOKEN));
+}
+
+#[test]
+fn a_missing_token_stops_the_engine_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start();
+    let config = config(dir.path(), &mock, &[("web", 1)]);
+    let out = Command::new(vigia_bin())
+        .args(["run", "-c"])
+        .arg(&config)
+        .env_remove("VIGIA_E2E_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "channel ops: the environment variable VIGIA_E2E_TOKEN (token_env) is not set"
+        ),
+        "{err}"
+    );
+}
