@@ -116,6 +116,7 @@ pub fn log_event(e: &AlertEvent) {
         comment = %e.comment,
         group = e.group.as_deref(),
         previous_duration_ms = e.previous_duration_ms,
+        at = e.at,
         "{}",
         e.message
     );
