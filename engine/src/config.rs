@@ -489,7 +489,7 @@ impl Config {
                     err(p("remind_every"), format!("{r} is too short (at least 1m)"));
                 }
             }
-            if c.common.depends_on.iter().any(|d| *d == c.common.name) {
+            if c.common.depends_on.contains(&c.common.name) {
                 err(p("depends_on"), "a check cannot depend on itself".into());
             }
             if c.common.recover_after == 0 {

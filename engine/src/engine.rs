@@ -89,7 +89,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("alerting cannot start: {e}"))?;
     let _ = alerting.tx.send(AlertInput::Checks(plan.alerting())).await;
-    let mut running_alerting = config.alerting.fingerprint;
     let recorder = tokio::spawn(recorder(
         updates_rx,
         store.clone(),
@@ -122,7 +121,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .then(|| Watch::start(&opts.config, &config, &plan));
     let n_checks = plan.checks.len();
     // Only the engine section is needed from here on: the YAML tree and the plan go.
-    let mut running = config.engine.clone();
+    let mut running = Running {
+        engine: config.engine.clone(),
+        alerting: config.alerting.fingerprint,
+    };
     drop(config);
     drop(plan);
     trim_memory();
@@ -140,7 +142,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let status_logger = tokio::spawn(status_ticker(
         shared.clone(),
         host.clone(),
-        running.status_log_interval.get(),
+        running.engine.status_log_interval.get(),
     ));
     let watchdog = systemd::watchdog_period().map(|period| {
         tokio::spawn(async move {
@@ -165,8 +167,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             _ = hup.recv() => {
                 systemd::notify("RELOADING=1");
                 tracing::info!(event = "reload", "SIGHUP received: reloading {}.", opts.config.display());
-                if let Some((engine, new_watch)) = reload(&opts.config, &registry, &running, &mut running_alerting, &mut scheduler, &store, &control_state, &mut script_errors).await {
-                    running = engine;
+                if let Some((engine, new_watch)) = reload(&opts.config, &registry, &running, &mut scheduler, &store, &control_state, &mut script_errors).await {
+                    running.engine = engine;
                     if let Some(w) = watcher.as_mut() { w.rewatch(new_watch); }
                 }
                 systemd::notify("READY=1");
@@ -174,8 +176,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             files = changed => {
                 systemd::notify("RELOADING=1");
                 tracing::info!(event = "reload", files = %files.join(", "), "Files changed ({}): reloading.", files.join(", "));
-                if let Some((engine, new_watch)) = reload(&opts.config, &registry, &running, &mut running_alerting, &mut scheduler, &store, &control_state, &mut script_errors).await {
-                    running = engine;
+                if let Some((engine, new_watch)) = reload(&opts.config, &registry, &running, &mut scheduler, &store, &control_state, &mut script_errors).await {
+                    running.engine = engine;
                     if let Some(w) = watcher.as_mut() { w.rewatch(new_watch); }
                 }
                 systemd::notify("READY=1");
@@ -186,7 +188,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
 
     systemd::notify("STOPPING=1");
-    let grace = running.shutdown_grace.get();
+    let grace = running.engine.shutdown_grace.get();
     tracing::info!(
         event = "stopping",
         signal = why,
@@ -415,12 +417,18 @@ fn refresh_views(control: &ControlState, scheduler: &Scheduler) {
     *control.checks.write().unwrap_or_else(|p| p.into_inner()) = specs;
 }
 
+/// What a reload compares the new config with.
+struct Running {
+    engine: EngineConfig,
+    /// The fingerprint of `alerting:`, `windows:` and `channels:` in force.
+    alerting: u64,
+}
+
 /// SIGHUP: build the new config aside; swap only if it is entirely valid.
 async fn reload(
     path: &Path,
     registry: &Registry,
-    running: &EngineConfig,
-    running_alerting: &mut u64,
+    running: &Running,
     scheduler: &mut Scheduler,
     store: &Arc<Store>,
     control: &ControlState,
@@ -437,7 +445,7 @@ async fn reload(
             return None;
         }
     };
-    let old = running;
+    let old = &running.engine;
     let new = &config.engine;
     let mut needs_restart = Vec::new();
     if old.state_dir != new.state_dir {
@@ -455,7 +463,7 @@ async fn reload(
     if old.status_log_interval != new.status_log_interval {
         needs_restart.push("engine.status_log_interval");
     }
-    if config.alerting.fingerprint != *running_alerting {
+    if config.alerting.fingerprint != running.alerting {
         needs_restart.push("channels/windows/alerting");
     }
     if !needs_restart.is_empty() {

@@ -255,8 +255,7 @@ fn permanent_failures_are_counted_and_do_not_block_other_channels() {
     let last = engine
         .events()
         .into_iter()
-        .filter(|e| e["event"] == "delivery_failed")
-        .last()
+        .rfind(|e| e["event"] == "delivery_failed")
         .unwrap();
     assert!(
         last["message"]
