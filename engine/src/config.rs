@@ -462,7 +462,7 @@ impl Config {
                 err(p("threshold"), "must be at least 1 (the number of consecutive failures before the check is down)".into());
             }
             if let Some(notify) = &c.common.notify {
-                let names: Vec<&str> = self.alerting.channels.iter().map(|c| &*c.name).collect();
+                let names: Vec<&str> = self.alerting.declared.iter().map(String::as_str).collect();
                 for (i, n) in notify.iter().enumerate() {
                     if !names.contains(&n.as_str()) {
                         err(

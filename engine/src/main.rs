@@ -512,7 +512,7 @@ async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
     };
     let now = unix_ms();
     match cmd {
-        SilenceCommand::Add { .. } => {
+        SilenceCommand::Add { duration, .. } => {
             let s: Silence = serde_json::from_value(v).unwrap_or_else(|_| Silence {
                 id: 0,
                 pattern: String::new(),
@@ -522,9 +522,7 @@ async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
             });
             println!(
                 "Silence {} added: alerts of `{}` are not sent for {}.",
-                s.id,
-                s.pattern,
-                human_duration(s.until.saturating_sub(now))
+                s.id, s.pattern, duration
             );
         }
         SilenceCommand::List => {

@@ -82,28 +82,28 @@ fn alert_order(events: &[Value]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `(check, state)` read back from the Telegram messages' text.
+/// `(check, state)` read back from the Telegram messages' text; a grouped message
+/// ("2 changes") carries several, one per line.
 fn delivered(mock: &Mock) -> Vec<(String, String)> {
-    mock.telegram_messages()
-        .iter()
-        .map(|m| {
-            let text = m["text"].as_str().unwrap_or_default();
-            let check = text
-                .split("<b>")
-                .nth(1)
-                .and_then(|s| s.split("</b>").next())
-                .unwrap_or_default()
-                .to_string();
-            let state = if text.contains(" failed on ") {
+    let mut out = Vec::new();
+    for m in mock.telegram_messages() {
+        let text = m["text"].as_str().unwrap_or_default().to_string();
+        for part in text.split("<b>").skip(1) {
+            let Some((check, rest)) = part.split_once("</b>") else {
+                continue;
+            };
+            let rest = rest.trim_start();
+            let state = if rest.starts_with("failed") {
                 "failed"
-            } else if text.contains(" recovered on ") {
+            } else if rest.starts_with("recovered") {
                 "recovered"
             } else {
-                "other"
+                continue;
             };
-            (check, state.to_string())
-        })
-        .collect()
+            out.push((check.to_string(), state.to_string()));
+        }
+    }
+    out
 }
 
 fn outage_scenario(kill_during_outage: bool) {
@@ -291,4 +291,158 @@ fn a_missing_token_stops_the_engine_with_a_clear_message() {
         ),
         "{err}"
     );
+}
+
+/// A webhook receiver: answers the first `fail_first` POSTs with 500, then 200, and
+/// keeps every body it accepted.
+fn webhook_server(fail_first: usize) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        let mut seen = 0;
+        for conn in l.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            let body = loop {
+                let n = s.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break Some(buf[end + 4..end + 4 + len].to_vec());
+                    }
+                }
+            };
+            let Some(body) = body else { continue };
+            seen += 1;
+            let status = if seen <= fail_first {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            if seen > fail_first {
+                sink.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            }
+            let _ = s.write_all(
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn a_webhook_gets_the_alert_as_json_after_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hook_port, got) = webhook_server(2);
+    let (l, port) = listen();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "engine:\n  hostname: e2e-host\n  state_dir: state\n  status_log_interval: 1h\n\
+alerting:\n  group_wait: 0s\n  max_retry_wait: 200ms\n\
+channels:\n  hooks:\n    type: webhook\n    url: http://127.0.0.1:{hook_port}/alerts\n    headers: {{ X-Token: abc }}\n\
+checks:\n  - name: web\n    type: tcp\n    host: 127.0.0.1\n    port: {port}\n    interval: 200ms\n    timeout: 150ms\n    threshold: 1\n    comment: \"call <ops> & co\"\n"
+        ),
+    )
+    .unwrap();
+    let engine = start(&config);
+    drop(l);
+    let start = Instant::now();
+    while got.lock().unwrap().is_empty() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let docs = got.lock().unwrap().clone();
+    assert_eq!(docs.len(), 1, "{docs:?}");
+    let d = &docs[0];
+    assert_eq!(d["kind"], "failed");
+    assert_eq!(d["check"], "web");
+    assert_eq!(d["host"], "e2e-host");
+    assert_eq!(d["comment"], "call <ops> & co");
+    assert!(
+        d["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("ALERT FAILED web on e2e-host: cannot connect to"),
+        "{d}"
+    );
+    assert_eq!(d["items"][0]["item"], "transition");
+    assert!(has_event(&engine.events(), "delivery_retry"));
+}
+
+#[test]
+fn silences_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start();
+    let (l1, p1) = listen();
+    let (l2, p2) = listen();
+    let config = config(dir.path(), &mock, &[("web", p1), ("db", p2)]);
+    let engine = start(&config);
+    let out = vigia(
+        &["silence", "add", "web", "--for", "2h", "--reason", "deploy"],
+        &config,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("Silence ") && text.contains("alerts of `web` are not sent for 2h"),
+        "{text}"
+    );
+    let id: u64 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    drop((l1, l2));
+    engine.wait_for_stderr("ALERT FAILED db on e2e-host", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !engine.stderr_text().contains("ALERT FAILED web"),
+        "silenced"
+    );
+    assert!(has_event(&engine.events(), "alert_silenced"));
+    assert_eq!(
+        alerts(&engine.events(), "web", "failed"),
+        1,
+        "still checked and logged"
+    );
+    let list = String::from_utf8_lossy(&vigia(&["silence", "list"], &config).stdout).to_string();
+    assert!(list.contains("web") && list.contains("deploy"), "{list}");
+    let out = vigia(&["silence", "remove", &id.to_string()], &config);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("Silence {id} removed.\n")
+    );
+    let out = vigia(&["silence", "remove", &id.to_string()], &config);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("there is no silence {id}")));
+    // With the engine stopped, the command works on the store; the engine sees it at start.
+    drop(engine);
+    let out = vigia(&["silence", "add", "db*", "--for", "30m"], &config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = String::from_utf8_lossy(&vigia(&["silence", "list"], &config).stdout).to_string();
+    assert!(list.contains("db*"), "{list}");
 }

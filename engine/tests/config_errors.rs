@@ -184,3 +184,53 @@ fn the_shipped_config_is_valid() {
     assert!(warnings.is_empty(), "{warnings:?}");
     assert!(plan.checks.len() >= 5);
 }
+
+#[test]
+fn alerting_sections_are_checked_with_positions() {
+    let text = r#"alerting:
+  timezone: Mars/Olympus
+windows:
+  office: { days: [mon-fry], from: "08:00", to: "25:00" }
+channels:
+  ops:
+    type: telegram
+    token: "123:abc"
+    chat_ids: []
+    send_window: ofice
+  hooks:
+    type: webhok
+    url: http://x/
+  out:
+    type: console
+    templates:
+      failed: "{% if check %}never closed"
+      faild: "x"
+checks:
+  - name: web
+    type: tcp
+    host: 127.0.0.1
+    port: 80
+    notify: [opps]
+    send_window: nights
+    remind_every: 10s
+    depends_on: [web, uplink]
+"#;
+    assert_eq!(
+        errors_of(text),
+        "\
+config.yaml:2:13: alerting.timezone: `Mars/Olympus` is not a known time zone (write e.g. Europe/Lisbon or UTC)
+config.yaml:4:19: windows.office.days: `mon-fry` is not a day or a range of days (mon, tue, ..., sun; mon-fri)
+config.yaml:4:49: windows.office.to: `25:00` is not a time of day (write 08:00 or 17:30)
+config.yaml:7:5: channels.ops: a telegram channel needs `chat_ids: [...]`: the chats to send to
+config.yaml:8:12: channels.ops.token: never put the bot token in config.yaml: use `token_env: VIGIA_TELEGRAM_TOKEN` (an environment variable) or `token_file: /etc/vigia/telegram.token`
+config.yaml:10:18: channels.ops.send_window: unknown window `ofice`: none are accepted here
+config.yaml:12:11: channels.hooks.type: unknown channel type `webhok` (did you mean `webhook`?)
+config.yaml:17:15: channels.out.templates.failed: the template does not compile: line 1: unexpected end of input, expected end of block
+config.yaml:18:14: channels.out.templates.faild: unknown kind of message `faild` (did you mean `failed`?)
+config.yaml:24:14: checks[0].notify[0]: unknown channel `opps` (did you mean `ops`?)
+config.yaml:25:18: checks[0].send_window: unknown window `nights`: none are accepted here
+config.yaml:26:19: checks[0].remind_every: 10s is too short (at least 1m)
+config.yaml:27:17: checks[0].depends_on: a check cannot depend on itself
+config.yaml:27:23: checks[0].depends_on[1]: unknown check `uplink`; expected one of: web"
+    );
+}

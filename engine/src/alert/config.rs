@@ -197,6 +197,8 @@ pub struct AlertingSetup {
     pub templates: Arc<Templates>,
     /// Of the three sections' text, to tell whether a reload changed them.
     pub fingerprint: u64,
+    /// Every channel name in the file, broken ones included (for `notify:` checks).
+    pub declared: Vec<String>,
 }
 
 impl std::fmt::Debug for AlertingSetup {
@@ -215,6 +217,7 @@ impl Clone for AlertingSetup {
             channels: self.channels.clone(),
             templates: self.templates.clone(),
             fingerprint: self.fingerprint,
+            declared: self.declared.clone(),
         }
     }
 }
@@ -356,6 +359,7 @@ fn parse_inner(
         }
     }
     let mut channels = Vec::new();
+    let mut declared = Vec::new();
     let mut templates = Templates::new();
     let fingerprint = ["alerting", "windows", "channels"]
         .iter()
@@ -368,6 +372,7 @@ fn parse_inner(
                 kind: ChannelKind::Console,
                 window: None,
             });
+            declared.push("console".into());
             let _ = templates.add_channel("console", Flavor::Text, &BTreeMap::new());
         }
         Some(n) => match n.as_map() {
@@ -375,6 +380,7 @@ fn parse_inner(
                 for (k, v) in map {
                     let name = k.as_str().unwrap_or_default().to_string();
                     let path = format!("channels.{name}");
+                    declared.push(name.clone());
                     if name.is_empty()
                         || !name
                             .chars()
@@ -579,5 +585,6 @@ fn parse_inner(
         channels,
         templates: Arc::new(templates),
         fingerprint,
+        declared,
     }
 }
