@@ -13,10 +13,12 @@ fi
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v sysctl >/dev/null 2>&1 || missing+=(procps)
+# The `nagios` check type is tested with Debian's real plugins (check_tcp, check_http, ...).
+[ -x /usr/lib/nagios/plugins/check_tcp ] || missing+=(monitoring-plugins-basic)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "Installing ${missing[*]} ..."
   apt-get -o DPkg::Lock::Timeout=600 update -q
-  apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "scripts/test.sh: cargo is missing: install a Rust toolchain (https://rustup.rs)" >&2

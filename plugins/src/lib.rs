@@ -13,8 +13,10 @@ pub mod http;
 pub mod http1;
 pub mod icmp;
 pub mod latency;
+pub mod nagios;
 pub mod net;
 pub mod ping;
+pub mod process;
 pub mod tcp;
 pub mod terminals;
 
@@ -28,5 +30,7 @@ pub fn registry() -> Vec<Arc<dyn CheckFactory>> {
         Arc::new(ping::PingFactory { icmp: icmp.clone() }),
         Arc::new(latency::LatencyFactory { icmp: icmp.clone() }),
         Arc::new(terminals::TerminalsFactory { icmp }),
+        Arc::new(nagios::NagiosFactory),
+        Arc::new(process::ProcessFactory),
     ]
 }
