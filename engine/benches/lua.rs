@@ -81,6 +81,7 @@ fn planned(factory: &LuaFactory, file: &Path, ctx: &BuildContext, name: &str) ->
         comment: "".into(),
         source: None,
         alerting: None,
+        remedy: None,
         fingerprint: 0,
     }
 }

@@ -127,9 +127,25 @@ pub struct CommonCheckConfig {
     /// While one of these checks is down, this check's failures are not sent.
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// Actions (from `actions:`) run when the check fails.
+    #[serde(default)]
+    pub on_failed: Vec<String>,
+    /// Actions run when it recovers.
+    #[serde(default)]
+    pub on_recovered: Vec<String>,
 }
 
 impl CommonCheckConfig {
+    /// Its remediation actions, if any.
+    pub fn remedy(&self) -> Option<Arc<crate::remedy::CheckRemedy>> {
+        (!self.on_failed.is_empty() || !self.on_recovered.is_empty()).then(|| {
+            Arc::new(crate::remedy::CheckRemedy {
+                on_failed: self.on_failed.clone(),
+                on_recovered: self.on_recovered.clone(),
+            })
+        })
+    }
+
     /// Its alert settings; `None` when they are all defaults (most checks).
     pub fn alerting(&self) -> Option<Arc<crate::alert::policy::CheckAlerting>> {
         let a = crate::alert::policy::CheckAlerting {
@@ -159,6 +175,8 @@ pub const COMMON_KEYS: &[&str] = &[
     "send_window",
     "remind_every",
     "depends_on",
+    "on_failed",
+    "on_recovered",
 ];
 
 fn default_interval() -> Dur {
@@ -229,11 +247,20 @@ pub struct Config {
     pub commands: Arc<BTreeMap<String, PathBuf>>,
     /// `channels:`, `windows:`, `alerting:`.
     pub alerting: crate::alert::config::AlertingSetup,
+    /// `remediation:` and `actions:`.
+    pub remediation: crate::remedy::RemediationSetup,
     root: Node,
 }
 
 const TOP_KEYS: &[&str] = &[
-    "engine", "alerting", "windows", "channels", "commands", "checks",
+    "engine",
+    "alerting",
+    "windows",
+    "channels",
+    "remediation",
+    "actions",
+    "commands",
+    "checks",
 ];
 
 impl Config {
@@ -381,12 +408,14 @@ impl Config {
             .unwrap_or(Path::new("."))
             .to_path_buf();
         let alerting = crate::alert::config::parse(&root, &config_dir, &mut errors);
+        let remediation = crate::remedy::parse(&root, &config_dir, &mut errors);
         let config = Config {
             file: file.to_path_buf(),
             engine,
             checks,
             commands: Arc::new(commands),
             alerting,
+            remediation,
             root,
         };
         errors.extend(config.semantic_errors());
@@ -487,6 +516,14 @@ impl Config {
             if let Some(r) = c.common.remind_every {
                 if r.get() < Duration::from_secs(60) {
                     err(p("remind_every"), format!("{r} is too short (at least 1m)"));
+                }
+            }
+            let remedy = c.common.remedy();
+            if let Some(r) = &remedy {
+                for e in
+                    crate::remedy::check_names(&self.remediation, r, &c.path, &|p| self.pos_of(p))
+                {
+                    err(e.path, e.message);
                 }
             }
             if c.common.depends_on.contains(&c.common.name) {
@@ -663,6 +700,7 @@ impl Config {
                                 .into(),
                             source: b.source.map(Into::into),
                             alerting: c.alerting(),
+                            remedy: c.remedy(),
                             // The target too: a terminal renamed in ips.txt (same
                             // address) is a changed check, not a kept one. And the
                             // version: a script whose text changed.
@@ -729,6 +767,7 @@ impl Config {
                     comment: s.comment.clone().unwrap_or_default().into(),
                     source: Some(src.into()),
                     alerting: None,
+                    remedy: None,
                 });
             }
         }
@@ -828,6 +867,8 @@ pub struct PlannedCheck {
     pub source: Option<Arc<Path>>,
     /// `notify`, `window`, `remind_every`, `depends_on`; `None`: all defaults.
     pub alerting: Option<Arc<crate::alert::policy::CheckAlerting>>,
+    /// `on_failed`, `on_recovered`.
+    pub remedy: Option<Arc<crate::remedy::CheckRemedy>>,
     /// The fingerprint of the config entry it came from: equal fingerprints mean an
     /// unchanged check on reload. (A hash, not the node: a node per check would cost
     /// kilobytes at 10 000 checks.)

@@ -89,10 +89,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("alerting cannot start: {e}"))?;
     let _ = alerting.tx.send(AlertInput::Checks(plan.alerting())).await;
+    let (remedy_tx, remediator) =
+        crate::remedy::Remediator::spawn(config.remediation.clone(), alerting.tx.clone());
     let recorder = tokio::spawn(recorder(
         updates_rx,
         store.clone(),
         alerting.tx.clone(),
+        remedy_tx,
         host.clone(),
         shared.clone(),
     ));
@@ -124,6 +127,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut running = Running {
         engine: config.engine.clone(),
         alerting: config.alerting.fingerprint,
+        remediation: config.remediation.clone(),
     };
     drop(config);
     drop(plan);
@@ -215,6 +219,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     drop(shared);
     drop(script_errors);
     let _ = recorder.await;
+    // Running remediations finish (each action has its timeout) and pass their
+    // transitions on before alerting stops.
+    let _ = remediator.await;
     let alert_status = alerting.status.clone();
     drop(alerting.tx);
     let _ = alerting.pipeline.await;
@@ -316,6 +323,7 @@ async fn recorder(
     mut rx: mpsc::Receiver<Update>,
     store: Arc<Store>,
     alerts: mpsc::Sender<AlertInput>,
+    remedy: mpsc::Sender<crate::remedy::Job>,
     host: Arc<str>,
     shared: Arc<Shared>,
 ) {
@@ -356,17 +364,35 @@ async fn recorder(
                 at: u.state.changed_at,
                 previous_duration_ms: u.state.changed_at.saturating_sub(u.previous_change),
                 failed_message: u.state.failed_message.clone(),
+                transcript: None,
             };
             let seq = store.next_seq();
             let item = Item::Transition(event.clone());
             ops.push(Op::Inbox(seq, serde_json::to_vec(&item).ok()));
-            events.push((seq, event, item));
+            let actions = u
+                .spec
+                .remedy
+                .as_ref()
+                .map(|r| r.for_transition(transition).to_vec())
+                .unwrap_or_default();
+            events.push((seq, event, item, actions));
         }
         persist_ops(&store, ops).await;
         let transitions = events.len();
-        for (seq, event, item) in events {
+        for (seq, event, item, actions) in events {
             alert::log_event(&event);
-            let _ = alerts.send(AlertInput::Item(seq, item)).await;
+            if actions.is_empty() {
+                let _ = alerts.send(AlertInput::Item(seq, item)).await;
+            } else {
+                // Remediation first; it passes the transition on with its transcript.
+                let _ = remedy
+                    .send(crate::remedy::Job {
+                        seq,
+                        event,
+                        actions,
+                    })
+                    .await;
+            }
         }
         if transitions > 0 {
             if let Some(shared) = status_source.upgrade() {
@@ -422,6 +448,8 @@ struct Running {
     engine: EngineConfig,
     /// The fingerprint of `alerting:`, `windows:` and `channels:` in force.
     alerting: u64,
+    /// `remediation:` and `actions:` in force (they change at a restart).
+    remediation: crate::remedy::RemediationSetup,
 }
 
 /// SIGHUP: build the new config aside; swap only if it is entirely valid.
@@ -465,6 +493,9 @@ async fn reload(
     }
     if config.alerting.fingerprint != running.alerting {
         needs_restart.push("channels/windows/alerting");
+    }
+    if config.remediation != running.remediation {
+        needs_restart.push("actions/remediation");
     }
     if !needs_restart.is_empty() {
         tracing::warn!(

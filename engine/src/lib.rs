@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod engine;
 pub mod logging;
+pub mod remedy;
 pub mod scheduler;
 pub mod status;
 pub mod store;

@@ -522,6 +522,7 @@ mod size_tests {
             comment: "".into(),
             source: None,
             alerting: None,
+            remedy: None,
             fingerprint: 0,
         });
         let f = check_loop(spec, shared, CancellationToken::new(), None, false);

@@ -98,6 +98,7 @@ impl Sim {
             at,
             previous_duration_ms: 30 * MIN,
             failed_message: None,
+            transcript: None,
         };
         let mut next = 1000 + self.seq;
         self.p.accept(self.seq, Item::Transition(e), at, &mut || {

@@ -95,6 +95,7 @@ fn planned(
         comment: "".into(),
         source: None,
         alerting: None,
+        remedy: None,
         fingerprint: Node::parse(&format!("name: {name}\nversion: {version}"))
             .unwrap()
             .fingerprint(),

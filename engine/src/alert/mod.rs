@@ -58,6 +58,9 @@ pub struct AlertEvent {
     pub previous_duration_ms: u64,
     /// For a recovery: the message of the failure it recovers from.
     pub failed_message: Option<String>,
+    /// What remediation did about it, one line per action.
+    #[serde(default)]
+    pub transcript: Option<String>,
 }
 
 /// Where console alerts go: stderr in production, a buffer in tests.

@@ -271,6 +271,7 @@ impl Pipeline {
                 at: st.changed_at,
                 previous_duration_ms: 0,
                 failed_message: None,
+                transcript: None,
             };
             self.policy.restore_reminder(event, now);
         }

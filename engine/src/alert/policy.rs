@@ -834,6 +834,7 @@ impl Policy {
         ctx.threshold = e.threshold;
         ctx.value = e.value;
         ctx.group = e.group.as_deref().unwrap_or_default().to_string();
+        ctx.transcript = e.transcript.clone().unwrap_or_default();
         let (time, clock) = self.times(e.at);
         ctx.time = time;
         ctx.clock = clock;
