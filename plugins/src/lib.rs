@@ -17,6 +17,7 @@ pub mod nagios;
 pub mod net;
 pub mod ping;
 pub mod process;
+pub mod redis;
 pub mod tcp;
 pub mod terminals;
 
@@ -32,5 +33,6 @@ pub fn registry() -> Vec<Arc<dyn CheckFactory>> {
         Arc::new(terminals::TerminalsFactory { icmp }),
         Arc::new(nagios::NagiosFactory),
         Arc::new(process::ProcessFactory),
+        Arc::new(redis::RedisFactory),
     ]
 }

@@ -257,3 +257,141 @@ fn process_config_problems() {
         .to_string();
     assert!(e.contains("the kernel keeps 1 to 15 characters"), "{e}");
 }
+
+/// A redis-server of the test's own (Debian's redis-server), killed when dropped.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start(replica_of: Option<u16>) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null());
+        if let Some(p) = replica_of {
+            cmd.args(["--replicaof", "127.0.0.1", &p.to_string()]);
+        }
+        let child = cmd
+            .spawn()
+            .expect("redis-server (Debian's redis-server package) must be installed");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn redis_replication_against_a_real_primary_and_replica() {
+    use vigia_plugins::redis::RedisFactory;
+    let primary = Redis::start(None);
+    let replica = Redis::start(Some(primary.port));
+    // The replica links up after its first sync (a few hundred ms).
+    let yaml = format!("host: 127.0.0.1\nport: {}\nrole: replica", replica.port);
+    let mut o = run(&RedisFactory, &yaml).await;
+    for _ in 0..50 {
+        if o.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        o = run(&RedisFactory, &yaml).await;
+    }
+    assert!(o.is_ok(), "{o:?}");
+    assert!(
+        o.message
+            .contains(&format!("replica of 127.0.0.1:{}, link up", primary.port)),
+        "{}",
+        o.message
+    );
+    let o = run(
+        &RedisFactory,
+        &format!("host: 127.0.0.1\nport: {}\nrole: primary", primary.port),
+    )
+    .await;
+    assert!(o.is_ok(), "{o:?}");
+    assert!(
+        o.message.contains("primary with 1 replica online"),
+        "{}",
+        o.message
+    );
+    let o = run(
+        &RedisFactory,
+        &format!("host: 127.0.0.1\nport: {}\nmin_replicas: 2", primary.port),
+    )
+    .await;
+    assert!(
+        o.message
+            .contains("primary with 1 replica online, fewer than 2"),
+        "{}",
+        o.message
+    );
+    let o = run(
+        &RedisFactory,
+        &format!("host: 127.0.0.1\nport: {}\nrole: replica", primary.port),
+    )
+    .await;
+    assert!(
+        o.message
+            .ends_with("is a primary, expected a replica (a failover?)"),
+        "{}",
+        o.message
+    );
+    // The primary dies: the replica says its link is down.
+    let primary_port = primary.port;
+    drop(primary);
+    let mut o = run(&RedisFactory, &yaml).await;
+    for _ in 0..50 {
+        if !o.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        o = run(&RedisFactory, &yaml).await;
+    }
+    assert!(!o.is_ok());
+    assert!(
+        o.message.contains(&format!(
+            "the link to its primary 127.0.0.1:{primary_port} is down"
+        )),
+        "{}",
+        o.message
+    );
+    let o = run(
+        &RedisFactory,
+        &format!("host: 127.0.0.1\nport: {primary_port}"),
+    )
+    .await;
+    assert!(o.message.contains("connection refused"), "{}", o.message);
+}
