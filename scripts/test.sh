@@ -18,6 +18,7 @@ command -v sysctl >/dev/null 2>&1 || missing+=(procps)
 # Real servers the tests start on ports of their own (never the machine's own instances).
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "Installing ${missing[*]} ..."
   apt-get -o DPkg::Lock::Timeout=600 update -q

@@ -79,6 +79,41 @@ impl MariaDb {
     }
 }
 
+/// A HAProxy of our own (scripts/fixtures/haproxy.sh), stopped when dropped.
+struct HaProxy {
+    dir: tempfile::TempDir,
+    stats: u16,
+}
+
+impl HaProxy {
+    fn start(up: u16, down: u16) -> HaProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = free_port();
+        let out = Command::new(repo().join("scripts/fixtures/haproxy.sh"))
+            .arg("start")
+            .arg(dir.path())
+            .args([stats.to_string(), up.to_string(), down.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scripts/fixtures/haproxy.sh start failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Health checks every 200 ms: let the down servers be marked DOWN.
+        std::thread::sleep(Duration::from_millis(1200));
+        HaProxy { dir, stats }
+    }
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/fixtures/haproxy.sh"))
+            .args(["stop", self.dir.path().to_str().unwrap()])
+            .status();
+    }
+}
+
 impl Drop for MariaDb {
     fn drop(&mut self) {
         let _ = Command::new(repo().join("scripts/fixtures/mariadb.sh"))
@@ -101,11 +136,19 @@ async fn run_cases(name: &str) {
     .await
     .unwrap();
     let db = text.contains("needs: mariadb").then(MariaDb::start);
+    let closed = free_port();
+    let haproxy = text
+        .contains("needs: haproxy")
+        .then(|| HaProxy::start(mocks.http.port(), closed));
     let subst = [
         ("$HTTP_PORT", mocks.http.port()),
         ("$TCP_PORT", mocks.tcp.port()),
-        ("$CLOSED_PORT", free_port()),
+        ("$CLOSED_PORT", closed),
         ("$MYSQL_PORT", db.as_ref().map(|d| d.port).unwrap_or(1)),
+        (
+            "$HAPROXY_STATS",
+            haproxy.as_ref().map(|h| h.stats).unwrap_or(1),
+        ),
     ];
     for (k, v) in subst {
         text = text.replace(k, &v.to_string());
@@ -161,6 +204,7 @@ async fn run_cases(name: &str) {
         }
     }
     drop(db);
+    drop(haproxy);
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
@@ -184,10 +228,21 @@ async fn galera_sync() {
     run_cases("galera_sync").await;
 }
 
+#[tokio::test]
+async fn haproxy() {
+    run_cases("haproxy").await;
+}
+
 /// Every shipped script has its cases, and every one of them is run above.
 #[test]
 fn every_script_has_cases() {
-    let run_above = ["atto_socket", "web", "latency_window", "galera_sync"];
+    let run_above = [
+        "atto_socket",
+        "web",
+        "latency_window",
+        "galera_sync",
+        "haproxy",
+    ];
     for script in vigia_lua::scripts_in(&repo().join("checks")) {
         let name = script.file_stem().unwrap().to_str().unwrap().to_string();
         assert!(
