@@ -36,6 +36,9 @@ struct Case {
 struct Run {
     #[serde(default)]
     mock: Option<std::collections::BTreeMap<String, String>>,
+    /// SQL run as root on the replica (mysql_replication cases) before the run.
+    #[serde(default)]
+    replica_sql: Option<String>,
     ok: bool,
     #[serde(default)]
     message: Option<String>,
@@ -64,10 +67,15 @@ struct MariaDb {
 
 impl MariaDb {
     fn start() -> MariaDb {
+        MariaDb::start_as(None)
+    }
+
+    fn start_as(role: Option<&str>) -> MariaDb {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let out = Command::new(repo().join("scripts/fixtures/mariadb.sh"))
             .args(["start", dir.path().to_str().unwrap(), &port.to_string()])
+            .args(role)
             .output()
             .unwrap();
         assert!(
@@ -114,6 +122,20 @@ impl Drop for HaProxy {
     }
 }
 
+impl MariaDb {
+    fn sql(&self, sql: &str) {
+        let out = Command::new(repo().join("scripts/fixtures/mariadb.sh"))
+            .args(["sql", self.dir.path().to_str().unwrap(), sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 impl Drop for MariaDb {
     fn drop(&mut self) {
         let _ = Command::new(repo().join("scripts/fixtures/mariadb.sh"))
@@ -135,8 +157,14 @@ async fn run_cases(name: &str) {
     })
     .await
     .unwrap();
-    let db = text.contains("needs: mariadb").then(MariaDb::start);
+    let db = text.contains("needs: mariadb\n").then(MariaDb::start);
     let closed = free_port();
+    let pair = text.contains("needs: mariadb_replication").then(|| {
+        let primary = MariaDb::start_as(Some("primary"));
+        let replica = MariaDb::start_as(Some(&format!("replica-of={}", primary.port)));
+        std::thread::sleep(Duration::from_millis(1000));
+        (primary, replica)
+    });
     let haproxy = text
         .contains("needs: haproxy")
         .then(|| HaProxy::start(mocks.http.port(), closed));
@@ -148,6 +176,14 @@ async fn run_cases(name: &str) {
         (
             "$HAPROXY_STATS",
             haproxy.as_ref().map(|h| h.stats).unwrap_or(1),
+        ),
+        (
+            "$MYSQL_PRIMARY_PORT",
+            pair.as_ref().map(|p| p.0.port).unwrap_or(1),
+        ),
+        (
+            "$MYSQL_REPLICA_PORT",
+            pair.as_ref().map(|p| p.1.port).unwrap_or(1),
         ),
     ];
     for (k, v) in subst {
@@ -171,6 +207,10 @@ async fn run_cases(name: &str) {
             mocks.set(service, Mode::Healthy).unwrap();
         }
         for (i, run) in case.runs.iter().enumerate() {
+            if let (Some(sql), Some((_, replica))) = (&run.replica_sql, &pair) {
+                replica.sql(sql);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
             for (service, mode) in run.mock.iter().flatten() {
                 mocks.set(service, mode.parse().unwrap()).unwrap();
             }
@@ -205,6 +245,7 @@ async fn run_cases(name: &str) {
     }
     drop(db);
     drop(haproxy);
+    drop(pair);
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
@@ -229,6 +270,11 @@ async fn galera_sync() {
 }
 
 #[tokio::test]
+async fn mysql_replication() {
+    run_cases("mysql_replication").await;
+}
+
+#[tokio::test]
 async fn haproxy() {
     run_cases("haproxy").await;
 }
@@ -242,6 +288,7 @@ fn every_script_has_cases() {
         "latency_window",
         "galera_sync",
         "haproxy",
+        "mysql_replication",
     ];
     for script in vigia_lua::scripts_in(&repo().join("checks")) {
         let name = script.file_stem().unwrap().to_str().unwrap().to_string();
