@@ -336,11 +336,16 @@ async fn redis_replication_against_a_real_primary_and_replica() {
         "{}",
         o.message
     );
-    let o = run(
-        &RedisFactory,
-        &format!("host: 127.0.0.1\nport: {}\nrole: primary", primary.port),
-    )
-    .await;
+    // The primary sees its replica online once the first sync's bgsave is over.
+    let yaml_primary = format!("host: 127.0.0.1\nport: {}\nrole: primary", primary.port);
+    let mut o = run(&RedisFactory, &yaml_primary).await;
+    for _ in 0..50 {
+        if o.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        o = run(&RedisFactory, &yaml_primary).await;
+    }
     assert!(o.is_ok(), "{o:?}");
     assert!(
         o.message.contains("primary with 1 replica online"),
