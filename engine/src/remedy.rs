@@ -414,24 +414,13 @@ pub async fn run_action(action: &Action, check: &str, dry_run: bool) -> ActionRe
             reload,
         } => {
             let previous = std::fs::read(file).ok();
-            let new = match std::fs::read(to) {
-                Ok(b) => b,
-                Err(e) => {
-                    let r = format!("cannot read the variant {}: {e}", to.display());
-                    return finish(
-                        action,
-                        check,
-                        &describe,
-                        false,
-                        r,
-                        None,
-                        String::new(),
-                        started,
-                    );
-                }
-            };
-            if let Err(e) = atomic_write(file, &new) {
-                let r = format!("cannot write {}: {e}", file.display());
+            let written = std::fs::read(to)
+                .map_err(|e| format!("cannot read the variant {}: {e}", to.display()))
+                .and_then(|new| {
+                    atomic_write(file, &new)
+                        .map_err(|e| format!("cannot write {}: {e}", file.display()))
+                });
+            if let Err(r) = written {
                 return finish(
                     action,
                     check,

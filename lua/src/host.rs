@@ -14,11 +14,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mlua::{Lua, MultiValue, Table, Value};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use vigia_api::yaml::did_you_mean;
 use vigia_api::Dur;
 use vigia_plugins::icmp::Icmp;
-use vigia_plugins::net::resolve;
+use vigia_plugins::net::{read_capped, resolve};
 use vigia_plugins::tcp::{Expect, TcpCheck};
 
 use crate::vm::Budget;
@@ -754,7 +754,11 @@ async fn exec(lua: &Lua, v: Value, env: &HostEnv, budget: &Budget) -> HostResult
     let out = child.stdout.take();
     let err = child.stderr.take();
     let run = async {
-        let (o, e, status) = tokio::join!(read_capped(out), read_capped(err), child.wait());
+        let (o, e, status) = tokio::join!(
+            read_capped(out, MAX_OUTPUT),
+            read_capped(err, MAX_OUTPUT),
+            child.wait()
+        );
         (o, e, status)
     };
     let (stdout, stderr, status) = match tokio::time::timeout(timeout, run).await {
@@ -785,23 +789,4 @@ async fn exec(lua: &Lua, v: Value, env: &HostEnv, budget: &Budget) -> HostResult
     )?;
     set(&t, "ms", ms_since(start))?;
     Ok(Value::Table(t))
-}
-
-/// Reads a pipe to its end, keeping the first [`MAX_OUTPUT`] bytes.
-async fn read_capped<R: AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> {
-    let Some(mut pipe) = pipe else {
-        return Vec::new();
-    };
-    let mut kept = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = MAX_OUTPUT.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
-    }
-    kept
 }

@@ -24,9 +24,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 
+use crate::net::read_capped;
 use futures::future::BoxFuture;
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncReadExt};
 use vigia_api::yaml::{did_you_mean, join_path};
 use vigia_api::{
     BuildContext, Built, Check, CheckFactory, CheckOutcome, ConfigError, ConfigErrors, Node,
@@ -168,24 +168,6 @@ pub struct NagiosCheck {
     warning: WarningIs,
 }
 
-async fn read_capped<R: AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> {
-    let Some(mut pipe) = pipe else {
-        return Vec::new();
-    };
-    let mut kept = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = MAX_OUTPUT.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
-    }
-    kept
-}
-
 impl Check for NagiosCheck {
     fn run<'a>(&'a self, _ctx: RunContext<'a>) -> BoxFuture<'a, CheckOutcome> {
         Box::pin(async move {
@@ -213,8 +195,8 @@ impl Check for NagiosCheck {
                 }
             };
             let (out, err, status) = tokio::join!(
-                read_capped(child.stdout.take()),
-                read_capped(child.stderr.take()),
+                read_capped(child.stdout.take(), MAX_OUTPUT),
+                read_capped(child.stderr.take(), MAX_OUTPUT),
                 child.wait()
             );
             let mut text = String::from_utf8_lossy(&out).into_owned();
