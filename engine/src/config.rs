@@ -133,15 +133,20 @@ pub struct CommonCheckConfig {
     /// Actions run when it recovers.
     #[serde(default)]
     pub on_recovered: Vec<String>,
+    /// A Lua runbook (from `runbooks:`) run on both changes of status.
+    #[serde(default)]
+    pub runbook: Option<String>,
 }
 
 impl CommonCheckConfig {
     /// Its remediation actions, if any.
     pub fn remedy(&self) -> Option<Arc<crate::remedy::CheckRemedy>> {
-        (!self.on_failed.is_empty() || !self.on_recovered.is_empty()).then(|| {
+        (!self.on_failed.is_empty() || !self.on_recovered.is_empty() || self.runbook.is_some())
+            .then(|| {
             Arc::new(crate::remedy::CheckRemedy {
                 on_failed: self.on_failed.clone(),
                 on_recovered: self.on_recovered.clone(),
+                runbook: self.runbook.clone(),
             })
         })
     }
@@ -177,6 +182,7 @@ pub const COMMON_KEYS: &[&str] = &[
     "depends_on",
     "on_failed",
     "on_recovered",
+    "runbook",
 ];
 
 fn default_interval() -> Dur {
@@ -258,6 +264,7 @@ const TOP_KEYS: &[&str] = &[
     "windows",
     "channels",
     "remediation",
+    "runbooks",
     "actions",
     "commands",
     "checks",
@@ -408,12 +415,13 @@ impl Config {
             .unwrap_or(Path::new("."))
             .to_path_buf();
         let alerting = crate::alert::config::parse(&root, &config_dir, &mut errors);
-        let remediation = crate::remedy::parse(&root, &config_dir, &mut errors);
+        let commands = Arc::new(commands);
+        let remediation = crate::remedy::parse(&root, &config_dir, &commands, &mut errors);
         let config = Config {
             file: file.to_path_buf(),
             engine,
             checks,
-            commands: Arc::new(commands),
+            commands,
             alerting,
             remediation,
             root,

@@ -90,7 +90,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("alerting cannot start: {e}"))?;
     let _ = alerting.tx.send(AlertInput::Checks(plan.alerting())).await;
     let (remedy_tx, remediator) =
-        crate::remedy::Remediator::spawn(config.remediation.clone(), alerting.tx.clone());
+        crate::remedy::Remediator::spawn(
+            config.remediation.clone(),
+            &host,
+            alerting.tx.clone(),
+            Arc::downgrade(&shared),
+        );
     let recorder = tokio::spawn(recorder(
         updates_rx,
         store.clone(),
@@ -369,29 +374,27 @@ async fn recorder(
             let seq = store.next_seq();
             let item = Item::Transition(event.clone());
             ops.push(Op::Inbox(seq, serde_json::to_vec(&item).ok()));
-            let actions = u
-                .spec
-                .remedy
-                .as_ref()
-                .map(|r| r.for_transition(transition).to_vec())
-                .unwrap_or_default();
-            events.push((seq, event, item, actions));
+            let remedy = u.spec.remedy.clone().filter(|r| r.has(transition));
+            events.push((seq, event, item, remedy));
         }
         persist_ops(&store, ops).await;
         let transitions = events.len();
-        for (seq, event, item, actions) in events {
+        for (seq, event, item, check_remedy) in events {
             alert::log_event(&event);
-            if actions.is_empty() {
-                let _ = alerts.send(AlertInput::Item(seq, item)).await;
-            } else {
-                // Remediation first; it passes the transition on with its transcript.
-                let _ = remedy
-                    .send(crate::remedy::Job {
-                        seq,
-                        event,
-                        actions,
-                    })
-                    .await;
+            match check_remedy {
+                None => {
+                    let _ = alerts.send(AlertInput::Item(seq, item)).await;
+                }
+                Some(r) => {
+                    // Remediation first; it passes the transition on with its transcript.
+                    let _ = remedy
+                        .send(crate::remedy::Job {
+                            seq,
+                            event,
+                            remedy: r,
+                        })
+                        .await;
+                }
             }
         }
         if transitions > 0 {

@@ -25,9 +25,10 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -37,7 +38,7 @@ use vigia_api::{ConfigError, ConfigErrors, Dur, Node};
 use crate::alert::pipeline::Input as AlertInput;
 use crate::alert::policy::Item;
 use crate::alert::AlertEvent;
-use crate::scheduler::unix_ms;
+use crate::scheduler::{unix_ms, Shared};
 use crate::status::Transition;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +82,19 @@ struct ActionSection {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RunbookSection {
+    /// The Lua runbook, relative to config.yaml: `runbooks/galera_far_node.lua`.
+    script: PathBuf,
+    /// Values for `rb.params`, laid over the script's own `params`.
+    #[serde(default)]
+    params: Option<serde_json::Value>,
+    /// The whole run, waits included (default: the script's `timeout`, else 10m).
+    #[serde(default)]
+    timeout: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileSwitchSection {
     /// The file to replace.
     file: PathBuf,
@@ -115,19 +129,41 @@ pub struct Action {
     pub dry_run: bool,
 }
 
+/// A Lua runbook of `runbooks:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Runbook {
+    pub name: String,
+    pub file: PathBuf,
+    /// The path as operators see it (`runbooks/galera_far_node.lua`).
+    pub display: String,
+    pub params: Option<serde_json::Value>,
+    pub timeout: Option<Duration>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RemediationSetup {
     pub dry_run: bool,
     pub cooldown: Duration,
     pub max_runs: u32,
     pub actions: HashMap<String, Arc<Action>>,
+    pub runbooks: HashMap<String, Arc<Runbook>>,
+    /// For runbooks' `exec`: the `commands:` allow-list; and the host name.
+    pub commands: Arc<BTreeMap<String, PathBuf>>,
 }
 
-/// A check's actions.
+/// A check's actions, or its runbook.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CheckRemedy {
     pub on_failed: Vec<String>,
     pub on_recovered: Vec<String>,
+    pub runbook: Option<String>,
+}
+
+impl CheckRemedy {
+    /// Whether a transition has anything to run.
+    pub fn has(&self, t: Transition) -> bool {
+        self.runbook.is_some() || !self.for_transition(t).is_empty()
+    }
 }
 
 impl CheckRemedy {
@@ -152,8 +188,93 @@ fn argv_problem(argv: &[String]) -> Option<String> {
     }
 }
 
-/// Parses `remediation:` and `actions:`.
-pub fn parse(root: &Node, config_dir: &Path, errors: &mut ConfigErrors) -> RemediationSetup {
+/// A Lua host environment for runbooks (and for validating them).
+pub fn runbook_env(
+    hostname: &str,
+    commands: Arc<BTreeMap<String, PathBuf>>,
+) -> Arc<vigia_lua::HostEnv> {
+    Arc::new(vigia_lua::HostEnv {
+        hostname: hostname.to_string(),
+        commands,
+        shared: Default::default(),
+    })
+}
+
+/// Parses `runbooks:`; each script is loaded once to report its problems.
+fn parse_runbooks(
+    root: &Node,
+    config_dir: &Path,
+    commands: &Arc<BTreeMap<String, PathBuf>>,
+    errors: &mut ConfigErrors,
+) -> HashMap<String, Arc<Runbook>> {
+    let mut out = HashMap::new();
+    let Some(n) = root.get("runbooks") else {
+        return out;
+    };
+    let Some(map) = n.as_map() else {
+        if !matches!(n.value, Value::Null) {
+            errors.push(ConfigError::at(
+                n.pos,
+                "runbooks",
+                format!("`runbooks` must map names to {{script: FILE}}, not {}", n.kind()),
+            ));
+        }
+        return out;
+    };
+    let env = runbook_env("validate", commands.clone());
+    for (k, v) in map {
+        let name = k.as_str().unwrap_or_default().to_string();
+        let path = format!("runbooks.{name}");
+        let r: RunbookSection = match v.deserialize(&path) {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let file = if r.script.is_absolute() {
+            r.script.clone()
+        } else {
+            config_dir.join(&r.script)
+        };
+        let display = vigia_lua::display_path(&file, config_dir);
+        if let Err(e) = vigia_lua::runbook::read(&file, &display, env.clone()) {
+            let p = join_path(&path, "script");
+            errors.push(ConfigError::at(root.pos_of(&p), &p, e));
+            continue;
+        }
+        if let Some(p) = &r.params {
+            if !p.is_object() {
+                let p = join_path(&path, "params");
+                errors.push(ConfigError::at(
+                    root.pos_of(&p),
+                    &p,
+                    "`params` must be a mapping (`{node: node3}`)".to_string(),
+                ));
+                continue;
+            }
+        }
+        out.insert(
+            name.clone(),
+            Arc::new(Runbook {
+                name,
+                file,
+                display,
+                params: r.params,
+                timeout: r.timeout.map(Dur::get),
+            }),
+        );
+    }
+    out
+}
+
+/// Parses `remediation:`, `actions:` and `runbooks:`.
+pub fn parse(
+    root: &Node,
+    config_dir: &Path,
+    commands: &Arc<BTreeMap<String, PathBuf>>,
+    errors: &mut ConfigErrors,
+) -> RemediationSetup {
     let section = match root.get("remediation") {
         Some(n) if !matches!(n.value, Value::Null) => {
             match n.deserialize::<RemediationSection>("remediation") {
@@ -263,6 +384,8 @@ pub fn parse(root: &Node, config_dir: &Path, errors: &mut ConfigErrors) -> Remed
         cooldown: section.cooldown.get(),
         max_runs: section.max_runs,
         actions,
+        runbooks: parse_runbooks(root, config_dir, commands, errors),
+        commands: commands.clone(),
     }
 }
 
@@ -275,6 +398,25 @@ pub fn check_names(
 ) -> Vec<ConfigError> {
     let names: Vec<&str> = setup.actions.keys().map(String::as_str).collect();
     let mut out = Vec::new();
+    if let Some(rb) = &remedy.runbook {
+        let p = join_path(path, "runbook");
+        if !remedy.on_failed.is_empty() || !remedy.on_recovered.is_empty() {
+            out.push(ConfigError::at(
+                pos_of(&p),
+                &p,
+                "a check has a `runbook` or `on_failed`/`on_recovered` actions, not both: call the actions from the runbook with action(\"name\")".to_string(),
+            ));
+        }
+        if !setup.runbooks.contains_key(rb) {
+            let known: Vec<&str> = setup.runbooks.keys().map(String::as_str).collect();
+            let msg = if known.is_empty() {
+                format!("there is no runbook `{rb}`: declare it under `runbooks:` ({rb}: {{script: runbooks/{rb}.lua}})")
+            } else {
+                unknown_with_hint("runbook", rb, &known)
+            };
+            out.push(ConfigError::at(pos_of(&p), &p, msg));
+        }
+    }
     for (key, list) in [
         ("on_failed", &remedy.on_failed),
         ("on_recovered", &remedy.on_recovered),
@@ -503,9 +645,16 @@ fn finish(
 
 /// Runs remediation for transitions, then hands them to alerting.
 pub struct Remediator {
-    setup: RemediationSetup,
+    setup: Arc<RemediationSetup>,
     alerts: mpsc::Sender<AlertInput>,
+    /// Run counts per check (actions) or per runbook (`runbook NAME`).
     state: Arc<Mutex<HashMap<String, CheckRuns>>>,
+    /// One run of a runbook at a time: a second transition waits for the first run.
+    locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// The last text of each runbook that loaded: a broken edit does not stop remediation.
+    texts: Mutex<HashMap<String, Vec<u8>>>,
+    env: Arc<vigia_lua::HostEnv>,
+    status: Weak<Shared>,
 }
 
 #[derive(Default)]
@@ -518,19 +667,90 @@ struct CheckRuns {
 pub struct Job {
     pub seq: u64,
     pub event: AlertEvent,
-    pub actions: Vec<String>,
+    pub remedy: Arc<CheckRemedy>,
+}
+
+/// What a runbook sees of the engine: its actions and the status map.
+struct RunbookHost {
+    setup: Arc<RemediationSetup>,
+    check: String,
+    status: Weak<Shared>,
+    /// Actions started (dry runs included): a run that started none is not counted
+    /// against cooldown and max_runs.
+    acted: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl vigia_lua::runbook::RunbookHost for RunbookHost {
+    fn action(&self, name: &str) -> BoxFuture<'static, Result<(bool, String), String>> {
+        let Some(action) = self.setup.actions.get(name).cloned() else {
+            let names: Vec<&str> = self.setup.actions.keys().map(String::as_str).collect();
+            let msg = format!(
+                "action: {}",
+                unknown_with_hint("action", name, &names)
+            );
+            return Box::pin(async move { Err(msg) });
+        };
+        self.acted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (check, dry_run) = (self.check.clone(), self.setup.dry_run);
+        Box::pin(async move {
+            let r = run_action(&action, &check, dry_run).await;
+            Ok((r.ok, r.line))
+        })
+    }
+
+    fn status(&self, check: &str) -> Result<vigia_lua::runbook::CheckView, String> {
+        let Some(shared) = self.status.upgrade() else {
+            return Err("status: the engine is stopping".into());
+        };
+        let found = shared.status.get(check).map(|st| vigia_lua::runbook::CheckView {
+                status: st.status,
+                failures: st.failures,
+                successes: st.successes,
+                message: st
+                    .last
+                    .as_ref()
+                    .map(|l| l.message.clone())
+                    .unwrap_or_else(|| "not run yet".into()),
+            });
+        match found {
+            Some(v) => Ok(v),
+            None => {
+                let names: Vec<String> = shared.status.iter().map(|e| e.key().to_string()).collect();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                Err(format!("status: {}", unknown_with_hint("check", check, &names)))
+            }
+        }
+    }
 }
 
 impl Remediator {
     pub fn spawn(
         setup: RemediationSetup,
+        hostname: &str,
         alerts: mpsc::Sender<AlertInput>,
+        status: Weak<Shared>,
     ) -> (mpsc::Sender<Job>, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Job>(1024);
+        let env = runbook_env(hostname, setup.commands.clone());
+        let mut texts = HashMap::new();
+        for rb in setup.runbooks.values() {
+            if let Ok(t) = std::fs::read(&rb.file) {
+                texts.insert(rb.name.clone(), t);
+            }
+        }
         let r = Arc::new(Remediator {
-            setup,
+            locks: setup
+                .runbooks
+                .keys()
+                .map(|k| (k.clone(), Default::default()))
+                .collect(),
+            setup: Arc::new(setup),
             alerts,
             state: Default::default(),
+            texts: Mutex::new(texts),
+            env,
+            status,
         });
         let handle = tokio::spawn(async move {
             let mut running = Vec::new();
@@ -546,68 +766,83 @@ impl Remediator {
         (tx, handle)
     }
 
-    async fn handle(&self, job: Job) {
-        let check = job.event.check.to_string();
+    /// Whether a run may start now: `Err` says why not. `key` is the check (actions)
+    /// or `runbook NAME`.
+    fn admit(&self, key: &str, transition: Transition, wait_running: bool) -> Result<(), String> {
         let now = unix_ms();
         let hour = 3_600_000;
         let cooldown = self.setup.cooldown.as_millis() as u64;
-        let verdict = {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let runs = st.entry(check.clone()).or_default();
-            runs.runs.retain(|t| now.saturating_sub(*t) < hour);
-            if runs.running {
-                Err("a remediation of this check is still running; this one is skipped".to_string())
-            } else if runs.runs.len() as u32 >= self.setup.max_runs {
-                let first = !runs.suspended_said;
-                runs.suspended_said = true;
-                Err(format!(
-                    "remediation suspended: it already ran {} times in the last hour (max_runs){}",
-                    runs.runs.len(),
-                    if first { "" } else { " (said before)" }
-                ))
-            } else if runs
-                .runs
-                .back()
-                .is_some_and(|t| now.saturating_sub(*t) < cooldown)
-                && job.event.transition == Transition::Failed
-            {
-                Err(format!(
-                    "remediation skipped: the last run was less than {} ago (cooldown)",
-                    Dur(self.setup.cooldown)
-                ))
-            } else {
-                runs.running = true;
-                runs.runs.push_back(now);
-                runs.suspended_said = false;
-                Ok(())
-            }
-        };
-        let transcript = match verdict {
-            Err(why) => {
-                tracing::warn!(event = "remediation_skipped", check = %check, "{check}: {why}.");
-                why
-            }
-            Ok(()) => {
-                let mut lines = Vec::new();
-                for name in &job.actions {
-                    let Some(action) = self.setup.actions.get(name) else {
-                        continue;
-                    };
-                    let r = run_action(action, &check, self.setup.dry_run).await;
-                    let failed = !r.ok;
-                    lines.push(r.line);
-                    if failed {
-                        lines.push("the remaining actions were not run".into());
-                        break;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let runs = st.entry(key.to_string()).or_default();
+        runs.runs.retain(|t| now.saturating_sub(*t) < hour);
+        if runs.running && !wait_running {
+            Err("a remediation of this check is still running; this one is skipped".to_string())
+        } else if runs.runs.len() as u32 >= self.setup.max_runs {
+            let first = !runs.suspended_said;
+            runs.suspended_said = true;
+            Err(format!(
+                "remediation suspended: it already ran {} times in the last hour (max_runs){}",
+                runs.runs.len(),
+                if first { "" } else { " (said before)" }
+            ))
+        } else if runs
+            .runs
+            .back()
+            .is_some_and(|t| now.saturating_sub(*t) < cooldown)
+            && transition == Transition::Failed
+        {
+            Err(format!(
+                "remediation skipped: the last run was less than {} ago (cooldown)",
+                Dur(self.setup.cooldown)
+            ))
+        } else {
+            runs.running = true;
+            runs.suspended_said = false;
+            Ok(())
+        }
+    }
+
+    /// Ends a run; `counted`: whether it goes against cooldown and max_runs.
+    fn done(&self, key: &str, started: u64, counted: bool) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let runs = st.entry(key.to_string()).or_default();
+        runs.running = false;
+        if counted {
+            runs.runs.push_back(started);
+        }
+    }
+
+    async fn handle(&self, job: Job) {
+        let check = job.event.check.to_string();
+        let transition = job.event.transition;
+        let transcript = match &job.remedy.runbook {
+            Some(name) => self.run_runbook(name, &job.event).await,
+            None => {
+                let actions = job.remedy.for_transition(transition);
+                match self.admit(&check, transition, false) {
+                    Err(why) => {
+                        tracing::warn!(event = "remediation_skipped", check = %check, "{check}: {why}.");
+                        why
+                    }
+                    Ok(()) => {
+                        let started = unix_ms();
+                        let mut lines = Vec::new();
+                        for name in actions {
+                            let Some(action) = self.setup.actions.get(name) else {
+                                continue;
+                            };
+                            let r = run_action(action, &check, self.setup.dry_run).await;
+                            let failed = !r.ok;
+                            lines.push(r.line);
+                            if failed {
+                                lines.push("the remaining actions were not run".into());
+                                break;
+                            }
+                        }
+                        self.done(&check, started, true);
+                        lines.join("\n")
                     }
                 }
-                self.state
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(check.clone())
-                    .or_default()
-                    .running = false;
-                lines.join("\n")
             }
         };
         let mut event = job.event;
@@ -616,5 +851,82 @@ impl Remediator {
             .alerts
             .send(AlertInput::Item(job.seq, Item::Transition(event)))
             .await;
+    }
+
+    /// Runs a runbook for a transition (after any run of it still under way); the
+    /// transcript for the alert.
+    async fn run_runbook(&self, name: &str, event: &AlertEvent) -> String {
+        let check = event.check.to_string();
+        let Some(rb) = self.setup.runbooks.get(name).cloned() else {
+            return format!("✗ runbook {name} is not declared");
+        };
+        let key = format!("runbook {name}");
+        let lock = self.locks.get(name).cloned().unwrap_or_default();
+        let guard = match lock.clone().try_lock_owned() {
+            Ok(g) => g,
+            Err(_) => {
+                tracing::info!(event = "runbook_waiting", runbook = %name, check = %check, "Runbook {name} is already running; its {} run for {check} waits for it to finish.", event.transition.as_str());
+                lock.lock_owned().await
+            }
+        };
+        if let Err(why) = self.admit(&key, event.transition, true) {
+            tracing::warn!(event = "remediation_skipped", check = %check, runbook = %name, "{check}: runbook {name}: {why}.");
+            drop(guard);
+            return why;
+        }
+        let started = unix_ms();
+        // The file as it is now; if it no longer loads, the last version that did.
+        let env = self.env.clone();
+        let mut note = None;
+        let text = match vigia_lua::runbook::read(&rb.file, &rb.display, env.clone()) {
+            Ok((text, _)) => {
+                self.texts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.to_string(), text.clone());
+                text
+            }
+            Err(e) => {
+                let last = self
+                    .texts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(name)
+                    .cloned();
+                tracing::error!(event = "script_error", runbook = %name, script = %rb.display, "{e}; running the last version that loaded.");
+                note = Some(format!("· {e}; ran the last version that loaded"));
+                last.unwrap_or_default()
+            }
+        };
+        let acted = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let host = Arc::new(RunbookHost {
+            setup: self.setup.clone(),
+            check: check.clone(),
+            status: self.status.clone(),
+            acted: acted.clone(),
+        });
+        tracing::info!(event = "runbook", runbook = %name, check = %check, transition = event.transition.as_str(), dry_run = self.setup.dry_run, "Runbook {name}: on_{} for {check}.", event.transition.as_str());
+        let call = vigia_lua::runbook::Call {
+            transition: event.transition.as_str().to_string(),
+            check: check.clone(),
+            message: event.message.clone(),
+            params: rb.params.clone(),
+            dry_run: self.setup.dry_run,
+            timeout: rb.timeout,
+        };
+        let out = vigia_lua::runbook::run(&text, &rb.display, env, host, call).await;
+        let last = out.transcript.last().cloned().unwrap_or_default();
+        if out.ok {
+            tracing::info!(event = "runbook_done", runbook = %name, check = %check, ok = true, "Runbook {name} for {check}: {last}");
+        } else {
+            tracing::error!(event = "runbook_done", runbook = %name, check = %check, ok = false, "Runbook {name} for {check}: {last}");
+        }
+        let acted = acted.load(std::sync::atomic::Ordering::Relaxed);
+        self.done(&key, started, acted > 0);
+        drop(guard);
+        let mut lines = Vec::new();
+        lines.extend(note);
+        lines.extend(out.transcript);
+        lines.join("\n")
     }
 }

@@ -56,12 +56,12 @@ pub struct HostEnv {
 pub const MAX_OUTPUT: usize = 64 << 10;
 pub const MAX_BODY: usize = 4 << 20;
 
-type HostResult = Result<Value, String>;
+pub(crate) type HostResult = Result<Value, String>;
 
 /// Loading a script runs its top level once, outside any check run.
 pub const TOP_LEVEL: &str = "the script's top level called a host function that waits (network, exec, sleep): do that inside `check`";
 
-fn reply(lua: &Lua, r: HostResult) -> mlua::Result<MultiValue> {
+pub(crate) fn reply(lua: &Lua, r: HostResult) -> mlua::Result<MultiValue> {
     Ok(match r {
         Ok(v) => MultiValue::from_iter([Value::Boolean(true), v]),
         Err(msg) => MultiValue::from_iter([
@@ -245,7 +245,7 @@ fn script_log(budget: &Budget, level: tracing::Level, text: &str) {
 }
 
 /// Wraps an async host function: one table argument in, `(ok, result|message)` out.
-fn async_host<F, Fut>(lua: &Lua, budget: Arc<Budget>, f: F) -> mlua::Result<mlua::Function>
+pub(crate) fn async_host<F, Fut>(lua: &Lua, budget: Arc<Budget>, f: F) -> mlua::Result<mlua::Function>
 where
     F: Fn(Lua, Value, Arc<Budget>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = HostResult> + Send + 'static,

@@ -24,6 +24,7 @@ use vigia_api::{
 pub mod check;
 pub mod host;
 pub mod mysql;
+pub mod runbook;
 pub mod script;
 pub mod vm;
 

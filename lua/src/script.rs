@@ -211,7 +211,7 @@ pub fn load_text(
 
 /// Runs a chunk's top level under the load budget: a script that loops at load time
 /// is refused, not hung on.
-fn run_top_level(budget: &Budget, chunk: &Function, display: &str) -> Result<Value, String> {
+pub(crate) fn run_top_level(budget: &Budget, chunk: &Function, display: &str) -> Result<Value, String> {
     budget.arm(LOAD_BUDGET, 0);
     let r = chunk.call::<Value>(());
     budget.disarm();
@@ -244,7 +244,7 @@ pub fn error_message(e: &mlua::Error) -> String {
 }
 
 /// The line of the first `field =` in the text (1 when not found).
-fn line_of(src: &str, field: &str) -> usize {
+pub(crate) fn line_of(src: &str, field: &str) -> usize {
     src.lines()
         .position(|l| {
             let t = l.trim_start();
@@ -258,14 +258,14 @@ fn line_of(src: &str, field: &str) -> usize {
         .unwrap_or(1)
 }
 
-fn duration(v: &Value) -> Option<Duration> {
+pub(crate) fn duration(v: &Value) -> Option<Duration> {
     match v {
         Value::String(s) => s.to_str().ok()?.parse::<Dur>().ok().map(Dur::get),
         _ => None,
     }
 }
 
-fn describe(v: &Value) -> String {
+pub(crate) fn describe(v: &Value) -> String {
     match v {
         Value::String(s) => format!("\"{}\"", s.to_string_lossy()),
         Value::Integer(i) => i.to_string(),
@@ -275,7 +275,7 @@ fn describe(v: &Value) -> String {
     }
 }
 
-fn type_of(v: &Value) -> &'static str {
+pub(crate) fn type_of(v: &Value) -> &'static str {
     match v {
         Value::Nil => "nothing",
         Value::Integer(_) | Value::Number(_) => "number",
