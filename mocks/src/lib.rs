@@ -6,7 +6,8 @@
 //!   `healthy`, `failing` (HTTP 500 / `ERR <line>`), `slow` (answers after a delay) and
 //!   `refusing` (the port is closed: connections are refused).
 //!
-//! - a Telegram Bot API (`telegram.rs`) that records messages and can fail on demand.
+//! - a Telegram Bot API (`telegram.rs`) that records messages and can fail on demand;
+//! - a latency wire (`wire.rs`) between two network namespaces, for kernels without netem.
 //!
 //! Control API: `POST /mode/http/failing`, `POST /mode/tcp/healthy`, `GET /mode`;
 //! `POST /telegram/mode/{ok|error|ratelimit|unauthorized|chat_not_found|hang}`,
@@ -15,6 +16,7 @@
 
 pub mod http;
 pub mod telegram;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::str::FromStr;

@@ -71,6 +71,23 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:18099")]
         control: SocketAddr,
     },
+    /// A cable with latency between two network namespaces (as root): creates a TAP
+    /// device in each and copies frames between them after a one-way delay read from
+    /// DELAY_FILE ("100" = 100 ms each way), re-read every 100 ms. Prints "ready" on
+    /// stdout once both devices exist; give them addresses and bring them up with
+    /// `ip -n NS addr add ... dev IF; ip -n NS link set IF up`. For kernels without
+    /// `tc netem`.
+    Wire {
+        /// Namespace of the first end (`ip netns add` name).
+        netns_a: String,
+        /// TAP device to create there.
+        if_a: String,
+        netns_b: String,
+        if_b: String,
+        /// File holding the one-way delay in milliseconds.
+        #[arg(long)]
+        delay_file: std::path::PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -114,6 +131,29 @@ async fn main() -> ExitCode {
             }
         }
         Command::Get { control } => call(control, "GET", "/mode").await,
+        Command::Wire {
+            netns_a,
+            if_a,
+            netns_b,
+            if_b,
+            delay_file,
+        } => vigia_mocks::wire::run(
+            vigia_mocks::wire::End {
+                netns: netns_a,
+                ifname: if_a,
+            },
+            vigia_mocks::wire::End {
+                netns: netns_b,
+                ifname: if_b,
+            },
+            delay_file,
+            || {
+                println!("ready");
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("wire: {e}")),
         Command::Messages { control } => call(control, "GET", "/telegram/messages").await,
     };
     match result {

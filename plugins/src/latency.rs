@@ -5,6 +5,12 @@
 //! connect), kept for `window`; the check fails when the average of the window is over
 //! `max_avg`. A lost sample (no reply) counts in the loss, not in the average.
 //!
+//! `high_for` / `normal_for` make it patient, as the original system was: the check
+//! fails only once the average has been over the limit on every run for `high_for`,
+//! and once failing it stays failing until the average has been back under the limit
+//! on every run for `normal_for` (use `threshold: 1` and `recover_after: 1` with them:
+//! the periods do the counting). The periods restart when the engine restarts.
+//!
 //! ```yaml
 //! - name: far_node_latency
 //!   type: latency
@@ -12,6 +18,8 @@
 //!   method: icmp          # or tcp, with port
 //!   window: 5m
 //!   max_avg: 150ms
+//!   high_for: 5m          # over the limit for 5 minutes before it fails
+//!   normal_for: 10m       # under it for 10 minutes before it recovers
 //!   interval: 10s
 //! ```
 
@@ -61,6 +69,14 @@ pub struct LatencyConfig {
     /// How long to wait for one sample (default 1s).
     #[serde(default = "default_sample_timeout")]
     pub sample_timeout: Dur,
+    /// Fail only when the average has been over `max_avg` on every run for this long
+    /// (default 0s: at once).
+    #[serde(default)]
+    pub high_for: Option<Dur>,
+    /// Once failing, recover only when the average has been under `max_avg` on every
+    /// run for this long (default 0s: at once).
+    #[serde(default)]
+    pub normal_for: Option<Dur>,
 }
 
 fn default_method() -> Method {
@@ -143,10 +159,62 @@ impl Window {
     }
 }
 
+/// The patience of `high_for` / `normal_for`: whether the check is failing, given
+/// whether the average is over the limit now.
+#[derive(Debug, Default)]
+pub struct Hysteresis {
+    failing: bool,
+    /// Since when the average has been over (while not failing) or under (while failing).
+    since: Option<Instant>,
+}
+
+/// What the hysteresis says of one run.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Normal,
+    /// Over the limit for this long, not yet `high_for`.
+    HighFor(Duration),
+    Failing,
+    /// Failing, back under the limit for this long, not yet `normal_for`.
+    NormalFor(Duration),
+}
+
+impl Hysteresis {
+    pub fn judge(
+        &mut self,
+        now: Instant,
+        over: bool,
+        high_for: Duration,
+        normal_for: Duration,
+    ) -> Verdict {
+        if over != self.failing {
+            let since = *self.since.get_or_insert(now);
+            let lasted = now.duration_since(since);
+            let needed = if over { high_for } else { normal_for };
+            if lasted >= needed {
+                self.failing = over;
+                self.since = None;
+            } else if over {
+                return Verdict::HighFor(lasted);
+            } else {
+                return Verdict::NormalFor(lasted);
+            }
+        } else {
+            self.since = None;
+        }
+        if self.failing {
+            Verdict::Failing
+        } else {
+            Verdict::Normal
+        }
+    }
+}
+
 pub struct LatencyCheck {
     cfg: LatencyConfig,
     icmp: Arc<Icmp>,
     window: Mutex<Window>,
+    patience: Mutex<Hysteresis>,
 }
 
 impl LatencyCheck {
@@ -195,22 +263,49 @@ impl Check for LatencyCheck {
                     rtt.map(fmt_ms).unwrap_or_else(|| "lost".into())
                 ));
             }
-            match stats.avg {
-                None => CheckOutcome::critical(format!(
-                    "{host}: no reply in the last {window} ({counts})"
-                )),
-                Some(avg) if avg > limit.get().as_secs_f64() * 1000.0 => {
-                    CheckOutcome::critical(format!(
-                        "{host}: average round trip over the last {window} is {}, over the limit {limit} ({counts})",
-                        fmt_ms(avg)
-                    ))
-                    .with_value(avg)
-                }
-                Some(avg) => CheckOutcome::ok(format!(
-                    "{host}: average round trip over the last {window} is {} ({counts})",
+            let high_for = self.cfg.high_for.map(Dur::get).unwrap_or_default();
+            let normal_for = self.cfg.normal_for.map(Dur::get).unwrap_or_default();
+            let over = match stats.avg {
+                None => true,
+                Some(avg) => avg > limit.get().as_secs_f64() * 1000.0,
+            };
+            let verdict = self.patience.lock().unwrap_or_else(|p| p.into_inner()).judge(
+                Instant::now(),
+                over,
+                high_for,
+                normal_for,
+            );
+            let what = match stats.avg {
+                None => format!("{host}: no reply in the last {window}"),
+                Some(avg) if over => format!(
+                    "{host}: average round trip over the last {window} is {}, over the limit {limit}",
                     fmt_ms(avg)
-                ))
-                .with_value(avg),
+                ),
+                Some(avg) => format!(
+                    "{host}: average round trip over the last {window} is {}",
+                    fmt_ms(avg)
+                ),
+            };
+            let outcome = match verdict {
+                Verdict::Normal => CheckOutcome::ok(format!("{what} ({counts})")),
+                Verdict::HighFor(d) => CheckOutcome::ok(format!(
+                    "{what} for {} of the {} it must last to fail ({counts})",
+                    Dur(round_secs(d)),
+                    Dur(high_for)
+                )),
+                Verdict::Failing if over && !high_for.is_zero() => CheckOutcome::critical(
+                    format!("{what} for at least {} ({counts})", Dur(high_for)),
+                ),
+                Verdict::Failing => CheckOutcome::critical(format!("{what} ({counts})")),
+                Verdict::NormalFor(d) => CheckOutcome::critical(format!(
+                    "{what}, back under the limit for {} of the {} it must last to recover ({counts})",
+                    Dur(round_secs(d)),
+                    Dur(normal_for)
+                )),
+            };
+            match stats.avg {
+                Some(avg) => outcome.with_value(avg),
+                None => outcome,
             }
         })
     }
@@ -225,6 +320,10 @@ impl Check for LatencyCheck {
             ),
         }
     }
+}
+
+fn round_secs(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
 }
 
 pub struct LatencyFactory {
@@ -256,6 +355,7 @@ impl CheckFactory for LatencyFactory {
             cfg,
             icmp: self.icmp.clone(),
             window: Mutex::new(Window::default()),
+            patience: Mutex::new(Hysteresis::default()),
         };
         Ok(Built::one(name, check))
     }
@@ -263,6 +363,34 @@ impl CheckFactory for LatencyFactory {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn it_fails_only_when_high_for_the_whole_period_and_recovers_after_its_own() {
+        use super::{Hysteresis, Verdict};
+        use std::time::{Duration, Instant};
+        let (high, normal) = (Duration::from_secs(60), Duration::from_secs(120));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut h = Hysteresis::default();
+        assert_eq!(h.judge(at(0), false, high, normal), Verdict::Normal);
+        // High for 50 s, then one normal run: the period starts over.
+        assert_eq!(h.judge(at(10), true, high, normal), Verdict::HighFor(Duration::ZERO));
+        assert_eq!(h.judge(at(60), true, high, normal), Verdict::HighFor(Duration::from_secs(50)));
+        assert_eq!(h.judge(at(65), false, high, normal), Verdict::Normal);
+        assert_eq!(h.judge(at(70), true, high, normal), Verdict::HighFor(Duration::ZERO));
+        assert_eq!(h.judge(at(129), true, high, normal), Verdict::HighFor(Duration::from_secs(59)));
+        assert_eq!(h.judge(at(130), true, high, normal), Verdict::Failing);
+        // Normal again: failing until normal for 120 s without a high run.
+        assert_eq!(h.judge(at(140), false, high, normal), Verdict::NormalFor(Duration::ZERO));
+        assert_eq!(h.judge(at(200), true, high, normal), Verdict::Failing);
+        assert_eq!(h.judge(at(210), false, high, normal), Verdict::NormalFor(Duration::ZERO));
+        assert_eq!(h.judge(at(329), false, high, normal), Verdict::NormalFor(Duration::from_secs(119)));
+        assert_eq!(h.judge(at(330), false, high, normal), Verdict::Normal);
+        // Without periods it follows the average at once.
+        let mut h = Hysteresis::default();
+        assert_eq!(h.judge(at(0), true, Duration::ZERO, Duration::ZERO), Verdict::Failing);
+        assert_eq!(h.judge(at(1), false, Duration::ZERO, Duration::ZERO), Verdict::Normal);
+    }
+
     use super::*;
     use tokio::net::TcpListener;
 
