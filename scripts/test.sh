@@ -19,6 +19,13 @@ command -v sysctl >/dev/null 2>&1 || missing+=(procps)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+command -v csync2 >/dev/null 2>&1 || missing+=(csync2)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The Galera cluster (scripts/fixtures/galera.sh): MariaDB with Galera 4, rsync SST, socat.
+[ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server mariadb-client)
+[ -f /usr/lib/galera/libgalera_smm.so ] || missing+=(galera-4)
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+command -v socat >/dev/null 2>&1 || missing+=(socat)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "Installing ${missing[*]} ..."
   apt-get -o DPkg::Lock::Timeout=600 update -q

@@ -917,9 +917,9 @@ impl Remediator {
         let out = vigia_lua::runbook::run(&text, &rb.display, env, host, call).await;
         let last = out.transcript.last().cloned().unwrap_or_default();
         if out.ok {
-            tracing::info!(event = "runbook_done", runbook = %name, check = %check, ok = true, "Runbook {name} for {check}: {last}");
+            tracing::info!(event = "runbook_done", runbook = %name, check = %check, transition = event.transition.as_str(), ok = true, "Runbook {name} for {check}: {last}");
         } else {
-            tracing::error!(event = "runbook_done", runbook = %name, check = %check, ok = false, "Runbook {name} for {check}: {last}");
+            tracing::error!(event = "runbook_done", runbook = %name, check = %check, transition = event.transition.as_str(), ok = false, "Runbook {name} for {check}: {last}");
         }
         let acted = acted.load(std::sync::atomic::Ordering::Relaxed);
         self.done(&key, started, acted > 0);
