@@ -20,6 +20,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v csync2 >/dev/null 2>&1 || missing+=(csync2)
+command -v keepalived >/dev/null 2>&1 || missing+=(keepalived)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # The Galera cluster (scripts/fixtures/galera.sh): MariaDB with Galera 4, rsync SST, socat.
 [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server mariadb-client)
