@@ -143,12 +143,12 @@ impl CommonCheckConfig {
     pub fn remedy(&self) -> Option<Arc<crate::remedy::CheckRemedy>> {
         (!self.on_failed.is_empty() || !self.on_recovered.is_empty() || self.runbook.is_some())
             .then(|| {
-            Arc::new(crate::remedy::CheckRemedy {
-                on_failed: self.on_failed.clone(),
-                on_recovered: self.on_recovered.clone(),
-                runbook: self.runbook.clone(),
+                Arc::new(crate::remedy::CheckRemedy {
+                    on_failed: self.on_failed.clone(),
+                    on_recovered: self.on_recovered.clone(),
+                    runbook: self.runbook.clone(),
+                })
             })
-        })
     }
 
     /// Its alert settings; `None` when they are all defaults (most checks).

@@ -89,13 +89,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("alerting cannot start: {e}"))?;
     let _ = alerting.tx.send(AlertInput::Checks(plan.alerting())).await;
-    let (remedy_tx, remediator) =
-        crate::remedy::Remediator::spawn(
-            config.remediation.clone(),
-            &host,
-            alerting.tx.clone(),
-            Arc::downgrade(&shared),
-        );
+    let (remedy_tx, remediator) = crate::remedy::Remediator::spawn(
+        config.remediation.clone(),
+        &host,
+        alerting.tx.clone(),
+        Arc::downgrade(&shared),
+    );
     let recorder = tokio::spawn(recorder(
         updates_rx,
         store.clone(),

@@ -216,7 +216,10 @@ fn parse_runbooks(
             errors.push(ConfigError::at(
                 n.pos,
                 "runbooks",
-                format!("`runbooks` must map names to {{script: FILE}}, not {}", n.kind()),
+                format!(
+                    "`runbooks` must map names to {{script: FILE}}, not {}",
+                    n.kind()
+                ),
             ));
         }
         return out;
@@ -684,10 +687,7 @@ impl vigia_lua::runbook::RunbookHost for RunbookHost {
     fn action(&self, name: &str) -> BoxFuture<'static, Result<(bool, String), String>> {
         let Some(action) = self.setup.actions.get(name).cloned() else {
             let names: Vec<&str> = self.setup.actions.keys().map(String::as_str).collect();
-            let msg = format!(
-                "action: {}",
-                unknown_with_hint("action", name, &names)
-            );
+            let msg = format!("action: {}", unknown_with_hint("action", name, &names));
             return Box::pin(async move { Err(msg) });
         };
         self.acted
@@ -703,7 +703,10 @@ impl vigia_lua::runbook::RunbookHost for RunbookHost {
         let Some(shared) = self.status.upgrade() else {
             return Err("status: the engine is stopping".into());
         };
-        let found = shared.status.get(check).map(|st| vigia_lua::runbook::CheckView {
+        let found = shared
+            .status
+            .get(check)
+            .map(|st| vigia_lua::runbook::CheckView {
                 status: st.status,
                 failures: st.failures,
                 successes: st.successes,
@@ -716,9 +719,13 @@ impl vigia_lua::runbook::RunbookHost for RunbookHost {
         match found {
             Some(v) => Ok(v),
             None => {
-                let names: Vec<String> = shared.status.iter().map(|e| e.key().to_string()).collect();
+                let names: Vec<String> =
+                    shared.status.iter().map(|e| e.key().to_string()).collect();
                 let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                Err(format!("status: {}", unknown_with_hint("check", check, &names)))
+                Err(format!(
+                    "status: {}",
+                    unknown_with_hint("check", check, &names)
+                ))
             }
         }
     }

@@ -48,7 +48,11 @@ impl Csync2 {
             .arg(file)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -134,12 +138,16 @@ fn conflicts_are_reported_on_both_hosts_and_auto_resolved_on_the_designated_one(
         .map(|e| e["message"].as_str().unwrap_or_default().to_string())
         .collect();
     assert!(
-        steps.iter().any(|s| s.starts_with("csync2 auto-resolve: csync2 -f ")
-            && s.contains("/alpha/data/app.conf: exit 0")),
+        steps
+            .iter()
+            .any(|s| s.starts_with("csync2 auto-resolve: csync2 -f ")
+                && s.contains("/alpha/data/app.conf: exit 0")),
         "{steps:?}"
     );
     assert!(
-        steps.iter().any(|s| s.starts_with("csync2 auto-resolve: csync2 -x: exit 0")),
+        steps
+            .iter()
+            .any(|s| s.starts_with("csync2 auto-resolve: csync2 -x: exit 0")),
         "{steps:?}"
     );
     assert_eq!(
@@ -160,7 +168,9 @@ fn conflicts_are_reported_on_both_hosts_and_auto_resolved_on_the_designated_one(
     }
     drop(engine);
     assert!(
-        text.contains("resolved 1 conflict(s) by forcing this node's copy: %data%/app.conf (with 127.0.0.3)"),
+        text.contains(
+            "resolved 1 conflict(s) by forcing this node's copy: %data%/app.conf (with 127.0.0.3)"
+        ),
         "{text}"
     );
     // Both agree now.

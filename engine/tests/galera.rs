@@ -154,9 +154,19 @@ fn galera_sync_paths(cluster: &Cluster, dir: &Path) {
         "node3 back after SIGKILL in {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    let text = wait_check(dir, 1, "node1: Synced, cluster of 3", Duration::from_secs(30));
+    let text = wait_check(
+        dir,
+        1,
+        "node1: Synced, cluster of 3",
+        Duration::from_secs(30),
+    );
     assert!(text.contains("node1: Synced, cluster of 3"), "{text}");
-    let text = wait_check(dir, 3, "node3: Synced, cluster of 3", Duration::from_secs(30));
+    let text = wait_check(
+        dir,
+        3,
+        "node3: Synced, cluster of 3",
+        Duration::from_secs(30),
+    );
     assert!(text.contains("node3: Synced, cluster of 3"), "{text}");
 }
 
@@ -171,11 +181,19 @@ impl FarSide {
         let mut cmd = in_dc2(&mock_bin());
         cmd.args(["serve", "--http-port", &BACKEND_PORT.to_string()])
             .args(["--tcp-port", "0", "--telegram-port", "0"])
-            .args(["--control-port", &MOCK_CONTROL.to_string(), "--slow-delay", "5s"]);
+            .args([
+                "--control-port",
+                &MOCK_CONTROL.to_string(),
+                "--slow-delay",
+                "5s",
+            ]);
         let mock = Proc::spawn(cmd);
         let deadline = Instant::now() + Duration::from_secs(10);
         while mock.stdout.lock().unwrap().is_empty() {
-            assert!(Instant::now() < deadline, "vigia-mock did not start in vg_dc2");
+            assert!(
+                Instant::now() < deadline,
+                "vigia-mock did not start in vg_dc2"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let nginx_dir = dir.join("nginx");
@@ -202,7 +220,11 @@ impl FarSide {
             .arg(format!("127.0.0.1:{MOCK_CONTROL}"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn switch_file(&self) -> String {
@@ -336,7 +358,11 @@ fn full_runbook(cluster: &Cluster, dir: &Path, far: &FarSide) {
     let engine = start_far_engine(&config);
     // Healthy first: each check runs, nothing is wrong.
     std::thread::sleep(Duration::from_secs(3));
-    assert!(!engine.events().iter().any(|e| e["event"] == "alert"), "{}", engine.stderr_text());
+    assert!(
+        !engine.events().iter().any(|e| e["event"] == "alert"),
+        "{}",
+        engine.stderr_text()
+    );
     assert!(far.app().contains("200 OK"));
     // The far node's latency goes up: 200 ms RTT against a 50 ms limit.
     cluster.run(&["latency", "100"]);
@@ -366,13 +392,26 @@ fn full_runbook(cluster: &Cluster, dir: &Path, far: &FarSide) {
     let err = engine.stderr_text();
     let runs = runbook_runs(&engine.events());
     assert_eq!(runs[1]["ok"], true, "{err}");
-    assert!(err.contains("· latency high, web down, proxy_pass on: taking this node out"), "{err}");
+    assert!(
+        err.contains("· latency high, web down, proxy_pass on: taking this node out"),
+        "{err}"
+    );
     assert!(err.contains("✓ proxy_off: switch"), "{err}");
     assert!(err.contains("✓ stop_db:"), "{err}");
-    assert!(err.contains("✓ runbook on_failed: proxy_pass off, local MariaDB stopped"), "{err}");
-    assert!(!far.switch_file().contains("proxy_pass"), "{}", far.switch_file());
+    assert!(
+        err.contains("✓ runbook on_failed: proxy_pass off, local MariaDB stopped"),
+        "{err}"
+    );
+    assert!(
+        !far.switch_file().contains("proxy_pass"),
+        "{}",
+        far.switch_file()
+    );
     let app = far.app();
-    assert!(app.contains("503") && app.contains("proxy disabled"), "{app}");
+    assert!(
+        app.contains("503") && app.contains("proxy disabled"),
+        "{app}"
+    );
     assert!(cluster.run(&["status"]).contains("node3: DOWN"));
     engine.wait_for("node3's own check to fail", Duration::from_secs(20), |e| {
         alerts(e, "galera_node3", "failed") == 1
@@ -380,19 +419,32 @@ fn full_runbook(cluster: &Cluster, dir: &Path, far: &FarSide) {
     // Latency back to normal: node3 comes back, Synced, and proxy_pass is on again.
     far.set_app("healthy");
     cluster.run(&["latency", "0"]);
-    engine.wait_for("the runbook to bring the node back", Duration::from_secs(180), |e| {
-        runbook_runs(e)
-            .iter()
-            .any(|r| r["check"] == "galera_latency" && r["transition"] == "recovered")
-    });
+    engine.wait_for(
+        "the runbook to bring the node back",
+        Duration::from_secs(180),
+        |e| {
+            runbook_runs(e)
+                .iter()
+                .any(|r| r["check"] == "galera_latency" && r["transition"] == "recovered")
+        },
+    );
     let err = engine.stderr_text();
     assert!(err.contains("✓ start_db:"), "{err}");
     assert!(err.contains("· MariaDB is Synced"), "{err}");
     assert!(err.contains("✓ proxy_on: switch"), "{err}");
-    assert!(err.contains("✓ runbook on_recovered: MariaDB Synced, proxy_pass back on"), "{err}");
+    assert!(
+        err.contains("✓ runbook on_recovered: MariaDB Synced, proxy_pass back on"),
+        "{err}"
+    );
     assert!(far.switch_file().contains("proxy_pass"));
-    assert!(cluster.run(&["status"]).contains("node3: wsrep_local_recv_queue=0 wsrep_local_state_comment=Synced"));
-    engine.wait_for("every check to be OK again", Duration::from_secs(30), all_ok);
+    assert!(cluster
+        .run(&["status"])
+        .contains("node3: wsrep_local_recv_queue=0 wsrep_local_state_comment=Synced"));
+    engine.wait_for(
+        "every check to be OK again",
+        Duration::from_secs(30),
+        all_ok,
+    );
     assert!(far.app().contains("200 OK"));
 }
 
@@ -404,15 +456,21 @@ fn dry_runbook(cluster: &Cluster, dir: &Path, far: &FarSide) {
     cluster.run(&["latency", "100"]);
     far.set_app("slow");
     engine.wait_for("the dry run to act", Duration::from_secs(60), |e| {
-        e.iter().any(|e| e["event"] == "action" && e["action"] == "stop_db")
+        e.iter()
+            .any(|e| e["event"] == "action" && e["action"] == "stop_db")
     });
-    engine.wait_for_stderr("✓ runbook on_failed: proxy_pass off, local MariaDB stopped", Duration::from_secs(10));
+    engine.wait_for_stderr(
+        "✓ runbook on_failed: proxy_pass off, local MariaDB stopped",
+        Duration::from_secs(10),
+    );
     let err = engine.stderr_text();
     assert!(err.contains("· proxy_off: would run: switch"), "{err}");
     assert!(err.contains("· stop_db: would run: "), "{err}");
     // Nothing changed: the file, nginx, node3.
     assert_eq!(far.switch_file(), before);
-    assert!(cluster.run(&["status"]).contains("node3: wsrep_local_recv_queue=0 wsrep_local_state_comment=Synced"));
+    assert!(cluster
+        .run(&["status"])
+        .contains("node3: wsrep_local_recv_queue=0 wsrep_local_state_comment=Synced"));
     let actions: Vec<_> = engine
         .events()
         .into_iter()

@@ -88,10 +88,16 @@ fn vrrp_roles_against_real_keepalived_through_a_failover() {
     let pair = Pair { dir: dir.clone() };
     let (code, text) = vrrp(&dir, 1, "master");
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("MASTER: holds 10.231.8.100 on vgka1"), "{text}");
+    assert!(
+        text.contains("MASTER: holds 10.231.8.100 on vgka1"),
+        "{text}"
+    );
     let (code, text) = vrrp(&dir, 2, "backup");
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("BACKUP: 10.231.8.100 is not here on vgka2"), "{text}");
+    assert!(
+        text.contains("BACKUP: 10.231.8.100 is not here on vgka2"),
+        "{text}"
+    );
 
     // keepalived stops on node 1: node 2 takes the VIP.
     fixture(&["stop", "1"], &dir);

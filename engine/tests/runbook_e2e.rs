@@ -97,7 +97,10 @@ fn a_runbook_acts_only_when_its_conditions_hold_and_its_transcript_is_in_the_ale
     engine.wait_for_stderr("✓ runbook on_failed: done", Duration::from_secs(10));
     let err = engine.stderr_text();
     assert!(err.contains("· a and b are both down; isolating"), "{err}");
-    assert!(err.contains("✓ isolate: /bin/sh -c echo isolated >>"), "{err}");
+    assert!(
+        err.contains("✓ isolate: /bin/sh -c echo isolated >>"),
+        "{err}"
+    );
     assert_eq!(marks(dir.path()), "isolated\n");
     // b comes back: on_recovered.
     let _b_again = TcpListener::bind(("127.0.0.1", b)).unwrap();
@@ -124,8 +127,8 @@ fn a_runbook_never_runs_twice_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (free_port(), free_port());
     // Each run notes when it starts and ends, 1 s apart.
-    let actions = mark_action(dir.path(), "begin", "begin")
-        + &mark_action(dir.path(), "end", "end");
+    let actions =
+        mark_action(dir.path(), "begin", "begin") + &mark_action(dir.path(), "end", "end");
     let runbook = r#"
 return {
   on_failed = function(rb)
@@ -189,7 +192,10 @@ fn a_dry_run_runbook_runs_its_logic_but_no_action() {
         + &mark_action(dir.path(), "rejoin", "rejoined");
     let config = setup(dir.path(), "{ dry_run: true }", &actions, BOTH_DOWN, a, b);
     let engine = start_engine(&config);
-    engine.wait_for_stderr("· isolate: would run: /bin/sh -c echo isolated", Duration::from_secs(10));
+    engine.wait_for_stderr(
+        "· isolate: would run: /bin/sh -c echo isolated",
+        Duration::from_secs(10),
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(marks(dir.path()), "", "a dry run ran an action");
     assert!(engine
@@ -209,7 +215,11 @@ fn a_broken_edit_of_a_runbook_runs_the_last_good_version() {
     let config = setup(dir.path(), "{ cooldown: 0s }", &actions, BOTH_DOWN, a, b);
     let engine = start_engine(&config);
     engine.wait_for_stderr("ALERT FAILED a on rb-host", Duration::from_secs(10));
-    std::fs::write(dir.path().join("runbooks/rb.lua"), "return { on_failed = function(rb) end,\n  oops = 1 }\n").unwrap();
+    std::fs::write(
+        dir.path().join("runbooks/rb.lua"),
+        "return { on_failed = function(rb) end,\n  oops = 1 }\n",
+    )
+    .unwrap();
     drop(b_listener);
     engine.wait_for_stderr("✓ isolate:", Duration::from_secs(10));
     let err = engine.stderr_text();
@@ -225,9 +235,17 @@ fn a_broken_edit_of_a_runbook_runs_the_last_good_version() {
 fn validate_reports_runbook_problems_with_their_place() {
     let dir = tempfile::tempdir().unwrap();
     let runbook = "return {\n  timeout = \"15m\",\n  on_faild = function(rb) end,\n}\n";
-    let config = setup(dir.path(), "{}", &mark_action(dir.path(), "x", "x"), runbook, 1, 2);
+    let config = setup(
+        dir.path(),
+        "{}",
+        &mark_action(dir.path(), "x", "x"),
+        runbook,
+        1,
+        2,
+    );
     let out = vigia(&["validate"], &config);
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
         text.contains("runbooks/rb.lua:3: unknown field `on_faild` in the returned table (did you mean `on_failed`?)"),
@@ -235,13 +253,17 @@ fn validate_reports_runbook_problems_with_their_place() {
     );
     // A check naming a runbook that does not exist.
     std::fs::write(dir.path().join("runbooks/rb.lua"), BOTH_DOWN).unwrap();
-    let text = std::fs::read_to_string(&config).unwrap().replace("runbook: rb }", "runbook: rbb }");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("runbook: rb }", "runbook: rbb }");
     std::fs::write(&config, text).unwrap();
     let out = vigia(&["validate"], &config);
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
-        text.contains("checks[0].runbook") && text.contains("unknown runbook `rbb` (did you mean `rb`?)"),
+        text.contains("checks[0].runbook")
+            && text.contains("unknown runbook `rbb` (did you mean `rb`?)"),
         "{text}"
     );
 }

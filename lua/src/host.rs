@@ -245,7 +245,11 @@ fn script_log(budget: &Budget, level: tracing::Level, text: &str) {
 }
 
 /// Wraps an async host function: one table argument in, `(ok, result|message)` out.
-pub(crate) fn async_host<F, Fut>(lua: &Lua, budget: Arc<Budget>, f: F) -> mlua::Result<mlua::Function>
+pub(crate) fn async_host<F, Fut>(
+    lua: &Lua,
+    budget: Arc<Budget>,
+    f: F,
+) -> mlua::Result<mlua::Function>
 where
     F: Fn(Lua, Value, Arc<Budget>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = HostResult> + Send + 'static,

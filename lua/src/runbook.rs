@@ -187,7 +187,8 @@ pub fn validate(text: &[u8], display: &str, env: Arc<HostEnv>) -> Result<Declare
 
 /// Reads and validates a runbook file.
 pub fn read(file: &Path, display: &str, env: Arc<HostEnv>) -> Result<(Vec<u8>, Declared), String> {
-    let text = std::fs::read(file).map_err(|e| format!("{display}: cannot read the runbook: {e}"))?;
+    let text =
+        std::fs::read(file).map_err(|e| format!("{display}: cannot read the runbook: {e}"))?;
     let declared = validate(&text, display, env)?;
     Ok((text, declared))
 }
@@ -255,13 +256,12 @@ pub async fn run(
     let Some(f) = f else {
         return Outcome {
             ok: true,
-            transcript: vec![format!("· runbook {display} has no {function}: nothing to do")],
+            transcript: vec![format!(
+                "· runbook {display} has no {function}: nothing to do"
+            )],
         };
     };
-    let timeout = call
-        .timeout
-        .or(declared.timeout)
-        .unwrap_or(DEFAULT_TIMEOUT);
+    let timeout = call.timeout.or(declared.timeout).unwrap_or(DEFAULT_TIMEOUT);
     let lua = vm.lua.clone();
     *vm.budget.check.lock().unwrap_or_else(|p| p.into_inner()) = call.check.clone();
     let set_up = || -> mlua::Result<Table> {
@@ -320,7 +320,10 @@ pub async fn run(
         Err(_) => (
             false,
             match in_call {
-                Some(c) => format!("{display}: not finished within {}: still waiting for {c}", Dur(timeout)),
+                Some(c) => format!(
+                    "{display}: not finished within {}: still waiting for {c}",
+                    Dur(timeout)
+                ),
                 None => format!("{display}: not finished within {}", Dur(timeout)),
             },
         ),
@@ -408,18 +411,16 @@ fn install_api(
         .call(raw_action)?;
     let raw_status = {
         let host = host.clone();
-        lua.create_function(move |lua, name: String| {
-            match host.status(&name) {
-                Ok(v) => {
-                    let t = lua.create_table()?;
-                    t.raw_set("status", v.status)?;
-                    t.raw_set("failures", v.failures)?;
-                    t.raw_set("successes", v.successes)?;
-                    t.raw_set("message", v.message)?;
-                    Ok((Value::Boolean(v.status), Value::Table(t)))
-                }
-                Err(e) => Ok((Value::Nil, Value::String(lua.create_string(e)?))),
+        lua.create_function(move |lua, name: String| match host.status(&name) {
+            Ok(v) => {
+                let t = lua.create_table()?;
+                t.raw_set("status", v.status)?;
+                t.raw_set("failures", v.failures)?;
+                t.raw_set("successes", v.successes)?;
+                t.raw_set("message", v.message)?;
+                Ok((Value::Boolean(v.status), Value::Table(t)))
             }
+            Err(e) => Ok((Value::Nil, Value::String(lua.create_string(e)?))),
         })?
     };
     let say = {

@@ -211,7 +211,11 @@ pub fn load_text(
 
 /// Runs a chunk's top level under the load budget: a script that loops at load time
 /// is refused, not hung on.
-pub(crate) fn run_top_level(budget: &Budget, chunk: &Function, display: &str) -> Result<Value, String> {
+pub(crate) fn run_top_level(
+    budget: &Budget,
+    chunk: &Function,
+    display: &str,
+) -> Result<Value, String> {
     budget.arm(LOAD_BUDGET, 0);
     let r = chunk.call::<Value>(());
     budget.disarm();

@@ -279,6 +279,31 @@ async fn haproxy() {
     run_cases("haproxy").await;
 }
 
+/// Scripts whose component needs a fixture of its own (two csync2 hosts, keepalived
+/// in namespaces) are tested by an engine test that starts it, named here.
+const TESTED_IN_ENGINE: &[(&str, &str)] = &[
+    ("csync2", "engine/tests/csync2.rs"),
+    ("vrrp", "engine/tests/keepalived.rs"),
+];
+
+/// Every shipped runbook is driven end to end by an engine test.
+const RUNBOOKS_TESTED_IN: &[(&str, &str)] = &[("galera_far_node", "engine/tests/galera.rs")];
+
+#[test]
+fn every_runbook_has_an_end_to_end_test() {
+    for script in vigia_lua::scripts_in(&repo().join("runbooks")) {
+        let name = script.file_stem().unwrap().to_str().unwrap().to_string();
+        let Some((_, test)) = RUNBOOKS_TESTED_IN.iter().find(|(n, _)| *n == name) else {
+            panic!("runbooks/{name}.lua has no end-to-end test listed in RUNBOOKS_TESTED_IN");
+        };
+        let text = std::fs::read_to_string(repo().join(test)).unwrap();
+        assert!(
+            text.contains(&format!("runbooks/{name}.lua")),
+            "{test} does not use runbooks/{name}.lua"
+        );
+    }
+}
+
 /// Every shipped script has its cases, and every one of them is run above.
 #[test]
 fn every_script_has_cases() {
@@ -292,6 +317,14 @@ fn every_script_has_cases() {
     ];
     for script in vigia_lua::scripts_in(&repo().join("checks")) {
         let name = script.file_stem().unwrap().to_str().unwrap().to_string();
+        if let Some((_, test)) = TESTED_IN_ENGINE.iter().find(|(n, _)| *n == name) {
+            let text = std::fs::read_to_string(repo().join(test)).unwrap();
+            assert!(
+                text.contains(&format!("checks/{name}.lua")),
+                "{test} does not use checks/{name}.lua"
+            );
+            continue;
+        }
         assert!(
             repo()
                 .join("checks/tests")

@@ -269,12 +269,11 @@ impl Check for LatencyCheck {
                 None => true,
                 Some(avg) => avg > limit.get().as_secs_f64() * 1000.0,
             };
-            let verdict = self.patience.lock().unwrap_or_else(|p| p.into_inner()).judge(
-                Instant::now(),
-                over,
-                high_for,
-                normal_for,
-            );
+            let verdict = self
+                .patience
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .judge(Instant::now(), over, high_for, normal_for);
             let what = match stats.avg {
                 None => format!("{host}: no reply in the last {window}"),
                 Some(avg) if over => format!(
@@ -373,22 +372,49 @@ mod tests {
         let mut h = Hysteresis::default();
         assert_eq!(h.judge(at(0), false, high, normal), Verdict::Normal);
         // High for 50 s, then one normal run: the period starts over.
-        assert_eq!(h.judge(at(10), true, high, normal), Verdict::HighFor(Duration::ZERO));
-        assert_eq!(h.judge(at(60), true, high, normal), Verdict::HighFor(Duration::from_secs(50)));
+        assert_eq!(
+            h.judge(at(10), true, high, normal),
+            Verdict::HighFor(Duration::ZERO)
+        );
+        assert_eq!(
+            h.judge(at(60), true, high, normal),
+            Verdict::HighFor(Duration::from_secs(50))
+        );
         assert_eq!(h.judge(at(65), false, high, normal), Verdict::Normal);
-        assert_eq!(h.judge(at(70), true, high, normal), Verdict::HighFor(Duration::ZERO));
-        assert_eq!(h.judge(at(129), true, high, normal), Verdict::HighFor(Duration::from_secs(59)));
+        assert_eq!(
+            h.judge(at(70), true, high, normal),
+            Verdict::HighFor(Duration::ZERO)
+        );
+        assert_eq!(
+            h.judge(at(129), true, high, normal),
+            Verdict::HighFor(Duration::from_secs(59))
+        );
         assert_eq!(h.judge(at(130), true, high, normal), Verdict::Failing);
         // Normal again: failing until normal for 120 s without a high run.
-        assert_eq!(h.judge(at(140), false, high, normal), Verdict::NormalFor(Duration::ZERO));
+        assert_eq!(
+            h.judge(at(140), false, high, normal),
+            Verdict::NormalFor(Duration::ZERO)
+        );
         assert_eq!(h.judge(at(200), true, high, normal), Verdict::Failing);
-        assert_eq!(h.judge(at(210), false, high, normal), Verdict::NormalFor(Duration::ZERO));
-        assert_eq!(h.judge(at(329), false, high, normal), Verdict::NormalFor(Duration::from_secs(119)));
+        assert_eq!(
+            h.judge(at(210), false, high, normal),
+            Verdict::NormalFor(Duration::ZERO)
+        );
+        assert_eq!(
+            h.judge(at(329), false, high, normal),
+            Verdict::NormalFor(Duration::from_secs(119))
+        );
         assert_eq!(h.judge(at(330), false, high, normal), Verdict::Normal);
         // Without periods it follows the average at once.
         let mut h = Hysteresis::default();
-        assert_eq!(h.judge(at(0), true, Duration::ZERO, Duration::ZERO), Verdict::Failing);
-        assert_eq!(h.judge(at(1), false, Duration::ZERO, Duration::ZERO), Verdict::Normal);
+        assert_eq!(
+            h.judge(at(0), true, Duration::ZERO, Duration::ZERO),
+            Verdict::Failing
+        );
+        assert_eq!(
+            h.judge(at(1), false, Duration::ZERO, Duration::ZERO),
+            Verdict::Normal
+        );
     }
 
     use super::*;
