@@ -195,17 +195,25 @@ impl<'de> Deserialize<'de> for StatusSpec {
     }
 }
 
+/// What only the reqwest path needs (boxed: most checks take the direct path, and
+/// 10 000 of them should not carry an empty header map each).
+struct ViaReqwest {
+    client: reqwest::Client,
+    headers: reqwest::header::HeaderMap,
+    body: Option<String>,
+}
+
 pub struct HttpCheck {
     /// Plain `http://` without redirects goes through the minimal client in `http1.rs`
     /// (measured: reqwest 62, inline hyper 38 µs of CPU per check at 10 000/s; see
-    /// BENCHMARKS.md); TLS and redirects go through reqwest.
-    client: Option<reqwest::Client>,
+    /// BENCHMARKS.md); TLS and redirects go through reqwest (`via`).
+    via: Option<Box<ViaReqwest>>,
     /// The whole request for the direct path, rendered once at build.
-    request: Vec<u8>,
+    request: Box<[u8]>,
+    /// The direct path's address when the URL's host is an IP address.
+    addr: Option<std::net::SocketAddr>,
     method: reqwest::Method,
     url: reqwest::Url,
-    headers: reqwest::header::HeaderMap,
-    body: Option<String>,
     expect_status: StatusSpec,
     body_contains: Option<String>,
     body_regex: Option<Regex>,
@@ -216,8 +224,8 @@ impl HttpCheck {
     async fn probe(&self, timeout: Duration) -> Result<String, String> {
         let start = Instant::now();
         let wants_body = self.body_contains.is_some() || self.body_regex.is_some();
-        let (status, body) = match &self.client {
-            Some(client) => self.fetch_reqwest(client, timeout, wants_body).await?,
+        let (status, body) = match &self.via {
+            Some(via) => self.fetch_reqwest(via, timeout, wants_body).await?,
             None => tokio::time::timeout(timeout, self.fetch_direct(wants_body))
                 .await
                 .map_err(|_| format!("{} {}: timed out", self.method, self.url))??,
@@ -262,15 +270,16 @@ impl HttpCheck {
 
     async fn fetch_reqwest(
         &self,
-        client: &reqwest::Client,
+        via: &ViaReqwest,
         timeout: Duration,
         wants_body: bool,
     ) -> Result<(u16, Vec<u8>), String> {
-        let mut req = client
+        let mut req = via
+            .client
             .request(self.method.clone(), self.url.clone())
-            .headers(self.headers.clone())
+            .headers(via.headers.clone())
             .timeout(timeout);
-        if let Some(b) = &self.body {
+        if let Some(b) = &via.body {
             req = req.body(b.clone());
         }
         let mut resp = req.send().await.map_err(|e| self.describe_error(&e))?;
@@ -289,19 +298,19 @@ impl HttpCheck {
 
     async fn fetch_direct(&self, wants_body: bool) -> Result<(u16, Vec<u8>), String> {
         let fail = |what: String| format!("{} {}: {what}", self.method, self.url);
-        let port = self.url.port_or_known_default().unwrap_or(80);
-        let addr = match self.url.host() {
-            Some(url::Host::Ipv4(ip)) => std::net::SocketAddr::new(ip.into(), port),
-            Some(url::Host::Ipv6(ip)) => std::net::SocketAddr::new(ip.into(), port),
-            Some(url::Host::Domain(d)) => crate::net::resolve(d, port).await.map_err(fail)?,
-            None => return Err(fail("the URL has no host".into())),
+        let addr = match (self.addr, self.url.host()) {
+            (Some(addr), _) => addr,
+            (None, Some(url::Host::Domain(d))) => {
+                let port = self.url.port_or_known_default().unwrap_or(80);
+                crate::net::resolve(d, port).await.map_err(fail)?
+            }
+            _ => return Err(fail("the URL has no host".into())),
         };
-        let stream = tokio::net::TcpStream::connect(addr)
+        let (stream, sent) = crate::net::tcp_connect_send(addr, &self.request)
             .await
             .map_err(|e| fail(crate::tcp::io_reason(&e)))?;
-        let _ = stream.set_nodelay(true);
         let is_head = self.method == reqwest::Method::HEAD;
-        crate::http1::exchange(stream, &self.request, wants_body, is_head, MAX_BODY)
+        crate::http1::exchange(stream, &self.request[sent..], wants_body, is_head, MAX_BODY)
             .await
             .map_err(fail)
     }
@@ -436,14 +445,29 @@ impl CheckFactory for HttpFactory {
             &header_list,
             cfg.body.as_deref(),
         );
+        let port = url.port_or_known_default().unwrap_or(80);
+        let addr = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(std::net::SocketAddr::new(ip.into(), port)),
+            Some(url::Host::Ipv6(ip)) => Some(std::net::SocketAddr::new(ip.into(), port)),
+            _ => None,
+        };
         let check = HttpCheck {
-            client,
-            request,
+            via: client.map(|client| {
+                Box::new(ViaReqwest {
+                    client,
+                    headers,
+                    body: cfg.body,
+                })
+            }),
+            request: if direct {
+                request.into_boxed_slice()
+            } else {
+                Box::default()
+            },
+            addr,
             method: reqwest::Method::from_bytes(cfg.method.to_ascii_uppercase().as_bytes())
                 .map_err(|e| bad(e.to_string()))?,
             url,
-            headers,
-            body: cfg.body,
             expect_status: cfg.expect_status.unwrap_or(StatusSpec(vec![(200, 399)])),
             body_contains: cfg.body_contains,
             body_regex: cfg

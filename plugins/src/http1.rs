@@ -37,7 +37,7 @@ pub fn render_request(
     out.into_bytes()
 }
 
-/// Sends `request` and reads the status; the body too (up to `max_body` bytes) when
+/// Sends `request` (what is left of it: the connect may have sent it) and reads the status; the body too (up to `max_body` bytes) when
 /// `wants_body`. Errors are short reasons ("connection refused", "not a valid HTTP
 /// response: ...").
 pub async fn exchange(
@@ -48,11 +48,13 @@ pub async fn exchange(
     max_body: usize,
 ) -> Result<(u16, Vec<u8>), String> {
     let mut reader = BufReader::with_capacity(4096, stream);
-    reader
-        .get_mut()
-        .write_all(request)
-        .await
-        .map_err(|e| format!("sending the request failed: {}", io_reason(&e)))?;
+    if !request.is_empty() {
+        reader
+            .get_mut()
+            .write_all(request)
+            .await
+            .map_err(|e| format!("sending the request failed: {}", io_reason(&e)))?;
+    }
     let mut line = String::new();
     read_line(&mut reader, &mut line).await?;
     if line.is_empty() {

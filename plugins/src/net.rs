@@ -85,14 +85,25 @@ pub fn ms_since(start: Instant) -> f64 {
 
 /// Formats milliseconds for messages: `0.31 ms`, `12.4 ms`, `1503 ms`.
 pub fn fmt_ms(ms: f64) -> String {
-    if ms < 0.1 {
-        format!("{ms:.3} ms")
-    } else if ms < 10.0 {
-        format!("{ms:.2} ms")
-    } else if ms < 100.0 {
-        format!("{ms:.1} ms")
-    } else {
-        format!("{ms:.0} ms")
+    Ms(ms).to_string()
+}
+
+/// Milliseconds with as many decimals as are meaningful: `0.042 ms`, `3.14 ms`, `250 ms`.
+/// As a `Display`, it formats into a message without a string of its own.
+pub struct Ms(pub f64);
+
+impl std::fmt::Display for Ms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0;
+        if ms < 0.1 {
+            write!(f, "{ms:.3} ms")
+        } else if ms < 10.0 {
+            write!(f, "{ms:.2} ms")
+        } else if ms < 100.0 {
+            write!(f, "{ms:.1} ms")
+        } else {
+            write!(f, "{ms:.0} ms")
+        }
     }
 }
 
@@ -126,4 +137,99 @@ mod tests {
         assert!(host_problem("bad host").is_some());
         assert!(host_problem("-x.example").is_some());
     }
+}
+
+/// Connects to `addr`. A nonblocking connect to loopback (or any target close enough)
+/// has finished its handshake by the time `connect()` returns: then the socket is
+/// checked with a zero-timeout `poll` and used without waiting on the runtime's reactor
+/// for it. Otherwise it waits for the connect like any async connect.
+///
+/// Measured (benches/load, tcp × 10 000 @ 1 s): this saves the reactor round trip that
+/// tokio's `TcpStream::connect` always takes.
+pub async fn tcp_connect(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let (socket, done) = start_connect(addr)?;
+    let stream = tokio::net::TcpStream::from_std(socket.into())?;
+    if !done {
+        stream.writable().await?;
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+    }
+    Ok(stream)
+}
+
+/// Connects to `addr` and sends what fits of `data` at once (all of a small request):
+/// on the fast path, without waiting on the reactor for writability. Returns the stream
+/// and how many bytes of `data` went out; the caller sends the rest.
+pub async fn tcp_connect_send(
+    addr: SocketAddr,
+    data: &[u8],
+) -> std::io::Result<(tokio::net::TcpStream, usize)> {
+    let (socket, done) = start_connect(addr)?;
+    let _ = socket.set_tcp_nodelay(true);
+    let mut sent = 0;
+    if done {
+        loop {
+            match socket.send_with_flags(&data[sent..], libc::MSG_NOSIGNAL) {
+                Ok(n) => {
+                    sent += n;
+                    if sent == data.len() || n == 0 {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let stream = tokio::net::TcpStream::from_std(socket.into())?;
+    if !done {
+        stream.writable().await?;
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+    }
+    Ok((stream, sent))
+}
+
+/// Connects to `addr` and closes the connection: a connect-only probe. On the fast path
+/// (see [`tcp_connect`]) the socket never touches the reactor.
+pub async fn tcp_probe(addr: SocketAddr) -> std::io::Result<()> {
+    let (socket, done) = start_connect(addr)?;
+    if done {
+        return Ok(());
+    }
+    let stream = tokio::net::TcpStream::from_std(socket.into())?;
+    stream.writable().await?;
+    match stream.take_error()? {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// A nonblocking connect; `true` when it is already over (connected: an error otherwise).
+fn start_connect(addr: SocketAddr) -> std::io::Result<(socket2::Socket, bool)> {
+    use socket2::{Domain, Socket, Type};
+    use std::os::fd::AsRawFd;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => return Ok((socket, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let mut pfd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one pollfd for a socket we own, zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if n == 1 && pfd.revents != 0 {
+        if let Some(e) = socket.take_error()? {
+            return Err(e);
+        }
+        return Ok((socket, true));
+    }
+    Ok((socket, false))
 }

@@ -16,13 +16,12 @@ use futures::future::BoxFuture;
 use regex::Regex;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use vigia_api::yaml::join_path;
 use vigia_api::{
     BuildContext, Built, Check, CheckFactory, CheckOutcome, ConfigErrors, Dur, Node, RunContext,
 };
 
-use crate::net::{check_port, fmt_ms, host_problem, ms_since, quote_reply, resolve};
+use crate::net::{check_port, host_problem, ms_since, quote_reply, resolve, Ms};
 
 /// How much of a reply is read at most while looking for the expected text.
 const MAX_REPLY: usize = 64 * 1024;
@@ -120,7 +119,18 @@ impl TcpCheck {
     pub async fn exchange(&self) -> Result<Exchange, String> {
         let addr = resolve(&self.host, self.port).await?;
         let start = Instant::now();
-        let mut stream = TcpStream::connect(addr)
+        if self.send.is_none() && self.expect.is_none() {
+            crate::net::tcp_probe(addr)
+                .await
+                .map_err(|e| format!("cannot connect to {addr}: {}", io_reason(&e)))?;
+            let connect_ms = ms_since(start);
+            return Ok(Exchange {
+                connect_ms,
+                total_ms: connect_ms,
+                reply: Vec::new(),
+            });
+        }
+        let mut stream = crate::net::tcp_connect(addr)
             .await
             .map_err(|e| format!("cannot connect to {addr}: {}", io_reason(&e)))?;
         let connect_ms = ms_since(start);
@@ -197,13 +207,23 @@ impl Check for TcpCheck {
         Box::pin(async move {
             match self.exchange().await {
                 Ok(x) => {
-                    let what = if self.expect.is_some() {
-                        format!("expected reply in {}", fmt_ms(x.total_ms))
+                    // One allocation: this runs 10 000 times a second on big configs.
+                    let message = if self.expect.is_some() {
+                        format!(
+                            "{}:{} expected reply in {}",
+                            self.host,
+                            self.port,
+                            Ms(x.total_ms)
+                        )
                     } else {
-                        format!("connected in {}", fmt_ms(x.connect_ms))
+                        format!(
+                            "{}:{} connected in {}",
+                            self.host,
+                            self.port,
+                            Ms(x.connect_ms)
+                        )
                     };
-                    CheckOutcome::ok(format!("{}:{} {what}", self.host, self.port))
-                        .with_value(x.total_ms)
+                    CheckOutcome::ok(message).with_value(x.total_ms)
                 }
                 Err(reason) => CheckOutcome::critical(reason),
             }
