@@ -314,10 +314,12 @@ fn fnv1a(s: &str) -> u64 {
     h
 }
 
-/// Phases sit on a 10 ms grid: checks due in the same slot run in one wakeup of the
+/// Phases sit on a 50 ms grid: checks due in the same slot run in one wakeup of the
 /// runtime. Measured with 1 000 TCP checks/s, a 1 ms grid (every check alone in its
-/// wakeup) cost 41 µs of CPU per check, a 10 ms grid 33 µs (BENCHMARKS.md).
-const PHASE_GRID_MS: u64 = 10;
+/// wakeup) cost 41 µs of CPU per check, a 10 ms grid 33 µs; on a slower machine, 10 ms
+/// 47.5 µs and 50 ms 39.2 µs, with p99 lateness 2.5 → 3.6 ms (BENCHMARKS.md). A slot
+/// holds at most 1/20 of the checks of an interval of 1 s.
+const PHASE_GRID_MS: u64 = 50;
 
 /// Where in its interval a check runs: a stable hash of its name (or group) on the grid,
 /// spread over the whole interval.
