@@ -199,8 +199,17 @@ impl<'de> Deserialize<'de> for StatusSpec {
 /// 10 000 of them should not carry an empty header map each).
 struct ViaReqwest {
     client: reqwest::Client,
+    url: reqwest::Url,
     headers: reqwest::header::HeaderMap,
     body: Option<String>,
+}
+
+/// The direct path's destination: an address parsed once, or a name resolved per run.
+enum Target {
+    Addr(std::net::SocketAddr),
+    Name(Box<str>, u16),
+    /// Not used (the reqwest path).
+    None,
 }
 
 pub struct HttpCheck {
@@ -210,10 +219,11 @@ pub struct HttpCheck {
     via: Option<Box<ViaReqwest>>,
     /// The whole request for the direct path, rendered once at build.
     request: Box<[u8]>,
-    /// The direct path's address when the URL's host is an IP address.
-    addr: Option<std::net::SocketAddr>,
+    /// Where the direct path connects.
+    target: Target,
     method: reqwest::Method,
-    url: reqwest::Url,
+    /// The URL as messages show it (`Url`'s own text, normalised).
+    url: Box<str>,
     expect_status: StatusSpec,
     body_contains: Option<String>,
     body_regex: Option<Regex>,
@@ -276,7 +286,7 @@ impl HttpCheck {
     ) -> Result<(u16, Vec<u8>), String> {
         let mut req = via
             .client
-            .request(self.method.clone(), self.url.clone())
+            .request(self.method.clone(), via.url.clone())
             .headers(via.headers.clone())
             .timeout(timeout);
         if let Some(b) = &via.body {
@@ -298,13 +308,10 @@ impl HttpCheck {
 
     async fn fetch_direct(&self, wants_body: bool) -> Result<(u16, Vec<u8>), String> {
         let fail = |what: String| format!("{} {}: {what}", self.method, self.url);
-        let addr = match (self.addr, self.url.host()) {
-            (Some(addr), _) => addr,
-            (None, Some(url::Host::Domain(d))) => {
-                let port = self.url.port_or_known_default().unwrap_or(80);
-                crate::net::resolve(d, port).await.map_err(fail)?
-            }
-            _ => return Err(fail("the URL has no host".into())),
+        let addr = match &self.target {
+            Target::Addr(addr) => *addr,
+            Target::Name(host, port) => crate::net::resolve(host, *port).await.map_err(fail)?,
+            Target::None => return Err(fail("the URL has no host".into())),
         };
         let (stream, sent) = crate::net::tcp_connect_send(addr, &self.request)
             .await
@@ -446,15 +453,19 @@ impl CheckFactory for HttpFactory {
             cfg.body.as_deref(),
         );
         let port = url.port_or_known_default().unwrap_or(80);
-        let addr = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(std::net::SocketAddr::new(ip.into(), port)),
-            Some(url::Host::Ipv6(ip)) => Some(std::net::SocketAddr::new(ip.into(), port)),
-            _ => None,
+        let target = match url.host() {
+            _ if !direct => Target::None,
+            Some(url::Host::Ipv4(ip)) => Target::Addr(std::net::SocketAddr::new(ip.into(), port)),
+            Some(url::Host::Ipv6(ip)) => Target::Addr(std::net::SocketAddr::new(ip.into(), port)),
+            Some(url::Host::Domain(d)) => Target::Name(d.into(), port),
+            None => Target::None,
         };
+        let shown: Box<str> = url.as_str().into();
         let check = HttpCheck {
             via: client.map(|client| {
                 Box::new(ViaReqwest {
                     client,
+                    url: url.clone(),
                     headers,
                     body: cfg.body,
                 })
@@ -464,10 +475,10 @@ impl CheckFactory for HttpFactory {
             } else {
                 Box::default()
             },
-            addr,
+            target,
             method: reqwest::Method::from_bytes(cfg.method.to_ascii_uppercase().as_bytes())
                 .map_err(|e| bad(e.to_string()))?,
-            url,
+            url: shown,
             expect_status: cfg.expect_status.unwrap_or(StatusSpec(vec![(200, 399)])),
             body_contains: cfg.body_contains,
             body_regex: cfg
