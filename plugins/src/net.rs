@@ -121,24 +121,6 @@ pub fn quote_reply(bytes: &[u8]) -> String {
     format!("\"{out}\"")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts() {
-        assert_eq!(host_problem("10.0.0.5"), None);
-        assert_eq!(host_problem("::1"), None);
-        assert_eq!(host_problem("db-1.shop.example"), None);
-        assert_eq!(
-            host_problem("10.0.0.300").unwrap(),
-            "`10.0.0.300` is not a valid IPv4 address"
-        );
-        assert!(host_problem("bad host").is_some());
-        assert!(host_problem("-x.example").is_some());
-    }
-}
-
 /// Connects to `addr`. A nonblocking connect to loopback (or any target close enough)
 /// has finished its handshake by the time `connect()` returns: then the socket is
 /// checked with a zero-timeout `poll` and used without waiting on the runtime's reactor
@@ -232,4 +214,22 @@ fn start_connect(addr: SocketAddr) -> std::io::Result<(socket2::Socket, bool)> {
         return Ok((socket, true));
     }
     Ok((socket, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host_problem("10.0.0.5"), None);
+        assert_eq!(host_problem("::1"), None);
+        assert_eq!(host_problem("db-1.shop.example"), None);
+        assert_eq!(
+            host_problem("10.0.0.300").unwrap(),
+            "`10.0.0.300` is not a valid IPv4 address"
+        );
+        assert!(host_problem("bad host").is_some());
+        assert!(host_problem("-x.example").is_some());
+    }
 }
