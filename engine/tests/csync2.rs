@@ -11,13 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 struct Csync2 {
     dir: PathBuf,
 }

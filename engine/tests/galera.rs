@@ -23,13 +23,6 @@ const NGINX_PORT: u16 = 18580;
 const BACKEND_PORT: u16 = 18581;
 const MOCK_CONTROL: u16 = 18599;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 fn galera_sh() -> PathBuf {
     repo().join("scripts/fixtures/galera.sh")
 }

@@ -11,13 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 fn fixture(args: &[&str], dir: &Path) -> String {
     let out = Command::new(repo().join("scripts/fixtures/keepalived.sh"))
         .arg(args[0])

@@ -35,14 +35,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use mlua::chunk::ChunkMode;
 use mlua::{Function, Lua, MultiValue, Table, Value};
 use vigia_api::yaml::did_you_mean;
 use vigia_api::Dur;
 
 use crate::host::{to_lua, HostEnv};
-use crate::script::{describe, duration, error_message, line_of, run_top_level, type_of};
-use crate::vm::{new_vm, DEFAULT_MEMORY_LIMIT};
+use crate::script::{describe, duration, error_message, line_of, type_of};
+use crate::vm::DEFAULT_MEMORY_LIMIT;
 
 /// The fields a runbook's table may have.
 pub const FIELDS: &[&str] = &["timeout", "params", "on_failed", "on_recovered"];
@@ -106,22 +105,13 @@ fn load(
     display: &str,
     env: Arc<HostEnv>,
 ) -> Result<(crate::vm::Vm, Table, Declared), String> {
-    let vm = new_vm(env, DEFAULT_MEMORY_LIMIT, display)
-        .map_err(|e| format!("{display}: cannot create a Lua state: {e}"))?;
-    let chunk = vm
-        .lua
-        .load(text)
-        .set_name(format!("@{display}"))
-        .set_mode(ChunkMode::Text)
-        .into_function()
-        .map_err(|e| error_message(&e))?;
-    let returned = run_top_level(&vm.budget, &chunk, display)?;
-    let Value::Table(t) = returned else {
-        return Err(format!(
-            "{display}: a runbook must return a table such as `return {{ on_failed = function(rb) ... end }}`, but it returned {}",
-            type_of(&returned)
-        ));
-    };
+    let (vm, t) = crate::script::load_table(
+        text,
+        display,
+        env,
+        DEFAULT_MEMORY_LIMIT,
+        "a runbook must return a table such as `return { on_failed = function(rb) ... end }`",
+    )?;
     let src = String::from_utf8_lossy(text);
     let at = |field: &str| format!("{display}:{}", line_of(&src, field));
     let mut declared = Declared::default();

@@ -72,12 +72,15 @@ pub fn load(
     load_text(&text, display, env, memory_limit)
 }
 
-pub fn load_text(
+/// A fresh state with `text` run at its top level under the load budget; the table the
+/// text returns. `expected` says what it should have returned, for the error.
+pub(crate) fn load_table(
     text: &[u8],
     display: &str,
     env: Arc<HostEnv>,
     memory_limit: usize,
-) -> Result<Loaded, String> {
+    expected: &str,
+) -> Result<(Vm, Table), String> {
     let vm = new_vm(env, memory_limit, display)
         .map_err(|e| format!("{display}: cannot create a Lua state: {e}"))?;
     let chunk = vm
@@ -88,12 +91,28 @@ pub fn load_text(
         .into_function()
         .map_err(|e| error_message(&e))?;
     let returned = run_top_level(&vm.budget, &chunk, display)?;
-    let Value::Table(t) = returned else {
-        return Err(format!(
-            "{display}: the script must return a table such as `return {{ check = function(ctx) ... end }}`, but it returned {}",
-            type_of(&returned)
-        ));
-    };
+    match returned {
+        Value::Table(t) => Ok((vm, t)),
+        other => Err(format!(
+            "{display}: {expected}, but it returned {}",
+            type_of(&other)
+        )),
+    }
+}
+
+pub fn load_text(
+    text: &[u8],
+    display: &str,
+    env: Arc<HostEnv>,
+    memory_limit: usize,
+) -> Result<Loaded, String> {
+    let (vm, t) = load_table(
+        text,
+        display,
+        env,
+        memory_limit,
+        "the script must return a table such as `return { check = function(ctx) ... end }`",
+    )?;
     let src = String::from_utf8_lossy(text);
     let at = |field: &str| format!("{display}:{}", line_of(&src, field));
     let mut name = None;

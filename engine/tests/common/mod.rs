@@ -10,6 +10,23 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A port nothing listens on (it was free a moment ago).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn vigia_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vigia"))
 }
