@@ -339,19 +339,7 @@ impl Check for LuaCheck {
                 }
             };
             let r = tokio::time::timeout(allowed, fut).await;
-            let in_call = self
-                .budget
-                .in_call
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            let stopped = self
-                .budget
-                .stopped
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            self.budget.disarm();
+            let (in_call, stopped) = self.budget.finish();
             if r.is_err() {
                 // The abandoned run's host call (a child process, a connection) lives in
                 // the state until collected: collect now, so it is dropped (killed,

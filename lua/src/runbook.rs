@@ -291,19 +291,7 @@ pub async fn run(
         }
     };
     let r = tokio::time::timeout(timeout, fut).await;
-    let in_call = vm
-        .budget
-        .in_call
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    let stopped = vm
-        .budget
-        .stopped
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    vm.budget.disarm();
+    let (in_call, stopped) = vm.budget.finish();
     let _ = lua.gc_collect();
     let (ok, last) = match r {
         _ if stopped.is_some() => (false, stopped.unwrap_or_default()),

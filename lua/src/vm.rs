@@ -120,6 +120,23 @@ impl Budget {
         self.slice_start.store(now, Ordering::Relaxed);
     }
 
+    /// Ends a run: the host call it was waiting for and, if it ran past its deadline,
+    /// where it was stopped; then disarms.
+    pub fn finish(&self) -> (Option<String>, Option<String>) {
+        let in_call = self
+            .in_call
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let stopped = self
+            .stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.disarm();
+        (in_call, stopped)
+    }
+
     pub fn disarm(&self) {
         *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let _ = self.guard.raw_set("stop", false);
