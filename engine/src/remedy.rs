@@ -884,25 +884,31 @@ impl Remediator {
         let started = unix_ms();
         // The file as it is now; if it no longer loads, the last version that did.
         let env = self.env.clone();
-        let mut note = None;
-        let text = match vigia_lua::runbook::read(&rb.file, &rb.display, env.clone()) {
-            Ok((text, _)) => {
+        let mut lines = Vec::new();
+        let now = std::fs::read(&rb.file)
+            .map_err(|e| format!("{}: cannot read the runbook: {e}", rb.display))
+            .and_then(|text| {
+                vigia_lua::runbook::prepare(&text, &rb.display, env.clone()).map(|p| (text, p))
+            });
+        let prepared = match now {
+            Ok((text, prepared)) => {
                 self.texts
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(name.to_string(), text.clone());
-                text
+                    .insert(name.to_string(), text);
+                Ok(prepared)
             }
             Err(e) => {
+                tracing::error!(event = "script_error", runbook = %name, script = %rb.display, "{e}; running the last version that loaded.");
+                lines.push(format!("· {e}; ran the last version that loaded"));
                 let last = self
                     .texts
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .get(name)
-                    .cloned();
-                tracing::error!(event = "script_error", runbook = %name, script = %rb.display, "{e}; running the last version that loaded.");
-                note = Some(format!("· {e}; ran the last version that loaded"));
-                last.unwrap_or_default()
+                    .cloned()
+                    .unwrap_or_default();
+                vigia_lua::runbook::prepare(&last, &rb.display, env)
             }
         };
         let acted = Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -921,7 +927,13 @@ impl Remediator {
             dry_run: self.setup.dry_run,
             timeout: rb.timeout,
         };
-        let out = vigia_lua::runbook::run(&text, &rb.display, env, host, call).await;
+        let out = match prepared {
+            Ok(prepared) => vigia_lua::runbook::run(prepared, &rb.display, host, call).await,
+            Err(e) => vigia_lua::runbook::Outcome {
+                ok: false,
+                transcript: vec![format!("✗ runbook {}: {e}", rb.display)],
+            },
+        };
         let last = out.transcript.last().cloned().unwrap_or_default();
         if out.ok {
             tracing::info!(event = "runbook_done", runbook = %name, check = %check, transition = event.transition.as_str(), ok = true, "Runbook {name} for {check}: {last}");
@@ -931,8 +943,6 @@ impl Remediator {
         let acted = acted.load(std::sync::atomic::Ordering::Relaxed);
         self.done(&key, started, acted > 0);
         drop(guard);
-        let mut lines = Vec::new();
-        lines.extend(note);
         lines.extend(out.transcript);
         lines.join("\n")
     }

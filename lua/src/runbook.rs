@@ -99,6 +99,27 @@ pub struct Outcome {
     pub transcript: Vec<String>,
 }
 
+/// A runbook loaded into a fresh state, ready for one run.
+pub struct Prepared {
+    vm: crate::vm::Vm,
+    table: Table,
+    declared: Declared,
+    hostname: String,
+}
+
+/// Loads a runbook's text into a fresh state for one run; `Err` says what is wrong
+/// with it, with `file:line` where there is one.
+pub fn prepare(text: &[u8], display: &str, env: Arc<HostEnv>) -> Result<Prepared, String> {
+    let hostname = env.hostname.clone();
+    let (vm, table, declared) = load(text, display, env)?;
+    Ok(Prepared {
+        vm,
+        table,
+        declared,
+        hostname,
+    })
+}
+
 /// Loads the script into a state and reads its declaration.
 fn load(
     text: &[u8],
@@ -185,7 +206,7 @@ pub fn read(file: &Path, display: &str, env: Arc<HostEnv>) -> Result<(Vec<u8>, D
 
 /// The runbook API on top of the host API. `wait_until` is Lua: it is `fn` and `sleep`.
 const API: &str = r#"
-local raw_action, raw_status, say, sleep, now, error, type, tostring, parse = ...
+local raw_action, raw_status, say, sleep, now, error, type, parse = ...
 function action(name)
   if type(name) ~= "string" then error("action: expects the name of an action, e.g. action(\"proxy_off\")", 2) end
   local ok, line = raw_action(name)
@@ -201,11 +222,11 @@ function status(name)
 end
 function wait_until(fn, timeout, every)
   if type(fn) ~= "function" then error("wait_until: the first argument must be a function that returns true when done", 2) end
-  local limit = parse(timeout, "timeout")
+  local limit = parse(timeout)
   if limit == nil then error("wait_until: timeout must be a duration such as \"5m\" or a number of seconds", 2) end
   local step = 1
   if every ~= nil then
-    step = parse(every, "every")
+    step = parse(every)
     if step == nil or step <= 0 then error("wait_until: every must be a duration such as \"2s\" or a number of seconds", 2) end
   end
   local deadline = now() + limit
@@ -219,11 +240,10 @@ end
 _G.say = say
 "#;
 
-/// Runs `on_failed` or `on_recovered` of the runbook text.
+/// Runs `on_failed` or `on_recovered` of a prepared runbook.
 pub async fn run(
-    text: &[u8],
+    prepared: Prepared,
     display: &str,
-    env: Arc<HostEnv>,
     host: Arc<dyn RunbookHost>,
     call: Call,
 ) -> Outcome {
@@ -236,11 +256,12 @@ pub async fn run(
             transcript: t,
         }
     };
-    let hostname = env.hostname.clone();
-    let (vm, table, declared) = match load(text, display, env) {
-        Ok(x) => x,
-        Err(e) => return fail(&transcript, format!("✗ runbook {display}: {e}")),
-    };
+    let Prepared {
+        vm,
+        table,
+        declared,
+        hostname,
+    } = prepared;
     let function = format!("on_{}", call.transition);
     let f: Option<Function> = table.raw_get(function.as_str()).ok();
     let Some(f) = f else {
@@ -421,7 +442,7 @@ fn install_api(
             Ok(())
         })?
     };
-    let parse = lua.create_function(|_, (v, _what): (Value, Value)| Ok(seconds(&v)))?;
+    let parse = lua.create_function(|_, v: Value| Ok(seconds(&v)))?;
     let g = lua.globals();
     let sleep: Value = g.raw_get("sleep")?;
     let time: Table = g.raw_get("time")?;
@@ -434,7 +455,6 @@ fn install_api(
         now,
         g.raw_get::<Value>("error")?,
         g.raw_get::<Value>("type")?,
-        g.raw_get::<Value>("tostring")?,
         parse,
     ))?;
     Ok(())

@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -134,15 +134,7 @@ pub fn run(a: End, b: End, control: PathBuf, ready: impl FnOnce()) -> std::io::R
         .and_then(|t| parse_delay(&t))
         .unwrap_or_default();
     let delay = Arc::new(AtomicU64::new(initial.as_micros() as u64));
-    let dup = |f: &File| -> std::io::Result<File> {
-        // SAFETY: dup of an open fd; the new fd is owned by the File.
-        let fd = unsafe { libc::dup(f.as_raw_fd()) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
-    };
-    let (fa2, fb2) = (dup(&fa)?, dup(&fb)?);
+    let (fa2, fb2) = (fa.try_clone()?, fb.try_clone()?);
     {
         let d = delay.clone();
         std::thread::spawn(move || pump(fa, fb2, d));

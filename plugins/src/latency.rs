@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use serde::Deserialize;
-use tokio::net::TcpStream;
 use vigia_api::yaml::join_path;
 use vigia_api::{
     BuildContext, Built, Check, CheckFactory, CheckOutcome, ConfigError, ConfigErrors, Dur, Node,
@@ -230,7 +229,7 @@ impl LatencyCheck {
             Method::Tcp => {
                 let addr = resolve(&self.cfg.host, self.cfg.port.unwrap_or(0) as u16).await?;
                 let start = Instant::now();
-                match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+                match tokio::time::timeout(timeout, crate::net::tcp_probe(addr)).await {
                     Ok(Ok(_)) => Ok(Some(ms_since(start))),
                     Ok(Err(_)) | Err(_) => Ok(None),
                 }

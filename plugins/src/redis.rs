@@ -18,7 +18,6 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use vigia_api::yaml::join_path;
 use vigia_api::{
     BuildContext, Built, Check, CheckFactory, CheckOutcome, ConfigError, ConfigErrors, Dur, Node,
@@ -230,7 +229,7 @@ async fn line(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Result<Strin
 impl RedisCheck {
     async fn info(&self) -> Result<String, String> {
         let addr = resolve(&self.host, self.port).await?;
-        let stream = TcpStream::connect(addr)
+        let stream = crate::net::tcp_connect(addr)
             .await
             .map_err(|e| format!("cannot connect to {addr}: {}", io_reason(&e)))?;
         let (r, mut w) = stream.into_split();
