@@ -233,6 +233,19 @@ impl FarSide {
         std::fs::read_to_string(self.nginx_dir.join("conf/proxy_switch.conf")).unwrap()
     }
 
+    /// What nginx answers on /app/ once it answers `want` (within 10 s), or what it
+    /// last answered. A reload is asynchronous, and a worker may still be finishing.
+    fn app_until(&self, want: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.app();
+            if got.contains(want) || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// What nginx answers on /app/ now (status line and body).
     fn app(&self) -> String {
         let out = Command::new("ip")
@@ -365,7 +378,8 @@ fn full_runbook(cluster: &Cluster, dir: &Path, far: &FarSide) {
         "{}",
         engine.stderr_text()
     );
-    assert!(far.app().contains("200 OK"));
+    let app = far.app_until("200 OK");
+    assert!(app.contains("200 OK"), "{app}");
     // The far node's latency goes up: 200 ms RTT against a 50 ms limit.
     cluster.run(&["latency", "100"]);
     engine.wait_for("latency to fail", Duration::from_secs(30), |e| {
@@ -414,7 +428,7 @@ fn full_runbook(cluster: &Cluster, dir: &Path, far: &FarSide) {
         "{}",
         far.switch_file()
     );
-    let app = far.app();
+    let app = far.app_until("503");
     assert!(
         app.contains("503") && app.contains("proxy disabled"),
         "{app}"
@@ -453,7 +467,8 @@ fn full_runbook(cluster: &Cluster, dir: &Path, far: &FarSide) {
         Duration::from_secs(30),
         all_ok,
     );
-    assert!(far.app().contains("200 OK"));
+    let app = far.app_until("200 OK");
+    assert!(app.contains("200 OK"), "{app}");
 }
 
 fn dry_runbook(cluster: &Cluster, dir: &Path, far: &FarSide) {
@@ -492,7 +507,8 @@ fn dry_runbook(cluster: &Cluster, dir: &Path, far: &FarSide) {
         "✓ runbook on_recovered: proxy_pass is on and MariaDB is Synced: nothing to undo",
         Duration::from_secs(60),
     );
-    assert!(far.app().contains("200 OK"));
+    let app = far.app_until("200 OK");
+    assert!(app.contains("200 OK"), "{app}");
     assert_eq!(far.switch_file(), before);
 }
 
