@@ -12,6 +12,7 @@
 pub mod check;
 pub mod duration;
 pub mod error;
+pub mod hash;
 pub mod yaml;
 
 pub use check::{
@@ -20,4 +21,5 @@ pub use check::{
 };
 pub use duration::Dur;
 pub use error::{ConfigError, ConfigErrors};
+pub use hash::fnv1a;
 pub use yaml::{Node, Pos};

@@ -158,13 +158,10 @@ impl Node {
     /// A hash of the content, ignoring positions: what a reload compares to tell whether
     /// a check entry changed (FNV-1a; stable across runs).
     pub fn fingerprint(&self) -> u64 {
-        fn feed(h: &mut u64, bytes: &[u8]) {
-            for b in bytes {
-                *h ^= u64::from(*b);
-                *h = h.wrapping_mul(0x100000001b3);
-            }
+        fn feed(h: &mut crate::hash::Fnv1a, bytes: &[u8]) {
+            h.feed(bytes);
         }
-        fn walk(n: &Node, h: &mut u64) {
+        fn walk(n: &Node, h: &mut crate::hash::Fnv1a) {
             match &n.value {
                 Value::Null => feed(h, b"n"),
                 Value::Bool(b) => feed(h, if *b { b"t" } else { b"f" }),
@@ -196,9 +193,9 @@ impl Node {
                 }
             }
         }
-        let mut h = 0xcbf29ce484222325;
+        let mut h = crate::hash::Fnv1a::default();
         walk(self, &mut h);
-        h
+        h.finish()
     }
 
     /// The content as one line of YAML (flow style, JSON-like), which `Node::parse` reads

@@ -53,11 +53,9 @@ impl std::fmt::Debug for Loaded {
     }
 }
 
-/// FNV-1a.
+/// The version of a script's text (FNV-1a, stable across runs).
 pub fn hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-    })
+    vigia_api::fnv1a(bytes)
 }
 
 /// Loads `file` (shown to operators as `display`) into a fresh state.
