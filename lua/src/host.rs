@@ -14,23 +14,23 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mlua::{Lua, MultiValue, Table, Value};
-use tokio::io::AsyncWriteExt;
 use vigia_api::yaml::did_you_mean;
 use vigia_api::Dur;
 use vigia_plugins::icmp::Icmp;
-use vigia_plugins::net::{read_capped, resolve};
+use vigia_plugins::child::{self, ChildError, ChildSpec};
+use vigia_plugins::net::resolve;
 use vigia_plugins::tcp::{Expect, TcpCheck};
 
 use crate::vm::Budget;
 
-/// What the host API needs that is shared by every script of an engine.
+/// The clients every script of an engine shares: the ICMP socket and the HTTP client.
 #[derive(Default)]
-pub struct Shared {
+pub struct HostClients {
     pub icmp: Icmp,
     http: OnceLock<Result<reqwest::Client, String>>,
 }
 
-impl Shared {
+impl HostClients {
     fn http(&self) -> Result<reqwest::Client, String> {
         self.http
             .get_or_init(|| {
@@ -49,7 +49,7 @@ pub struct HostEnv {
     pub hostname: String,
     /// The `commands:` allow-list of config.yaml.
     pub commands: Arc<BTreeMap<String, PathBuf>>,
-    pub shared: Arc<Shared>,
+    pub clients: Arc<HostClients>,
 }
 
 /// Output of `exec` and bodies of `http.request` are capped at these sizes.
@@ -566,7 +566,7 @@ async fn ping(lua: &Lua, v: Value, env: &HostEnv, budget: &Budget) -> HostResult
         .await
         .map_err(|e| format!("net.ping: {e}"))?;
     let stats = env
-        .shared
+        .clients
         .icmp
         .ping(addr.ip(), count, Duration::from_millis(200), timeout)
         .await
@@ -609,7 +609,7 @@ async fn http(lua: &Lua, v: Value, env: &HostEnv, budget: &Budget) -> HostResult
         format!("http.request: argument `method` \"{method}\" is not an HTTP method")
     })?;
     let client = env
-        .shared
+        .clients
         .http()
         .map_err(|e| format!("http.request: {e}"))?;
     let mut req = client.request(method, parsed).timeout(timeout);
@@ -731,65 +731,26 @@ async fn exec(lua: &Lua, v: Value, env: &HostEnv, budget: &Budget) -> HostResult
     }
     let _call = InCall::new(budget, format!("exec {name}"));
     let start = Instant::now();
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(&argv)
-        .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .env("LANG", "C.UTF-8")
-        .stdin(if stdin.is_some() {
-            std::process::Stdio::piped()
-        } else {
-            std::process::Stdio::null()
-        })
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("exec: cannot start `{name}` ({}): {e}", program.display()))?;
-    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        tokio::spawn(async move {
-            let _ = pipe.write_all(&data).await;
-        });
-    }
-    let out = child.stdout.take();
-    let err = child.stderr.take();
-    let run = async {
-        let (o, e, status) = tokio::join!(
-            read_capped(out, MAX_OUTPUT),
-            read_capped(err, MAX_OUTPUT),
-            child.wait()
-        );
-        (o, e, status)
-    };
-    let (stdout, stderr, status) = match tokio::time::timeout(timeout, run).await {
-        Ok(x) => x,
-        Err(_) => {
-            return Err(format!(
-                "exec: `{name}` did not finish within {} and was killed",
-                Dur(timeout)
-            ))
-        }
-    };
-    let status = status.map_err(|e| format!("exec: waiting for `{name}` failed: {e}"))?;
+    let mut spec = ChildSpec::new(program, &argv, MAX_OUTPUT);
+    spec.lang = "C.UTF-8";
+    spec.stdin = stdin;
+    spec.timeout = Some(timeout);
+    let out = child::run(spec).await.map_err(|e| match e {
+        ChildError::Spawn(e) => format!("exec: cannot start `{name}` ({}): {e}", program.display()),
+        other => format!("exec: `{name}` {other}"),
+    })?;
     let t = table(lua)?;
-    set(&t, "code", status.code())?;
-    {
-        use std::os::unix::process::ExitStatusExt;
-        set(&t, "signal", status.signal())?;
-    }
+    set(&t, "code", out.code)?;
+    set(&t, "signal", out.signal)?;
     set(
         &t,
         "stdout",
-        lua.create_string(&stdout).map_err(|e| e.to_string())?,
+        lua.create_string(&out.stdout).map_err(|e| e.to_string())?,
     )?;
     set(
         &t,
         "stderr",
-        lua.create_string(&stderr).map_err(|e| e.to_string())?,
+        lua.create_string(&out.stderr).map_err(|e| e.to_string())?,
     )?;
     set(&t, "ms", ms_since(start))?;
     Ok(Value::Table(t))

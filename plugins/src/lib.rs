@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use vigia_api::CheckFactory;
 
+pub mod child;
 pub mod http;
 pub mod http1;
 pub mod icmp;

@@ -21,10 +21,9 @@
 //! `vigia check` (exit 1), never alerted.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 
-use crate::net::read_capped;
+use crate::child::{self, ChildSpec};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use vigia_api::yaml::{did_you_mean, join_path};
@@ -171,21 +170,10 @@ pub struct NagiosCheck {
 impl Check for NagiosCheck {
     fn run<'a>(&'a self, _ctx: RunContext<'a>) -> BoxFuture<'a, CheckOutcome> {
         Box::pin(async move {
-            let mut cmd = tokio::process::Command::new(&self.program);
-            cmd.args(&self.args)
-                .env_clear()
-                .env(
-                    "PATH",
-                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                )
-                .env("LANG", "C")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                // The engine drops the run at its timeout: the plugin goes with it.
-                .kill_on_drop(true);
-            let mut child = match cmd.spawn() {
-                Ok(c) => c,
+            // The engine drops the run at its timeout: the plugin's group goes with it.
+            let spec = ChildSpec::new(&self.program, &self.args, MAX_OUTPUT);
+            let out = match child::run(spec).await {
+                Ok(o) => o,
                 Err(e) => {
                     return CheckOutcome::unknown(format!(
                         "cannot run {} ({}): {e}",
@@ -194,16 +182,11 @@ impl Check for NagiosCheck {
                     ))
                 }
             };
-            let (out, err, status) = tokio::join!(
-                read_capped(child.stdout.take(), MAX_OUTPUT),
-                read_capped(child.stderr.take(), MAX_OUTPUT),
-                child.wait()
-            );
-            let mut text = String::from_utf8_lossy(&out).into_owned();
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
             if text.trim().is_empty() {
-                text = String::from_utf8_lossy(&err).into_owned();
+                text = String::from_utf8_lossy(&out.stderr).into_owned();
             }
-            let code = status.ok().and_then(|s| s.code());
+            let code = out.code;
             outcome(code, &text, self.warning, &self.name)
         })
     }

@@ -57,27 +57,6 @@ pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
     }
 }
 
-/// Reads a pipe to its end, keeping the first `cap` bytes (the rest is read and
-/// dropped, so a chatty child never blocks on a full pipe).
-pub async fn read_capped<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>, cap: usize) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let Some(mut pipe) = pipe else {
-        return Vec::new();
-    };
-    let mut kept = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = cap.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
-    }
-    kept
-}
-
 /// Milliseconds since `start`, as a float with µs precision.
 pub fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
