@@ -29,7 +29,7 @@ pub mod script;
 pub mod vm;
 
 pub use check::LuaCheck;
-pub use host::{HostEnv, Shared};
+pub use host::{HostEnv, HostClients};
 pub use script::Loaded;
 
 /// The plugin keys of a `type: lua` entry.
@@ -64,7 +64,7 @@ pub fn parse_size(s: &str) -> Option<usize> {
 
 #[derive(Default)]
 pub struct LuaFactory {
-    shared: Arc<Shared>,
+    clients: Arc<HostClients>,
 }
 
 impl LuaFactory {
@@ -72,7 +72,7 @@ impl LuaFactory {
         Arc::new(HostEnv {
             hostname: ctx.hostname.clone(),
             commands: ctx.commands.clone(),
-            shared: self.shared.clone(),
+            clients: self.clients.clone(),
         })
     }
 

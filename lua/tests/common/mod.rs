@@ -17,7 +17,7 @@ pub fn env_with(commands: &[(&str, &str)]) -> Arc<HostEnv> {
     Arc::new(HostEnv {
         hostname: "test-host".into(),
         commands: Arc::new(commands),
-        shared: Arc::default(),
+        clients: Arc::default(),
     })
 }
 
