@@ -259,7 +259,7 @@ async fn run_vigia(bin: &Path, s: &Scenario, t: &Targets, duration: Duration) ->
     }
     // Every check has run once (first runs are spread over one interval).
     tokio::time::sleep(s.interval + Duration::from_secs(2)).await;
-    vigia_engine::control::request(&sock, "stats_reset")
+    vigia_engine::control::send(&sock, &vigia_core::command::Command::StatsReset)
         .await
         .unwrap();
     let w = measure(pid, t, duration).await;

@@ -1,14 +1,26 @@
-//! Vigia's engine: config, scheduler, status map, state store, alert pipeline, control
-//! socket. The `vigia` binary (src/main.rs) is a thin CLI over this library.
-//! See ARCHITECTURE.md at the repository root for the bird's-eye view.
+//! Vigia's runtime: the stages that run checks, commit their results and act on them,
+//! and the supervisor that starts and stops them. The `vigia` binary (src/main.rs) is a
+//! thin CLI over this library. See ARCHITECTURE.md at the repository root.
+//!
+//! The rules live below it, without I/O, in `vigia-core`; config parsing and the plan
+//! in `vigia-config`.
 
-pub mod alert;
-pub mod config;
+pub mod alerting;
+pub mod book;
+pub mod bus;
+pub mod clock;
 pub mod control;
-pub mod engine;
+pub mod journal;
 pub mod logging;
-pub mod remedy;
+pub mod remediation;
 pub mod scheduler;
-pub mod status;
+pub mod silences;
+pub mod status_log;
 pub mod store;
+pub mod supervisor;
 pub mod systemd;
+pub mod watch;
+
+/// The crates below, under the names the CLI and tests use.
+pub use vigia_config as config;
+pub use vigia_core::status;

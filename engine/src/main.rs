@@ -5,13 +5,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use vigia_api::Severity;
-use vigia_engine::alert::human_duration;
+use vigia_core::alert::human_duration;
+use vigia_core::command::{Command as EngineCommand, Reply};
+use vigia_core::snapshot::{CheckSnapshot, StatusSnapshot};
 use vigia_engine::config::{Config, Registry};
-use vigia_engine::control::{self, StatusView};
-use vigia_engine::engine::{self, RunOptions};
+use vigia_engine::control;
 use vigia_engine::logging::{self, LogFormat};
 use vigia_engine::scheduler::{run_once, unix_ms, Stats};
 use vigia_engine::store::Store;
+use vigia_engine::supervisor::{self as engine, RunOptions};
 
 #[derive(Parser)]
 #[command(
@@ -321,7 +323,8 @@ async fn cmd_check(path: &Path, name: &str, json: bool) -> ExitCode {
 }
 
 async fn cmd_status(path: &Path, json: bool) -> ExitCode {
-    // Only the engine section is needed: a config with a broken check still has a socket.
+    // Only the engine section is needed (no check is built, no script runs): a config
+    // with a broken check still has a socket.
     let state_dir = match Config::load(path) {
         Ok(c) => c.engine.state_dir,
         Err(e) => {
@@ -330,22 +333,22 @@ async fn cmd_status(path: &Path, json: bool) -> ExitCode {
         }
     };
     let socket = state_dir.join(control::SOCKET_FILE);
-    match control::request(&socket, "status").await {
-        Ok(v) => {
+    match control::send(&socket, &EngineCommand::Status).await {
+        Ok(Reply::Status(view)) => {
             if json {
-                println!("{v}");
-                return ExitCode::SUCCESS;
+                println!("{}", serde_json::to_string(&view).unwrap_or_default());
+            } else {
+                print_status(&view, None);
             }
-            match serde_json::from_value::<StatusView>(v) {
-                Ok(view) => {
-                    print_status(&view, None);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("vigia: unexpected answer from the engine: {e}");
-                    ExitCode::from(1)
-                }
-            }
+            ExitCode::SUCCESS
+        }
+        Ok(Reply::Error { error }) => {
+            eprintln!("vigia: {error}");
+            ExitCode::from(1)
+        }
+        Ok(other) => {
+            eprintln!("vigia: unexpected answer from the engine: {other:?}");
+            ExitCode::from(1)
         }
         Err(e) => {
             // Not running: show what it saved, if the store is free to read.
@@ -353,29 +356,20 @@ async fn cmd_status(path: &Path, json: bool) -> ExitCode {
                 Ok(saved) if !saved.is_empty() => {
                     let mut checks: Vec<_> = saved.into_iter().collect();
                     checks.sort_by(|a, b| a.0.cmp(&b.0));
-                    let view = StatusView {
-                        host: String::new(),
-                        pid: 0,
-                        started_at: 0,
+                    let view = StatusSnapshot {
                         now: unix_ms(),
                         config: path.display().to_string(),
                         checks: checks
-                            .into_iter()
-                            .map(|(name, state)| control::CheckView {
-                                name,
-                                group: None,
-                                target: String::new(),
-                                interval_ms: 0,
-                                threshold: 0,
-                                recover_after: 0,
-                                comment: String::new(),
-                                state,
-                            })
+                            .iter()
+                            .map(|(name, state)| CheckSnapshot::of_state(name, state))
                             .collect(),
-                        stats: None,
-                        channels: Default::default(),
+                        ..Default::default()
                     };
-                    print_status(&view, Some(&e.to_string()));
+                    if json {
+                        println!("{}", serde_json::to_string(&view).unwrap_or_default());
+                    } else {
+                        print_status(&view, Some(&e.to_string()));
+                    }
                     ExitCode::from(3)
                 }
                 _ => {
@@ -387,8 +381,8 @@ async fn cmd_status(path: &Path, json: bool) -> ExitCode {
     }
 }
 
-fn print_status(view: &StatusView, not_running: Option<&str>) {
-    let down = view.checks.iter().filter(|c| !c.state.status).count();
+fn print_status(view: &StatusSnapshot, not_running: Option<&str>) {
+    let down = view.checks.iter().filter(|c| !c.status).count();
     match not_running {
         None => println!(
             "vigia on {} (pid {}, up {}): {} checks, {} down",
@@ -415,23 +409,21 @@ fn print_status(view: &StatusView, not_running: Option<&str>) {
         "{:width$}  {:6}  {:>8}  {:>8}  LAST RESULT",
         "CHECK", "STATUS", "FOR", "FAILURES"
     );
-    let mut checks: Vec<&control::CheckView> = view.checks.iter().collect();
+    let mut checks: Vec<&CheckSnapshot> = view.checks.iter().collect();
     // Down first: that is what the operator came for.
     checks.sort_by(|a, b| {
-        a.state
-            .status
-            .cmp(&b.state.status)
+        a.status
+            .cmp(&b.status)
             .then(a.name.cmp(&b.name))
     });
     for c in checks {
-        let status = if c.state.status { "OK" } else { "DOWN" };
+        let status = if c.status { "OK" } else { "DOWN" };
         let failures = if c.threshold > 0 {
-            format!("{}/{}", c.state.failures, c.threshold)
+            format!("{}/{}", c.failures, c.threshold)
         } else {
-            c.state.failures.to_string()
+            c.failures.to_string()
         };
         let last = c
-            .state
             .last
             .as_ref()
             .map(|l| l.message.as_str())
@@ -440,7 +432,7 @@ fn print_status(view: &StatusView, not_running: Option<&str>) {
             "{:width$}  {:6}  {:>8}  {:>8}  {}",
             c.name,
             status,
-            human_duration(view.now.saturating_sub(c.state.changed_at)),
+            human_duration(view.now.saturating_sub(c.changed_at)),
             failures,
             last
         );
@@ -474,7 +466,6 @@ fn print_status(view: &StatusView, not_running: Option<&str>) {
 }
 
 async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
-    use vigia_engine::alert::policy::Silence;
     let state_dir = match Config::load(path) {
         Ok(c) => c.engine.state_dir,
         Err(e) => {
@@ -483,54 +474,41 @@ async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
         }
     };
     let socket = state_dir.join(control::SOCKET_FILE);
-    let req = match &cmd {
+    let command = match &cmd {
         SilenceCommand::Add {
             pattern,
             duration,
             reason,
-        } => {
-            serde_json::json!({"cmd": "silence_add", "pattern": pattern, "for_ms": duration.get().as_millis() as u64, "reason": reason})
-        }
-        SilenceCommand::List => serde_json::json!({"cmd": "silence_list"}),
-        SilenceCommand::Remove { id } => serde_json::json!({"cmd": "silence_remove", "id": id}),
+        } => EngineCommand::SilenceAdd {
+            pattern: pattern.clone(),
+            for_ms: u64::try_from(duration.get().as_millis()).unwrap_or(u64::MAX),
+            reason: reason.clone(),
+        },
+        SilenceCommand::List => EngineCommand::SilenceList,
+        SilenceCommand::Remove { id } => EngineCommand::SilenceRemove { id: *id },
     };
-    let answer = match control::request_json(&socket, req).await {
-        Ok(v) => Ok(v),
+    let reply = match control::send(&socket, &command).await {
+        Ok(r) => r,
         // Not running: the silences are in the store, which is then free.
-        Err(_) => silence_offline(&state_dir, &cmd),
-    };
-    let v = match answer {
-        Ok(v) if v.get("error").is_none() => v,
-        Ok(v) => {
-            eprintln!("vigia: {}", v["error"].as_str().unwrap_or("error"));
-            return ExitCode::from(1);
-        }
-        Err(e) => {
-            eprintln!("vigia: {e}");
-            return ExitCode::from(1);
-        }
+        Err(_) => vigia_engine::silences::offline(&state_dir, &command),
     };
     let now = unix_ms();
-    match cmd {
-        SilenceCommand::Add { duration, .. } => {
-            let s: Silence = serde_json::from_value(v).unwrap_or_else(|_| Silence {
-                id: 0,
-                pattern: String::new(),
-                until: 0,
-                reason: String::new(),
-                created_at: 0,
-            });
+    match reply {
+        Reply::Silence(s) => {
+            let length = match &cmd {
+                SilenceCommand::Add { duration, .. } => duration.to_string(),
+                _ => human_duration(s.until.saturating_sub(s.created_at)),
+            };
             println!(
-                "Silence {} added: alerts of `{}` are not sent for {}.",
-                s.id, s.pattern, duration
-            );
+                "Silence {} added: alerts of `{}` are not sent for {length}.",
+                s.id, s.pattern
+            )
         }
-        SilenceCommand::List => {
-            let list: Vec<Silence> = serde_json::from_value(v).unwrap_or_default();
-            if list.is_empty() {
+        Reply::Silences { silences } => {
+            if silences.is_empty() {
                 println!("No silences.");
             }
-            for s in list {
+            for s in silences {
                 println!(
                     "{:>6}  {:24}  {:>10} left  {}",
                     s.id,
@@ -540,52 +518,17 @@ async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
                 );
             }
         }
-        SilenceCommand::Remove { id } => println!("Silence {id} removed."),
+        Reply::Removed { id } => println!("Silence {id} removed."),
+        Reply::Error { error } => {
+            eprintln!("vigia: {error}");
+            return ExitCode::from(1);
+        }
+        other => {
+            eprintln!("vigia: unexpected answer from the engine: {other:?}");
+            return ExitCode::from(1);
+        }
     }
     ExitCode::SUCCESS
-}
-
-fn silence_offline(state_dir: &Path, cmd: &SilenceCommand) -> Result<serde_json::Value, String> {
-    use vigia_engine::alert::policy::Silence;
-    use vigia_engine::store::Op;
-    let store = Store::open(state_dir).map_err(|e| e.to_string())?;
-    let now = unix_ms();
-    let mut all: Vec<Silence> = store
-        .load_silences()
-        .map_err(|e| e.to_string())?
-        .iter()
-        .filter_map(|b| serde_json::from_slice(b).ok())
-        .collect();
-    all.retain(|s| s.until > now);
-    match cmd {
-        SilenceCommand::Add {
-            pattern,
-            duration,
-            reason,
-        } => {
-            let s = Silence {
-                id: store.next_seq(),
-                pattern: pattern.clone(),
-                until: now + duration.get().as_millis() as u64,
-                reason: reason.clone(),
-                created_at: now,
-            };
-            store
-                .apply(&[Op::Silence(s.id, serde_json::to_vec(&s).ok())])
-                .map_err(|e| e.to_string())?;
-            Ok(serde_json::to_value(&s).unwrap_or_default())
-        }
-        SilenceCommand::List => Ok(serde_json::to_value(&all).unwrap_or_default()),
-        SilenceCommand::Remove { id } => {
-            if !all.iter().any(|s| s.id == *id) {
-                return Err(format!("there is no silence {id}"));
-            }
-            store
-                .apply(&[Op::Silence(*id, None)])
-                .map_err(|e| e.to_string())?;
-            Ok(serde_json::json!({ "removed": id }))
-        }
-    }
 }
 
 fn cmd_plugins() -> ExitCode {

@@ -10,38 +10,32 @@
 //! - A global semaphore caps concurrent runs. A run that passes its timeout becomes the
 //!   failure "timed out after 3s"; a panic becomes an UNKNOWN outcome. Neither touches
 //!   other checks.
-//! - The scheduler knows nothing of alert channels: a changed state goes, as an
-//!   [`Update`], to the recorder (see `engine.rs`), and the check moves on.
+//! - The scheduler knows nothing of alert channels or the store: a changed state goes,
+//!   as an [`Observation`], to the journal (`journal.rs`), and the check moves on.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use dashmap::DashMap;
 use futures::FutureExt;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use vigia_api::{CheckOutcome, Dur, RunContext};
+use vigia_api::{fnv1a, CheckOutcome, Dur, RunContext};
 
-use crate::config::{Plan, PlannedCheck};
-use crate::status::{CheckState, LastRun, Transition};
+use vigia_config::{Plan, PlannedCheck};
+use vigia_core::snapshot::StatsSnapshot;
+use vigia_core::status::{CheckState, LastRun, Transition};
 
-/// Unix time in ms.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::book::StatusBook;
+pub use crate::clock::unix_ms;
 
-/// A changed entry of the status map, on its way to the store and the alert pipeline.
+/// A changed entry of the status map, on its way to the journal.
 #[derive(Clone)]
-pub struct Update {
+pub struct Observation {
     pub spec: Arc<PlannedCheck>,
     pub state: CheckState,
     pub transition: Option<Transition>,
@@ -111,17 +105,6 @@ pub struct Stats {
     pub lateness: Histogram,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StatsSnapshot {
-    pub executed: u64,
-    pub skipped: u64,
-    pub timeouts: u64,
-    pub panics: u64,
-    pub lateness_p50_ms: f64,
-    pub lateness_p99_ms: f64,
-    pub lateness_max_ms: f64,
-}
-
 impl Stats {
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
@@ -144,22 +127,50 @@ impl Stats {
     }
 }
 
-/// What the check tasks share.
-pub struct Shared {
-    pub status: DashMap<Arc<str>, CheckState>,
-    pub updates: mpsc::Sender<Update>,
+/// What every check task of the scheduler shares: the status map it writes, the way to
+/// the journal, the counters and the limit on concurrent runs.
+pub struct SchedulerShared {
+    pub book: Arc<StatusBook>,
+    pub observations: mpsc::Sender<Observation>,
     pub stats: Stats,
-    semaphore: Semaphore,
+    semaphore: Arc<Semaphore>,
+    /// The permits the semaphore is meant to have (`engine.max_concurrent_checks`).
+    permits: std::sync::Mutex<usize>,
 }
 
-impl Shared {
-    pub fn new(max_concurrent: usize, updates: mpsc::Sender<Update>) -> Arc<Shared> {
-        Arc::new(Shared {
-            status: DashMap::new(),
-            updates,
+impl SchedulerShared {
+    pub fn new(
+        max_concurrent: usize,
+        book: Arc<StatusBook>,
+        observations: mpsc::Sender<Observation>,
+    ) -> Arc<SchedulerShared> {
+        let n = max_concurrent.max(1);
+        Arc::new(SchedulerShared {
+            book,
+            observations,
             stats: Stats::default(),
-            semaphore: Semaphore::new(max_concurrent.max(1)),
+            semaphore: Arc::new(Semaphore::new(n)),
+            permits: std::sync::Mutex::new(n),
         })
+    }
+
+    /// A reload changed `engine.max_concurrent_checks`: more permits at once; fewer as
+    /// running checks give theirs back (none is cut short).
+    pub fn set_max_concurrent(&self, n: usize) {
+        let n = n.max(1);
+        let mut current = self.permits.lock().unwrap_or_else(|p| p.into_inner());
+        if n > *current {
+            self.semaphore.add_permits(n - *current);
+        } else if n < *current {
+            let fewer = (*current - n) as u32;
+            let sem = self.semaphore.clone();
+            tokio::spawn(async move {
+                if let Ok(p) = sem.acquire_many(fewer).await {
+                    p.forget();
+                }
+            });
+        }
+        *current = n;
     }
 }
 
@@ -176,12 +187,10 @@ pub struct ApplySummary {
     pub changed: usize,
     pub removed: Vec<Arc<str>>,
     pub kept: usize,
-    /// Checks kept at their last good version because their file does not load.
-    pub kept_broken: usize,
 }
 
 pub struct Scheduler {
-    shared: Arc<Shared>,
+    shared: Arc<SchedulerShared>,
     running: HashMap<Arc<str>, Running>,
     /// Whether the first plan was applied: later ones are reloads.
     started: bool,
@@ -193,7 +202,7 @@ pub struct Scheduler {
 pub const RUN_AT_ONCE_MAX: usize = 100;
 
 impl Scheduler {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub fn new(shared: Arc<SchedulerShared>) -> Self {
         Scheduler {
             shared,
             running: HashMap::new(),
@@ -201,7 +210,7 @@ impl Scheduler {
         }
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
+    pub fn shared(&self) -> &Arc<SchedulerShared> {
         &self.shared
     }
 
@@ -240,10 +249,7 @@ impl Scheduler {
                         summary.added += 1;
                     }
                     let spec = Arc::new(planned.clone());
-                    self.shared
-                        .status
-                        .entry(spec.name.clone())
-                        .or_insert_with(|| CheckState::new(unix_ms()));
+                    self.shared.book.ensure(&spec.name, unix_ms());
                     let cancel = CancellationToken::new();
                     let handle = tokio::spawn(check_loop(
                         spec.clone(),
@@ -271,12 +277,11 @@ impl Scheduler {
                 .is_some_and(|src| plan.broken.iter().any(|b| b.file == src));
             if broken {
                 // Its file does not load any more: the last good version keeps running.
-                summary.kept_broken += 1;
                 next.insert(name, r);
                 continue;
             }
             r.cancel.cancel();
-            self.shared.status.remove(&name);
+            self.shared.book.forget(&name);
             summary.removed.push(name);
         }
         summary.removed.sort();
@@ -304,15 +309,6 @@ impl Scheduler {
     }
 }
 
-/// A stable 64-bit FNV-1a hash: phases must not change between runs of the engine.
-fn fnv1a(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in s.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
 
 /// Phases sit on a 50 ms grid: checks due in the same slot run in one wakeup of the
 /// runtime. Measured with 1 000 TCP checks/s, a 1 ms grid (every check alone in its
@@ -333,7 +329,7 @@ pub fn phase(spec: &PlannedCheck) -> Duration {
 
 async fn check_loop(
     spec: Arc<PlannedCheck>,
-    shared: Arc<Shared>,
+    shared: Arc<SchedulerShared>,
     cancel: CancellationToken,
     previous: Option<JoinHandle<()>>,
     run_now: bool,
@@ -344,7 +340,7 @@ async fn check_loop(
     }
     // A script's ctx.state outlives restarts and new versions: the new check starts
     // from what the last run of the old one (or the store) left.
-    let saved = shared.status.get(&spec.name).and_then(|e| e.state.clone());
+    let saved = shared.book.saved_state(&spec.name);
     if let Some(state) = saved {
         spec.check.restore_state(&state);
     }
@@ -386,7 +382,7 @@ async fn check_loop(
 /// cancelled while waiting for the slot.
 async fn one_run(
     spec: &Arc<PlannedCheck>,
-    shared: &Shared,
+    shared: &SchedulerShared,
     cancel: &CancellationToken,
     due: Instant,
 ) -> bool {
@@ -446,17 +442,13 @@ fn crashed(panic: Box<dyn std::any::Any + Send>) -> CheckOutcome {
 
 async fn record(
     spec: &Arc<PlannedCheck>,
-    shared: &Shared,
+    shared: &SchedulerShared,
     outcome: CheckOutcome,
     duration_ms: f64,
 ) {
     let now = unix_ms();
     let ok = outcome.is_ok();
-    let update = {
-        let mut entry = shared
-            .status
-            .entry(spec.name.clone())
-            .or_insert_with(|| CheckState::new(now));
+    let observation = shared.book.update(&spec.name, now, |entry: &mut CheckState| {
         let before = entry.durable_part();
         let previous_change = entry.changed_at;
         let transition = entry.record(ok, spec.threshold, spec.recover_after, now);
@@ -489,18 +481,17 @@ async fn record(
             "{}",
             outcome.message
         );
-        (state_changed || before != entry.durable_part()).then(|| Update {
+        (state_changed || before != entry.durable_part()).then(|| Observation {
             spec: spec.clone(),
             state: entry.clone(),
             transition,
             previous_change,
             outcome,
         })
-    };
-    if let Some(u) = update {
-        // The recorder is gone only during shutdown; the state is then lost for this
-        // one run, which the next start re-checks anyway.
-        let _ = shared.updates.send(u).await;
+    });
+    if let Some(o) = observation {
+        // The journal stops only after every check task has ended.
+        let _ = shared.observations.send(o).await;
     }
 }
 
@@ -512,7 +503,7 @@ mod size_tests {
     #[tokio::test]
     async fn an_idle_check_task_is_small() {
         let (tx, _rx) = mpsc::channel(1);
-        let shared = Shared::new(1, tx);
+        let shared = SchedulerShared::new(1, StatusBook::new(), tx);
         let spec = Arc::new(PlannedCheck {
             name: "x".into(),
             group: None,

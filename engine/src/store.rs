@@ -8,8 +8,80 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use vigia_api::Severity;
+use vigia_core::status::{CheckState, LastRun};
 
-use crate::status::CheckState;
+/// A check's state as the store keeps it (JSON in the `checks` table). Its own type, so
+/// that the in-memory record and the wire can change without breaking stored data:
+/// every field a release added has a default, and the field names are those release
+/// 0.1 wrote (tested against a store it made: `tests/fixtures/state-0.1.redb`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredCheck {
+    pub status: bool,
+    pub failures: u32,
+    pub successes: u32,
+    pub changed_at: u64,
+    #[serde(default)]
+    pub failed_message: Option<String>,
+    #[serde(default)]
+    pub last: Option<StoredRun>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredRun {
+    pub ok: bool,
+    pub severity: Severity,
+    #[serde(default)]
+    pub value: Option<f64>,
+    pub message: String,
+    pub duration_ms: f64,
+    pub at: u64,
+}
+
+impl From<&CheckState> for StoredCheck {
+    fn from(s: &CheckState) -> Self {
+        StoredCheck {
+            status: s.status,
+            failures: s.failures,
+            successes: s.successes,
+            changed_at: s.changed_at,
+            failed_message: s.failed_message.clone(),
+            last: s.last.as_ref().map(|l| StoredRun {
+                ok: l.ok,
+                severity: l.severity,
+                value: l.value,
+                message: l.message.clone(),
+                duration_ms: l.duration_ms,
+                at: l.at,
+            }),
+            state: s.state.clone(),
+        }
+    }
+}
+
+impl From<StoredCheck> for CheckState {
+    fn from(s: StoredCheck) -> Self {
+        CheckState {
+            status: s.status,
+            failures: s.failures,
+            successes: s.successes,
+            changed_at: s.changed_at,
+            failed_message: s.failed_message,
+            last: s.last.map(|l| LastRun {
+                ok: l.ok,
+                severity: l.severity,
+                value: l.value,
+                message: l.message,
+                duration_ms: l.duration_ms,
+                at: l.at,
+            }),
+            state: s.state,
+        }
+    }
+}
 
 const CHECKS: TableDefinition<&str, &[u8]> = TableDefinition::new("checks");
 /// Transitions committed with the state that caused them, until alerting took them.
@@ -124,9 +196,9 @@ impl Store {
         let mut out = HashMap::new();
         for item in table.iter().map_err(|e| err(e.into()))? {
             let (k, v) = item.map_err(|e| err(e.into()))?;
-            match serde_json::from_slice::<CheckState>(v.value()) {
+            match serde_json::from_slice::<StoredCheck>(v.value()) {
                 Ok(state) => {
-                    out.insert(k.value().to_string(), state);
+                    out.insert(k.value().to_string(), state.into());
                 }
                 Err(e) => tracing::warn!(
                     check = k.value(),
@@ -178,7 +250,7 @@ impl Store {
             for op in ops {
                 let r: Result<(), redb::StorageError> = match op {
                     Op::Check(name, Some(s)) => {
-                        let bytes = serde_json::to_vec(s).unwrap_or_default();
+                        let bytes = serde_json::to_vec(&StoredCheck::from(s)).unwrap_or_default();
                         checks.insert(name.as_str(), bytes.as_slice()).map(|_| ())
                     }
                     Op::Check(name, None) => checks.remove(name.as_str()).map(|_| ()),
@@ -308,9 +380,41 @@ impl Store {
     }
 }
 
+/// Applies `ops` off the async threads; a failure is logged (naming `what`) and
+/// returned as false.
+pub async fn persist(store: &std::sync::Arc<Store>, ops: Vec<Op>, what: &str) -> bool {
+    if ops.is_empty() {
+        return true;
+    }
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.apply(&ops)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::error!(event = "store_error", "Could not save {what}: {e}.");
+            false
+        }
+        Err(e) => {
+            tracing::error!(event = "store_error", "Saving {what} failed: {e}.");
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_round_trips_through_its_stored_form() {
+        let mut s = CheckState::new(0);
+        for t in 0..3 {
+            s.record(false, 3, 2, t);
+        }
+        s.state = Some("{\"n\":1}".into());
+        let json = serde_json::to_vec(&StoredCheck::from(&s)).unwrap();
+        let back: CheckState = serde_json::from_slice::<StoredCheck>(&json).unwrap().into();
+        assert_eq!(back, s);
+    }
 
     #[test]
     fn round_trip_and_delete() {
@@ -331,6 +435,53 @@ mod tests {
         let all = store.load_checks().unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all["web"], down);
+    }
+
+    /// A store written by release 0.1 (made by `tests/fixtures/make-state-0.1.sh`, with
+    /// something in every table) loads with today's types.
+    #[test]
+    fn a_store_written_by_release_0_1_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-0.1.redb");
+        std::fs::copy(&fixture, dir.path().join(STORE_FILE)).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let checks = store.load_checks().unwrap();
+        let down = &checks["down_a"];
+        assert!(!down.status && down.failures >= 1, "{down:?}");
+        assert!(
+            down.failed_message.as_deref().unwrap_or("").contains("127.0.0.1:9"),
+            "{down:?}"
+        );
+        assert!(down.last.as_ref().is_some_and(|l| !l.ok), "{down:?}");
+        assert!(!checks["slow_c"].status);
+        let counter = &checks["counter"];
+        assert!(
+            counter.state.as_deref().unwrap_or("").contains("\"n\""),
+            "a script's ctx.state survives: {counter:?}"
+        );
+        // slow_c's transition waited in the inbox for its action.
+        let inbox = store.load_inbox().unwrap();
+        assert!(!inbox.is_empty());
+        for (_, bytes) in &inbox {
+            let item: vigia_core::alert::policy::Item = serde_json::from_slice(bytes).unwrap();
+            assert!(item.check().is_some());
+        }
+        let held = store.load_held().unwrap();
+        assert!(held.iter().any(|(ch, _, _)| ch == "night"), "{held:?}");
+        for (_, _, bytes) in &held {
+            let _: vigia_core::alert::policy::Held = serde_json::from_slice(bytes).unwrap();
+        }
+        let outbox = store.outbox_counts().unwrap();
+        assert!(outbox.get("ops#1").copied().unwrap_or(0) >= 1, "{outbox:?}");
+        let (seq, bytes) = store.first_outbox("ops#1").unwrap().unwrap();
+        assert!(seq > 0);
+        let _: crate::alerting::pipeline::Stored = serde_json::from_slice(&bytes).unwrap();
+        let silences = crate::silences::load(&store).unwrap();
+        // (It expired a day after the file was made: read it as of then.)
+        let all = silences.active(0);
+        assert!(all.iter().any(|s| s.pattern == "down_*" && s.reason == "fixture"), "{all:?}");
+        // New sequence numbers continue after the stored ones.
+        assert!(store.next_seq() > seq);
     }
 
     #[test]

@@ -105,8 +105,8 @@ pub struct TcpCheck {
     pub read_timeout: Option<Duration>,
 }
 
-/// The result of a connect (+ exchange), shared with the latency plugin and, later, the
-/// Lua `net.tcp` host function.
+/// The result of a connect (+ exchange), shared with the latency plugin and the Lua
+/// `net.tcp` host function.
 pub struct Exchange {
     pub connect_ms: f64,
     pub total_ms: f64,

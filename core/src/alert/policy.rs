@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::window::{next_open, Window};
 use super::AlertEvent;
 use crate::alert::human_duration;
+use crate::silence::SilenceBook;
 use crate::status::Transition;
 
 /// What reached alerting. Kept durably (as JSON) from the moment it is accepted until
@@ -115,7 +116,7 @@ pub struct Ctx {
     /// The time of the event, full and as `02:10`.
     pub time: String,
     pub clock: String,
-    /// What a remediation did (filled by the remediation feature).
+    /// What remediation did, one line per action.
     pub transcript: String,
     pub reminders: u32,
     pub suppressed: Vec<String>,
@@ -178,50 +179,6 @@ pub struct PolicyConfig {
     pub checks: HashMap<Arc<str>, Arc<CheckAlerting>>,
 }
 
-/// A silence: alerts of matching checks are not sent until it expires. The checks
-/// still run and their transitions are still logged.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Silence {
-    pub id: u64,
-    /// A check name, or a pattern with `*` (`terminals/*`).
-    pub pattern: String,
-    /// Unix ms.
-    pub until: u64,
-    pub reason: String,
-    pub created_at: u64,
-}
-
-impl Silence {
-    pub fn matches(&self, check: &str) -> bool {
-        glob(&self.pattern, check)
-    }
-}
-
-/// `*` matches any run of characters.
-pub fn glob(pattern: &str, s: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == s;
-    }
-    let mut rest = s;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            let Some(r) = rest.strip_prefix(part) else {
-                return false;
-            };
-            rest = r;
-        } else if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        } else {
-            match rest.find(part) {
-                Some(at) => rest = &rest[at + part.len()..],
-                None => return false,
-            }
-        }
-    }
-    true
-}
-
 #[derive(Default, Debug)]
 struct FlapState {
     times: Vec<u64>,
@@ -247,32 +204,50 @@ pub enum Fate {
     FlappingStarted,
 }
 
+/// Something the policy decided that the caller should log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Note {
+    /// A failure not sent because a check it depends on is down.
+    Suppressed {
+        check: Arc<str>,
+        depends_on: Arc<str>,
+        channel: Arc<str>,
+    },
+}
+
 pub struct Policy {
     cfg: PolicyConfig,
+    notes: Vec<Note>,
     host: Arc<str>,
     held: HashMap<Arc<str>, Vec<Held>>,
     flap: HashMap<Arc<str>, FlapState>,
     reminders: HashMap<Arc<str>, Reminder>,
     suppressed: HashMap<Arc<str>, Vec<Arc<str>>>,
-    pub silences: Vec<Silence>,
+    pub silences: SilenceBook,
 }
 
 impl Policy {
     pub fn new(cfg: PolicyConfig, host: Arc<str>) -> Self {
         Policy {
             cfg,
+            notes: Vec::new(),
             host,
             held: HashMap::new(),
             flap: HashMap::new(),
             reminders: HashMap::new(),
             suppressed: HashMap::new(),
-            silences: Vec::new(),
+            silences: SilenceBook::default(),
         }
     }
 
     /// A reload: new check settings (channels and windows need a restart).
     pub fn set_checks(&mut self, checks: HashMap<Arc<str>, Arc<CheckAlerting>>) {
         self.cfg.checks = checks;
+    }
+
+    /// What happened since the last call, for the log.
+    pub fn take_notes(&mut self) -> Vec<Note> {
+        std::mem::take(&mut self.notes)
     }
 
     fn alerting(&self, check: &str) -> Arc<CheckAlerting> {
@@ -302,10 +277,6 @@ impl Policy {
         );
     }
 
-    pub fn pending(&self, channel: &str) -> usize {
-        self.held.get(channel).map_or(0, Vec::len)
-    }
-
     /// An item arrives with its sequence number. Returns the entries to hold durably
     /// (the caller stores them, and removes the item from the inbox, in one transaction).
     pub fn accept(
@@ -313,7 +284,6 @@ impl Policy {
         seq: u64,
         item: Item,
         now: u64,
-        next_seq: &mut dyn FnMut() -> u64,
     ) -> (Fate, Vec<(Arc<str>, Held)>) {
         let mut item = item;
         if let Item::Transition(e) = &item {
@@ -349,15 +319,10 @@ impl Policy {
             self.track_reminder(&e);
         }
         if let Some(check) = item.check() {
-            if let Some(s) = self
-                .silences
-                .iter()
-                .find(|s| s.until > now && s.matches(check))
-            {
+            if let Some(s) = self.silences.covering(check, now) {
                 return (Fate::Silenced(s.id), Vec::new());
             }
         }
-        let _ = next_seq;
         let held = self.route(seq, item, now);
         (Fate::Routed(held.len()), held)
     }
@@ -476,10 +441,7 @@ impl Policy {
                 count: r.count,
                 at: now,
             };
-            let silenced = self
-                .silences
-                .iter()
-                .any(|s| s.until > now && s.matches(&check));
+            let silenced = self.silences.covering(&check, now).is_some();
             let flapping = self.flap.get(&check).is_some_and(|f| f.flapping);
             if !silenced && !flapping {
                 let seq = next_seq();
@@ -571,7 +533,11 @@ impl Policy {
                         if !list.iter().any(|c| **c == *check) {
                             list.push(check.into());
                         }
-                        tracing::info!(event = "alert_suppressed", check = %check, depends_on = %dep, channel = %ch, "The alert of {check} is suppressed: {dep}, which it depends on, is down.");
+                        self.notes.push(Note::Suppressed {
+                            check: check.into(),
+                            depends_on: dep.clone(),
+                            channel: ch.clone(),
+                        });
                     }
                     dropped.push(h.seq);
                 }

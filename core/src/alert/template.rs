@@ -145,22 +145,35 @@ impl Templates {
     /// Renders a message. A template that fails at render time (a filter on a missing
     /// value, say) falls back to the default text, so an alert is never lost to a typo.
     pub fn render(&self, channel: &str, kind: &str, flavor: Flavor, ctx: &Ctx) -> String {
+        self.render_checked(channel, kind, flavor, ctx).0
+    }
+
+    /// [`render`](Self::render), and the template's error when the default text was
+    /// used instead (for the caller to log).
+    pub fn render_checked(
+        &self,
+        channel: &str,
+        kind: &str,
+        flavor: Flavor,
+        ctx: &Ctx,
+    ) -> (String, Option<String>) {
         let rendered = self
             .env
             .get_template(&name(channel, kind, flavor))
             .and_then(|t| t.render(ctx));
         match rendered {
-            Ok(s) => s,
+            Ok(s) => (s, None),
             Err(e) => {
-                tracing::warn!(event = "template_error", channel = %channel, kind = %kind, "The {kind} template of channel {channel} failed ({e}); the default text is sent.");
                 let default = TEXT
                     .iter()
                     .find(|(k, _)| *k == kind)
                     .map(|(_, s)| *s)
                     .unwrap_or("{{ message }}");
                 let env = Environment::new();
-                env.render_str(default, ctx)
-                    .unwrap_or_else(|_| ctx.message.clone())
+                let text = env
+                    .render_str(default, ctx)
+                    .unwrap_or_else(|_| ctx.message.clone());
+                (text, Some(e.to_string()))
             }
         }
     }

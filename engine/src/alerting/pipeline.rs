@@ -1,11 +1,17 @@
-//! The alert pipeline task and the sender tasks.
+//! The alert pipeline stage and the sender tasks.
 //!
-//! The pipeline takes items (committed transitions, script errors) and silence commands,
-//! drives the [`Policy`], renders its messages, and keeps every step durable in the
-//! state store. One sender task per target (a console, a Telegram chat, a webhook)
-//! delivers that target's outbox in order: a transient failure is retried with backoff
-//! (or after Telegram's `retry_after`), a permanent one is logged, counted, and skipped,
-//! and neither holds up any other target. Checks never wait on any of it.
+//! The pipeline takes committed transitions from the bus, items from remediation (with
+//! their transcript) and script errors, and silence commands; drives the [`Policy`],
+//! renders its messages, and keeps every step durable in the state store. One sender
+//! task per target (a console, a Telegram chat, a webhook) delivers that target's outbox
+//! in order: a transient failure is retried with backoff (or after Telegram's
+//! `retry_after`), a permanent one is logged, counted, and skipped, and neither holds up
+//! any other target. Checks never wait on any of it.
+//!
+//! The stage is built whole: channels, templates, windows, every check's alert settings
+//! and the reminders of checks that are down are in its policy before it replays the
+//! inbox. A reload that changes `channels:`, `windows:` or `alerting:` stops it (it
+//! hands back its queues) and builds the next one from the store.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -15,16 +21,20 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use vigia_config::alerting::{AlertingSetup, ChannelKind};
+use vigia_core::alert::policy::{CheckAlerting, Fate, Held, Item, Message, Note, Policy};
+use vigia_core::alert::template::{Flavor, Templates};
+use vigia_core::alert::AlertEvent;
+use vigia_core::command::{Command, Reply};
+pub use vigia_core::snapshot::TargetStats;
 
-use super::config::{AlertingSetup, ChannelKind};
-use super::policy::{CheckAlerting, Fate, Held, Item, Message, Policy, Silence};
 use super::sink::{
     split_html, ConsoleSink, SendError, Sink, TelegramSink, WebhookSink, TELEGRAM_LIMIT,
 };
-use super::template::{Flavor, Templates};
 use super::Console;
-use crate::scheduler::{unix_ms, Shared};
-use crate::status::Transition;
+use crate::book::StatusBook;
+use crate::bus::Committed;
+use crate::clock::unix_ms;
 use crate::store::{Op, Store};
 
 /// A message in the outbox.
@@ -39,22 +49,7 @@ pub struct Stored {
     pub created_at: u64,
 }
 
-/// Delivery figures of one target, for `vigia status`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct TargetStats {
-    pub channel: String,
-    /// `telegram chat 123`, `console`, `webhook https://…`.
-    pub target: String,
-    pub pending: usize,
-    pub delivered: u64,
-    pub failed: u64,
-    pub retries: u64,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<u64>,
-    pub last_delivered_at: Option<u64>,
-}
-
-/// What `vigia status` shows of alerting.
+/// What `vigia status` shows of alerting: one entry per delivery target.
 #[derive(Default)]
 pub struct AlertStatus {
     pub targets: Mutex<BTreeMap<String, TargetStats>>,
@@ -76,30 +71,25 @@ impl AlertStatus {
     }
 }
 
-/// A command for silences, with its answer.
-pub enum SilenceCmd {
-    Add {
-        pattern: String,
-        duration: Duration,
-        reason: String,
-    },
-    List,
-    Remove {
-        id: u64,
-    },
-}
-
+/// What reaches the pipeline other than the bus.
 pub enum Input {
+    /// An item with its inbox entry: a transition with its remediation transcript, or a
+    /// script error.
     Item(u64, Item),
-    /// A reload: the checks' alert settings.
+    /// A reload changed the checks: their alert settings.
     Checks(HashMap<Arc<str>, Arc<CheckAlerting>>),
-    Silence(
-        SilenceCmd,
-        oneshot::Sender<Result<serde_json::Value, String>>,
-    ),
+    /// A silence command, with its answer.
+    Command(Command, oneshot::Sender<Reply>),
 }
 
-struct Target {
+/// The pipeline's two queues; a stage hands them to the next one.
+pub struct Inputs {
+    pub commands: mpsc::Receiver<Input>,
+    pub events: mpsc::Receiver<Committed>,
+}
+
+/// One delivery target: a console, a Telegram chat, a webhook.
+pub struct Target {
     key: String,
     channel: Arc<str>,
     flavor: Flavor,
@@ -109,23 +99,10 @@ struct Target {
     wake: Arc<Notify>,
 }
 
-pub struct Handles {
-    pub tx: mpsc::Sender<Input>,
-    pub status: Arc<AlertStatus>,
-    pub pipeline: JoinHandle<()>,
-    pub senders: Vec<JoinHandle<()>>,
-    pub stop_senders: CancellationToken,
-}
-
-/// Builds the sinks (reading bot tokens), restores what the store holds, and starts the
-/// pipeline and its senders. `console: None` prints nothing (`--no-console`).
-pub fn start(
-    setup: &AlertingSetup,
-    host: Arc<str>,
-    store: Arc<Store>,
-    shared: Arc<Shared>,
-    console: Option<Console>,
-) -> Result<Handles, String> {
+/// Builds the sinks (reading bot tokens). `console: None` prints nothing
+/// (`--no-console`). Done before a stage is replaced, so a channel that cannot be built
+/// keeps the running stage.
+pub fn build_targets(setup: &AlertingSetup, console: Option<Console>) -> Result<Vec<Target>, String> {
     let mut targets: Vec<Target> = Vec::new();
     for ch in &setup.channels {
         let mut add = |key: String, split: bool, sink: Arc<dyn Sink>| {
@@ -165,9 +142,59 @@ pub fn start(
             }
         }
     }
-    let status = Arc::new(AlertStatus::default());
-    let counts = store.outbox_counts().map_err(|e| e.to_string())?;
-    let saved = store.load_targets().map_err(|e| e.to_string())?;
+    Ok(targets)
+}
+
+/// Everything a pipeline stage starts with.
+pub struct PipelineSetup<'a> {
+    pub alerting: &'a AlertingSetup,
+    /// Every check's alert settings (those with any).
+    pub checks: HashMap<Arc<str>, Arc<CheckAlerting>>,
+    /// The checks that are down, for their reminders (counted from their change).
+    pub down: Vec<AlertEvent>,
+    pub host: Arc<str>,
+    /// Replay the alert inbox: at the engine's start. A rebuilt stage takes over the
+    /// queues of the one before, which already hold what the inbox would replay.
+    pub replay_inbox: bool,
+}
+
+pub struct Handles {
+    /// Ends once its `stop` token is cancelled and its queues are drained, giving them
+    /// back.
+    pub pipeline: JoinHandle<Inputs>,
+    pub senders: Vec<JoinHandle<()>>,
+    pub stop_senders: CancellationToken,
+}
+
+/// Restores what the store holds (held entries, silences, delivery counters, the inbox)
+/// and starts the pipeline and its senders. On a store error the queues come back.
+#[allow(clippy::too_many_arguments)]
+pub fn start(
+    setup: PipelineSetup<'_>,
+    targets: Vec<Target>,
+    store: Arc<Store>,
+    book: Arc<StatusBook>,
+    status: Arc<AlertStatus>,
+    inputs: Inputs,
+    stop: CancellationToken,
+) -> Result<Handles, (String, Inputs)> {
+    let loaded = (|| {
+        let counts = store.outbox_counts()?;
+        let saved = store.load_targets()?;
+        let held = store.load_held()?;
+        let silences = crate::silences::load(&store)?;
+        let inbox = if setup.replay_inbox {
+            store.load_inbox()?
+        } else {
+            Vec::new()
+        };
+        Ok::<_, crate::store::StoreError>((counts, saved, held, silences, inbox))
+    })();
+    let (counts, saved, held, silences, inbox) = match loaded {
+        Ok(x) => x,
+        Err(e) => return Err((e.to_string(), inputs)),
+    };
+    let mut fresh = BTreeMap::new();
     for t in &targets {
         let mut s: TargetStats = saved
             .get(&t.key)
@@ -176,10 +203,18 @@ pub fn start(
         s.channel = t.channel.to_string();
         s.target = t.sink.describe();
         s.pending = counts.get(&t.key).copied().unwrap_or(0);
-        status.update(&t.key, |x| *x = s);
+        fresh.insert(t.key.clone(), s);
     }
-    let mut policy = Policy::new(setup.policy.clone(), host.clone());
-    for (ch, _seq, bytes) in store.load_held().map_err(|e| e.to_string())? {
+    for (key, n) in &counts {
+        if !fresh.contains_key(key) && *n > 0 {
+            tracing::warn!(event = "alert_store", target = %key, pending = n, "{n} undelivered messages are for {key}, which the config no longer has; they stay in the store and go out if it comes back.");
+        }
+    }
+    *status.targets.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+    let mut policy_config = setup.alerting.policy.clone();
+    policy_config.checks = setup.checks;
+    let mut policy = Policy::new(policy_config, setup.host.clone());
+    for (ch, _seq, bytes) in held {
         match serde_json::from_slice::<Held>(&bytes) {
             Ok(h) => policy.restore(ch.as_str().into(), h),
             Err(e) => tracing::warn!(
@@ -188,12 +223,11 @@ pub fn start(
             ),
         }
     }
-    for bytes in store.load_silences().map_err(|e| e.to_string())? {
-        if let Ok(s) = serde_json::from_slice::<Silence>(&bytes) {
-            policy.silences.push(s);
-        }
+    policy.silences = silences;
+    let now = unix_ms();
+    for event in setup.down {
+        policy.restore_reminder(event, now);
     }
-    let inbox = store.load_inbox().map_err(|e| e.to_string())?;
     let stop_senders = CancellationToken::new();
     let senders = targets
         .iter()
@@ -205,25 +239,22 @@ pub fn start(
                 store.clone(),
                 status.clone(),
                 stop_senders.clone(),
-                setup.max_retry_wait,
+                setup.alerting.max_retry_wait,
             ))
         })
         .collect();
-    let (tx, rx) = mpsc::channel(16 * 1024);
     let p = Pipeline {
         policy,
         store,
-        templates: setup.templates.clone(),
+        templates: setup.alerting.templates.clone(),
+        tz: setup.alerting.policy.tz.clone(),
         targets,
-        shared: Arc::downgrade(&shared),
-        status: status.clone(),
-        host,
-    };
-    drop(shared);
-    let pipeline = tokio::spawn(p.run(rx, inbox));
-    Ok(Handles {
-        tx,
+        book,
         status,
+        host: setup.host,
+    };
+    let pipeline = tokio::spawn(p.run(inputs, inbox, stop));
+    Ok(Handles {
         pipeline,
         senders,
         stop_senders,
@@ -234,47 +265,21 @@ struct Pipeline {
     policy: Policy,
     store: Arc<Store>,
     templates: Arc<Templates>,
+    tz: jiff::tz::TimeZone,
     targets: Vec<Target>,
-    /// Weak: `Shared` holds the recorder's sender, and the recorder ends (letting this
-    /// pipeline end) only once every `Shared` is gone.
-    shared: std::sync::Weak<Shared>,
+    /// For `depends_on`: whether a check is down now.
+    book: Arc<StatusBook>,
     status: Arc<AlertStatus>,
     host: Arc<str>,
 }
 
 impl Pipeline {
-    async fn run(mut self, mut rx: mpsc::Receiver<Input>, inbox: Vec<(u64, Vec<u8>)>) {
-        // Reminders of checks that were down when the engine stopped.
-        let now = unix_ms();
-        let down: Vec<_> = match self.shared.upgrade() {
-            Some(shared) => shared
-                .status
-                .iter()
-                .filter(|e| !e.value().status)
-                .map(|e| (e.key().clone(), e.value().clone()))
-                .collect(),
-            None => Vec::new(),
-        };
-        for (name, st) in down {
-            let event = super::AlertEvent {
-                host: self.host.clone(),
-                check: name,
-                group: None,
-                transition: Transition::Failed,
-                message: st.failed_message.clone().unwrap_or_default(),
-                value: None,
-                failures: st.failures,
-                threshold: 0,
-                successes: st.successes,
-                recover_after: 0,
-                comment: "".into(),
-                at: st.changed_at,
-                previous_duration_ms: 0,
-                failed_message: None,
-                transcript: None,
-            };
-            self.policy.restore_reminder(event, now);
-        }
+    async fn run(
+        mut self,
+        mut inputs: Inputs,
+        inbox: Vec<(u64, Vec<u8>)>,
+        stop: CancellationToken,
+    ) -> Inputs {
         // Items committed before a crash that alerting had not taken yet.
         for (seq, bytes) in inbox {
             match serde_json::from_slice::<Item>(&bytes) {
@@ -289,70 +294,100 @@ impl Pipeline {
             }
         }
         self.flush().await;
+        // A queue whose senders are all gone (the journal at shutdown) is just quiet: the
+        // stage ends on `stop` alone, after remediation has passed its last items on.
+        let (mut events_open, mut commands_open) = (true, true);
         loop {
             let deadline = self.policy.next_deadline();
-            let input = tokio::select! {
-                i = rx.recv() => i,
-                _ = sleep_until_ms(deadline) => {
-                    self.flush().await;
-                    continue;
-                }
-            };
-            let Some(input) = input else { break };
-            match input {
-                Input::Item(seq, item) => self.accept(seq, item).await,
-                Input::Checks(map) => self.policy.set_checks(map),
-                Input::Silence(cmd, reply) => {
-                    let r = self.silence(cmd).await;
-                    let _ = reply.send(r);
-                }
+            tokio::select! {
+                biased;
+                e = inputs.events.recv(), if events_open => match e {
+                    Some(e) => self.event(e).await,
+                    None => events_open = false,
+                },
+                i = inputs.commands.recv(), if commands_open => match i {
+                    Some(i) => self.input(i).await,
+                    None => commands_open = false,
+                },
+                _ = sleep_until_ms(deadline) => {}
+                _ = stop.cancelled() => break,
             }
             // Take whatever else is queued before flushing: one batch, one commit.
-            while let Ok(input) = rx.try_recv() {
-                match input {
-                    Input::Item(seq, item) => self.accept(seq, item).await,
-                    Input::Checks(map) => self.policy.set_checks(map),
-                    Input::Silence(cmd, reply) => {
-                        let r = self.silence(cmd).await;
-                        let _ = reply.send(r);
-                    }
-                }
-            }
+            self.take_queued(&mut inputs).await;
             self.flush().await;
         }
+        self.take_queued(&mut inputs).await;
         self.flush().await;
+        inputs
+    }
+
+    async fn take_queued(&mut self, inputs: &mut Inputs) {
+        loop {
+            if let Ok(e) = inputs.events.try_recv() {
+                self.event(e).await;
+            } else if let Ok(i) = inputs.commands.try_recv() {
+                self.input(i).await;
+            } else {
+                break;
+            }
+        }
+    }
+
+    async fn event(&mut self, e: Committed) {
+        match e {
+            // Remediation takes these and passes them on with their transcript.
+            Committed::Transition(t) if t.remedy_now().is_some() => {}
+            Committed::Transition(t) => self.accept(t.seq, Item::Transition(t.event.clone())).await,
+            Committed::Batch { .. } => {}
+        }
+    }
+
+    async fn input(&mut self, i: Input) {
+        match i {
+            Input::Item(seq, item) => self.accept(seq, item).await,
+            Input::Checks(map) => self.policy.set_checks(map),
+            Input::Command(cmd, reply) => {
+                let store = self.store.clone();
+                let answer = match crate::silences::execute(
+                    &mut self.policy.silences,
+                    &cmd,
+                    || store.next_seq(),
+                    unix_ms(),
+                ) {
+                    Some((answer, ops)) => {
+                        if self.persist(ops).await {
+                            crate::silences::log(&answer, &self.tz);
+                            answer
+                        } else {
+                            Reply::error("the silence could not be saved (see the engine's log)")
+                        }
+                    }
+                    None => Reply::error("alerting does not carry out this command"),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    fn log_notes(&mut self) {
+        for n in self.policy.take_notes() {
+            match n {
+                Note::Suppressed {
+                    check,
+                    depends_on,
+                    channel,
+                } => tracing::info!(event = "alert_suppressed", check = %check, depends_on = %depends_on, channel = %channel, "The alert of {check} is suppressed: {depends_on}, which it depends on, is down."),
+            }
+        }
     }
 
     async fn persist(&self, ops: Vec<Op>) -> bool {
-        if ops.is_empty() {
-            return true;
-        }
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.apply(&ops)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                tracing::error!(
-                    event = "store_error",
-                    "Alerting could not save its state: {e}. It retries with the next change."
-                );
-                false
-            }
-            Err(e) => {
-                tracing::error!(
-                    event = "store_error",
-                    "Alerting could not save its state: {e}."
-                );
-                false
-            }
-        }
+        crate::store::persist(&self.store, ops, "alerting's state").await
     }
 
     async fn accept(&mut self, seq: u64, item: Item) {
-        let store = self.store.clone();
         let check = item.check().map(str::to_string);
-        let (fate, held) = self
-            .policy
-            .accept(seq, item, unix_ms(), &mut || store.next_seq());
+        let (fate, held) = self.policy.accept(seq, item, unix_ms());
         match (&fate, &check) {
             (Fate::Silenced(id), Some(c)) => {
                 tracing::info!(event = "alert_silenced", check = %c, silence = id, "The alert of {c} is not sent: silence {id} covers it.")
@@ -377,16 +412,12 @@ impl Pipeline {
     /// in one transaction; then wakes the senders.
     async fn flush(&mut self) {
         let store = self.store.clone();
-        let shared = self.shared.upgrade();
-        let is_down = move |c: &str| {
-            shared
-                .as_ref()
-                .and_then(|sh| sh.status.get(c).map(|s| !s.status))
-                .unwrap_or(false)
-        };
+        let book = self.book.clone();
+        let is_down = move |c: &str| book.is_down(c);
         let (new_held, messages) = self
             .policy
             .due(unix_ms(), &is_down, &mut || store.next_seq());
+        self.log_notes();
         if new_held.is_empty() && messages.is_empty() {
             return;
         }
@@ -423,7 +454,12 @@ impl Pipeline {
     }
 
     fn render(&self, t: &Target, m: &Message) -> Vec<Stored> {
-        let text = self.templates.render(&t.channel, m.kind, t.flavor, &m.ctx);
+        let (text, error) = self
+            .templates
+            .render_checked(&t.channel, m.kind, t.flavor, &m.ctx);
+        if let Some(e) = error {
+            tracing::warn!(event = "template_error", channel = %t.channel, kind = %m.kind, "The {} template of channel {} failed ({e}); the default text is sent.", m.kind, t.channel);
+        }
         let now = unix_ms();
         let document = serde_json::json!({
             "kind": m.kind,
@@ -454,66 +490,6 @@ impl Pipeline {
             .collect()
     }
 
-    async fn silence(&mut self, cmd: SilenceCmd) -> Result<serde_json::Value, String> {
-        let now = unix_ms();
-        match cmd {
-            SilenceCmd::Add {
-                pattern,
-                duration,
-                reason,
-            } => {
-                let s = Silence {
-                    id: self.store.next_seq(),
-                    pattern,
-                    until: now + duration.as_millis() as u64,
-                    reason,
-                    created_at: now,
-                };
-                if !self
-                    .persist(vec![Op::Silence(s.id, serde_json::to_vec(&s).ok())])
-                    .await
-                {
-                    return Err("the silence could not be saved".into());
-                }
-                tracing::info!(event = "silence_added", id = s.id, pattern = %s.pattern, reason = %s.reason, "Silence {} added: alerts of {} are not sent until {} ({}).", s.id, s.pattern, s.until, s.reason);
-                self.policy.silences.push(s.clone());
-                Ok(serde_json::to_value(&s).unwrap_or_default())
-            }
-            SilenceCmd::List => {
-                self.expire_silences(now).await;
-                Ok(serde_json::to_value(&self.policy.silences).unwrap_or_default())
-            }
-            SilenceCmd::Remove { id } => {
-                let before = self.policy.silences.len();
-                self.policy.silences.retain(|s| s.id != id);
-                if self.policy.silences.len() == before {
-                    return Err(format!("there is no silence {id}"));
-                }
-                self.persist(vec![Op::Silence(id, None)]).await;
-                tracing::info!(event = "silence_removed", id, "Silence {id} removed.");
-                Ok(serde_json::json!({ "removed": id }))
-            }
-        }
-    }
-
-    async fn expire_silences(&mut self, now: u64) {
-        let expired: Vec<Silence> = self
-            .policy
-            .silences
-            .iter()
-            .filter(|s| s.until <= now)
-            .cloned()
-            .collect();
-        if expired.is_empty() {
-            return;
-        }
-        self.policy.silences.retain(|s| s.until > now);
-        for s in &expired {
-            tracing::info!(event = "silence_expired", id = s.id, pattern = %s.pattern, "Silence {} ({}) expired.", s.id, s.pattern);
-        }
-        self.persist(expired.iter().map(|s| Op::Silence(s.id, None)).collect())
-            .await;
-    }
 }
 
 async fn sleep_until_ms(deadline: Option<u64>) {

@@ -24,8 +24,8 @@ impl Transition {
     }
 }
 
-/// The last run of a check, as shown by `vigia status`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// The last run of a check.
+#[derive(Clone, Debug, PartialEq)]
 pub struct LastRun {
     pub ok: bool,
     pub severity: Severity,
@@ -36,8 +36,9 @@ pub struct LastRun {
     pub at: u64,
 }
 
-/// One entry of the status map; this is also what the state store persists.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One entry of the status map, in memory. The store (`vigia::store::StoredCheck`) and
+/// the wire (`snapshot::CheckSnapshot`) have their own types.
+#[derive(Clone, Debug, PartialEq)]
 pub struct CheckState {
     /// true = OK.
     pub status: bool,
@@ -49,12 +50,9 @@ pub struct CheckState {
     /// before that.
     pub changed_at: u64,
     /// The message of the run that flipped the status to false, for the recovery alert.
-    #[serde(default)]
     pub failed_message: Option<String>,
-    #[serde(default)]
     pub last: Option<LastRun>,
     /// State the check keeps between runs (a Lua script's `ctx.state`), as JSON.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
 }
 
@@ -193,8 +191,7 @@ mod tests {
             s.record(false, 3, 2, t);
         }
         assert!(!s.status);
-        let json = serde_json::to_string(&s).unwrap();
-        let mut restored: CheckState = serde_json::from_str(&json).unwrap();
+        let mut restored = s.clone();
         // More failures after the restart: no second Failed.
         assert_eq!(restored.record(false, 3, 2, 10), None);
         assert_eq!(restored.record(true, 3, 2, 11), None);

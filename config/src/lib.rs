@@ -8,6 +8,9 @@
 //!    then each entry's plugin builds it.
 //!
 //! Every error names `file:line:col` and a path such as `checks[2].threshold`.
+//!
+//! [`diff`] compares two built configs for a reload: which checks were added, changed or
+//! removed, which sections changed, and which changes wait for a restart.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -16,13 +19,21 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use vigia_api::yaml::{did_you_mean, join_path, unknown_with_hint};
+use vigia_api::fnv1a;
 use vigia_api::{
     BrokenFile, BuildContext, Check, CheckFactory, ConfigError, ConfigErrors, Dur, Node, Pos,
 };
 
+pub mod alerting;
+pub mod diff;
+pub mod remediation;
+
+pub use vigia_core::alert::policy::CheckAlerting;
+pub use vigia_core::remedy::CheckRemedy;
+
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/vigia";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
     /// Name of this server in alerts and logs (default: the system host name).
@@ -140,10 +151,10 @@ pub struct CommonCheckConfig {
 
 impl CommonCheckConfig {
     /// Its remediation actions, if any.
-    pub fn remedy(&self) -> Option<Arc<crate::remedy::CheckRemedy>> {
+    pub fn remedy(&self) -> Option<Arc<CheckRemedy>> {
         (!self.on_failed.is_empty() || !self.on_recovered.is_empty() || self.runbook.is_some())
             .then(|| {
-                Arc::new(crate::remedy::CheckRemedy {
+                Arc::new(CheckRemedy {
                     on_failed: self.on_failed.clone(),
                     on_recovered: self.on_recovered.clone(),
                     runbook: self.runbook.clone(),
@@ -152,8 +163,8 @@ impl CommonCheckConfig {
     }
 
     /// Its alert settings; `None` when they are all defaults (most checks).
-    pub fn alerting(&self) -> Option<Arc<crate::alert::policy::CheckAlerting>> {
-        let a = crate::alert::policy::CheckAlerting {
+    pub fn alerting(&self) -> Option<Arc<CheckAlerting>> {
+        let a = CheckAlerting {
             notify: self
                 .notify
                 .as_ref()
@@ -162,7 +173,7 @@ impl CommonCheckConfig {
             remind_every: self.remind_every.map(Dur::get),
             depends_on: self.depends_on.iter().map(|s| s.as_str().into()).collect(),
         };
-        (a != crate::alert::policy::CheckAlerting::default()).then(|| Arc::new(a))
+        (a != CheckAlerting::default()).then(|| Arc::new(a))
     }
 }
 
@@ -252,9 +263,9 @@ pub struct Config {
     /// The `commands:` allow-list: what scripts may run with `exec`.
     pub commands: Arc<BTreeMap<String, PathBuf>>,
     /// `channels:`, `windows:`, `alerting:`.
-    pub alerting: crate::alert::config::AlertingSetup,
+    pub alerting: crate::alerting::AlertingSetup,
     /// `remediation:` and `actions:`.
-    pub remediation: crate::remedy::RemediationSetup,
+    pub remediation: crate::remediation::RemediationSetup,
     root: Node,
 }
 
@@ -285,6 +296,9 @@ impl Config {
         registry: &Registry,
     ) -> Result<(Config, Plan, Vec<ConfigError>), ConfigErrors> {
         let (config, mut errors) = Config::load_partial(file)?;
+        for e in crate::remediation::validate_runbooks(&config.remediation, &|p| config.pos_of(p)) {
+            errors.push(e.in_file(file));
+        }
         let built = config.build(registry);
         if let Err(e) = &built {
             errors.extend(e.clone());
@@ -309,12 +323,6 @@ impl Config {
         })?;
         let (config, errors) = Config::parse_partial(&text, file).map_err(|e| e.in_file(file))?;
         Ok((config, errors.in_file(file)))
-    }
-
-    /// Parses config text; `file` locates relative paths and names errors.
-    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
-        let (config, errors) = Config::parse_partial(text, file)?;
-        errors.into_result(config)
     }
 
     /// Parses what can be parsed. `Err` only when nothing can (a YAML syntax error);
@@ -414,9 +422,9 @@ impl Config {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        let alerting = crate::alert::config::parse(&root, &config_dir, &mut errors);
+        let alerting = crate::alerting::parse(&root, &config_dir, &mut errors);
         let commands = Arc::new(commands);
-        let remediation = crate::remedy::parse(&root, &config_dir, &commands, &mut errors);
+        let remediation = crate::remediation::parse(&root, &config_dir, &commands, &mut errors);
         let config = Config {
             file: file.to_path_buf(),
             engine,
@@ -529,7 +537,7 @@ impl Config {
             let remedy = c.common.remedy();
             if let Some(r) = &remedy {
                 for e in
-                    crate::remedy::check_names(&self.remediation, r, &c.path, &|p| self.pos_of(p))
+                    crate::remediation::check_names(&self.remediation, r, &c.path, &|p| self.pos_of(p))
                 {
                     err(e.path, e.message);
                 }
@@ -583,7 +591,7 @@ impl Config {
             e.params = Node::empty_map(e.params.pos);
         }
         self.root = Node::empty_map(Pos::default());
-        crate::engine::trim_memory();
+        trim_memory();
         let (plan, _) = self.build_from(registry, Some(&texts))?;
         Ok((self, plan))
     }
@@ -874,9 +882,9 @@ pub struct PlannedCheck {
     /// keeps the running version.
     pub source: Option<Arc<Path>>,
     /// `notify`, `window`, `remind_every`, `depends_on`; `None`: all defaults.
-    pub alerting: Option<Arc<crate::alert::policy::CheckAlerting>>,
+    pub alerting: Option<Arc<CheckAlerting>>,
     /// `on_failed`, `on_recovered`.
-    pub remedy: Option<Arc<crate::remedy::CheckRemedy>>,
+    pub remedy: Option<Arc<CheckRemedy>>,
     /// The fingerprint of the config entry it came from: equal fingerprints mean an
     /// unchanged check on reload. (A hash, not the node: a node per check would cost
     /// kilobytes at 10 000 checks.)
@@ -905,7 +913,7 @@ impl Plan {
     /// The alert settings of the checks that have any, for the alert pipeline.
     pub fn alerting(
         &self,
-    ) -> std::collections::HashMap<Arc<str>, Arc<crate::alert::policy::CheckAlerting>> {
+    ) -> std::collections::HashMap<Arc<str>, Arc<CheckAlerting>> {
         self.checks
             .iter()
             .filter_map(|c| c.alerting.clone().map(|a| (c.name.clone(), a)))
@@ -973,11 +981,14 @@ fn parse_commands(n: &Node, errors: &mut ConfigErrors) -> BTreeMap<String, PathB
     out
 }
 
-/// FNV-1a of a string.
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    })
+/// Gives the memory freed after parsing a big config back to the OS (glibc keeps it
+/// otherwise, and a 10 000-check config's YAML tree is tens of MB at its peak).
+pub fn trim_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The system host name, for `engine.hostname`'s default.

@@ -27,9 +27,9 @@ use serde::Deserialize;
 use vigia_api::yaml::{join_path, unknown_with_hint, Value};
 use vigia_api::{ConfigError, ConfigErrors, Dur, Node};
 
-use super::policy::{ChannelPolicy, Flapping, PolicyConfig};
-use super::template::{Flavor, Templates, KINDS};
-use super::window::{parse_clock, parse_days, Window};
+use vigia_core::alert::policy::{ChannelPolicy, Flapping, PolicyConfig};
+use vigia_core::alert::template::{Flavor, Templates, KINDS};
+use vigia_core::alert::window::{parse_clock, parse_days, Window};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,14 +219,6 @@ impl Clone for AlertingSetup {
             fingerprint: self.fingerprint,
             declared: self.declared.clone(),
         }
-    }
-}
-
-impl AlertingSetup {
-    /// Whether a reload changed what needs a restart (channels, windows, templates,
-    /// the `alerting:` section).
-    pub fn same_delivery(&self, other: &AlertingSetup) -> bool {
-        self.fingerprint == other.fingerprint
     }
 }
 
@@ -484,7 +476,7 @@ fn parse_inner(
                                 .api_url
                                 .clone()
                                 .unwrap_or_else(|| "https://api.telegram.org".into());
-                            if reqwest::Url::parse(&api_url)
+                            if url::Url::parse(&api_url)
                                 .map(|u| !matches!(u.scheme(), "http" | "https"))
                                 .unwrap_or(true)
                             {
@@ -509,7 +501,7 @@ fn parse_inner(
                             );
                             match &c.url {
                                 Some(u)
-                                    if reqwest::Url::parse(u)
+                                    if url::Url::parse(u)
                                         .is_ok_and(|x| matches!(x.scheme(), "http" | "https")) =>
                                 {
                                     Some(ChannelKind::Webhook {

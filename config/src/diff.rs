@@ -1,0 +1,169 @@
+//! What a reload changes: computed from the two configs, not from a hand-kept list.
+//!
+//! - `engine:` is compared key by key (through its serialized form, so a key added to
+//!   [`EngineConfig`] is compared without touching this file); only the keys in
+//!   [`RESTART_KEYS`] wait for a restart, every other one is applied live.
+//! - `channels:` + `windows:` + `alerting:` are one unit (the alert stage is rebuilt
+//!   when any of them changed), and so are `remediation:` + `actions:` + `runbooks:` +
+//!   `commands:` (the remediation stage).
+//! - Checks are compared by name and fingerprint (see `PlannedCheck::same_as`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::{Config, EngineConfig, Plan};
+
+/// The `engine:` keys a running engine cannot change: the store and the control
+/// socket live in `state_dir`, and the runtime's threads are made before anything runs.
+pub const RESTART_KEYS: &[&str] = &["state_dir", "worker_threads"];
+
+/// What differs between the running config and a new one.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ConfigDiff {
+    /// `engine:` keys applied live.
+    pub engine_live: Vec<String>,
+    /// `engine:` keys that take effect at the next restart.
+    pub needs_restart: Vec<String>,
+    /// `channels:`, `windows:` or `alerting:` changed.
+    pub alerting: bool,
+    /// `remediation:`, `actions:`, `runbooks:` or `commands:` changed.
+    pub remediation: bool,
+    pub checks: CheckChanges,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct CheckChanges {
+    pub added: Vec<Arc<str>>,
+    pub changed: Vec<Arc<str>>,
+    pub removed: Vec<Arc<str>>,
+    pub kept: usize,
+}
+
+/// A check as a reload compares it.
+#[derive(Debug, Clone)]
+pub struct CheckPrint {
+    pub name: Arc<str>,
+    pub fingerprint: u64,
+    /// Its script, if any: while that file does not load, the check keeps running.
+    pub source: Option<Arc<std::path::Path>>,
+}
+
+/// What a running engine remembers of the config in force, to diff the next one with.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub engine: EngineConfig,
+    pub alerting: u64,
+    pub remediation: u64,
+    pub checks: Vec<CheckPrint>,
+}
+
+impl Running {
+    pub fn of(config: &Config, plan: &Plan) -> Running {
+        Running {
+            engine: config.engine.clone(),
+            alerting: config.alerting.fingerprint,
+            remediation: config.remediation.fingerprint,
+            checks: plan
+                .checks
+                .iter()
+                .map(|c| CheckPrint {
+                    name: c.name.clone(),
+                    fingerprint: c.fingerprint,
+                    source: c.source.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The diff from this config to `new`. A check kept at its last good version
+    /// because its script does not load is neither changed nor removed.
+    pub fn diff(&self, new: &Config, plan: &Plan) -> ConfigDiff {
+        let (engine_live, needs_restart) = engine_keys(&self.engine, &new.engine);
+        ConfigDiff {
+            engine_live,
+            needs_restart,
+            alerting: self.alerting != new.alerting.fingerprint,
+            remediation: self.remediation != new.remediation.fingerprint,
+            checks: checks(&self.checks, plan),
+        }
+    }
+}
+
+impl ConfigDiff {
+    /// Nothing but checks changed.
+    pub fn only_checks(&self) -> bool {
+        self.engine_live.is_empty() && self.needs_restart.is_empty() && !self.alerting && !self.remediation
+    }
+}
+
+/// The `engine:` keys whose values differ: (live, needs a restart).
+pub fn engine_keys(old: &EngineConfig, new: &EngineConfig) -> (Vec<String>, Vec<String>) {
+    let as_map = |e: &EngineConfig| -> BTreeMap<String, serde_json::Value> {
+        match serde_json::to_value(e) {
+            Ok(serde_json::Value::Object(m)) => m.into_iter().collect(),
+            _ => BTreeMap::new(),
+        }
+    };
+    let (a, b) = (as_map(old), as_map(new));
+    let mut live = Vec::new();
+    let mut restart = Vec::new();
+    for (k, v) in &b {
+        if a.get(k) != Some(v) {
+            let path = format!("engine.{k}");
+            if RESTART_KEYS.contains(&k.as_str()) {
+                restart.push(path);
+            } else {
+                live.push(path);
+            }
+        }
+    }
+    (live, restart)
+}
+
+fn checks(old: &[CheckPrint], plan: &Plan) -> CheckChanges {
+    let before: HashMap<&str, u64> = old.iter().map(|c| (&*c.name, c.fingerprint)).collect();
+    let mut out = CheckChanges::default();
+    // Not in the new plan because its script does not load: it keeps running.
+    let broken = |c: &CheckPrint| {
+        c.source
+            .as_deref()
+            .is_some_and(|src| plan.broken.iter().any(|b| b.file == src))
+    };
+    let mut now: std::collections::HashSet<&str> = Default::default();
+    for c in &plan.checks {
+        now.insert(&c.name);
+        match before.get(&*c.name) {
+            None => out.added.push(c.name.clone()),
+            Some(f) if *f == c.fingerprint => out.kept += 1,
+            Some(_) => out.changed.push(c.name.clone()),
+        }
+    }
+    for c in old {
+        if !now.contains(&*c.name) && !broken(c) {
+            out.removed.push(c.name.clone());
+        }
+    }
+    out.added.sort();
+    out.changed.sort();
+    out.removed.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_keys_are_classified_without_a_list_of_keys() {
+        let old = EngineConfig::default();
+        let mut new = old.clone();
+        new.watch = false;
+        new.status_log_interval = vigia_api::Dur::secs(5);
+        new.worker_threads = 2;
+        new.state_dir = "/tmp/elsewhere".into();
+        let (live, restart) = engine_keys(&old, &new);
+        assert_eq!(live, ["engine.status_log_interval", "engine.watch"]);
+        assert_eq!(restart, ["engine.state_dir", "engine.worker_threads"]);
+        assert_eq!(engine_keys(&old, &old), (vec![], vec![]));
+    }
+}

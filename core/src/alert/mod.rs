@@ -1,0 +1,72 @@
+//! Alerting's pure half: the policy (flapping, reminders, silences, windows, grouping,
+//! dependencies) as a state machine over timestamps, send windows, and the templates
+//! that render its messages. The runtime (`vigia` crate, `alerting/`) keeps every step
+//! durable and delivers.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::status::Transition;
+
+pub mod policy;
+pub mod template;
+pub mod window;
+
+/// One transition of one check, as alerting sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertEvent {
+    pub host: Arc<str>,
+    pub check: Arc<str>,
+    pub group: Option<Arc<str>>,
+    #[serde(rename = "state")]
+    pub transition: Transition,
+    /// The message of the run that caused the transition.
+    pub message: String,
+    #[serde(default)]
+    pub value: Option<f64>,
+    pub failures: u32,
+    pub threshold: u32,
+    pub successes: u32,
+    pub recover_after: u32,
+    pub comment: Arc<str>,
+    /// Unix ms of the transition.
+    pub at: u64,
+    /// How long the check had been in its previous state, in ms.
+    pub previous_duration_ms: u64,
+    /// For a recovery: the message of the failure it recovers from.
+    pub failed_message: Option<String>,
+    /// What remediation did about it, one line per action.
+    #[serde(default)]
+    pub transcript: Option<String>,
+}
+
+/// "3m12s" for a duration in ms.
+pub fn human_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    if s < 1 {
+        return format!("{ms}ms");
+    }
+    let (d, h, m, sec) = (s / 86400, (s / 3600) % 24, (s / 60) % 60, s % 60);
+    let parts = [(d, "d"), (h, "h"), (m, "m"), (sec, "s")];
+    parts
+        .iter()
+        .skip_while(|(v, _)| *v == 0)
+        .take(2)
+        .filter(|(v, _)| *v > 0)
+        .map(|(v, u)| format!("{v}{u}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(192_000), "3m12s");
+        assert_eq!(human_duration(3_725_000), "1h2m");
+        assert_eq!(human_duration(90_061_000), "1d1h");
+        assert_eq!(human_duration(500), "500ms");
+    }
+}

@@ -1,0 +1,125 @@
+//! The one read of the status map from outside the engine: what `vigia status`, the
+//! control socket (and later the HTTP API, the cluster and the Telegram console) see.
+//! These are wire types: they change only in ways old readers accept (fields added
+//! with defaults), whatever the in-memory record or the store do.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use vigia_api::Severity;
+
+/// The whole engine, as seen at one moment.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusSnapshot {
+    pub host: String,
+    pub pid: u32,
+    /// Unix ms.
+    pub started_at: u64,
+    pub now: u64,
+    /// The config file it runs.
+    pub config: String,
+    pub checks: Vec<CheckSnapshot>,
+    #[serde(default)]
+    pub stats: Option<StatsSnapshot>,
+    /// Per delivery target: pending, delivered, failed, last error.
+    #[serde(default)]
+    pub channels: BTreeMap<String, TargetStats>,
+}
+
+/// One check: its schedule and its state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CheckSnapshot {
+    pub name: String,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub target: String,
+    #[serde(default)]
+    pub interval_ms: u64,
+    /// 0 when not known (a saved state read while no engine runs).
+    #[serde(default)]
+    pub threshold: u32,
+    #[serde(default)]
+    pub recover_after: u32,
+    #[serde(default)]
+    pub comment: String,
+    /// true = OK.
+    pub status: bool,
+    pub failures: u32,
+    pub successes: u32,
+    /// Unix ms of the last change of status.
+    pub changed_at: u64,
+    #[serde(default)]
+    pub failed_message: Option<String>,
+    #[serde(default)]
+    pub last: Option<LastRunSnapshot>,
+}
+
+/// The last run of a check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastRunSnapshot {
+    pub ok: bool,
+    pub severity: Severity,
+    #[serde(default)]
+    pub value: Option<f64>,
+    pub message: String,
+    pub duration_ms: f64,
+    /// Unix ms.
+    pub at: u64,
+}
+
+impl From<&crate::status::LastRun> for LastRunSnapshot {
+    fn from(l: &crate::status::LastRun) -> Self {
+        LastRunSnapshot {
+            ok: l.ok,
+            severity: l.severity,
+            value: l.value,
+            message: l.message.clone(),
+            duration_ms: l.duration_ms,
+            at: l.at,
+        }
+    }
+}
+
+impl CheckSnapshot {
+    /// The state part of a snapshot, from the in-memory record.
+    pub fn of_state(name: &str, s: &crate::status::CheckState) -> Self {
+        CheckSnapshot {
+            name: name.to_string(),
+            status: s.status,
+            failures: s.failures,
+            successes: s.successes,
+            changed_at: s.changed_at,
+            failed_message: s.failed_message.clone(),
+            last: s.last.as_ref().map(Into::into),
+            ..Default::default()
+        }
+    }
+}
+
+/// The scheduler's counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsSnapshot {
+    pub executed: u64,
+    pub skipped: u64,
+    pub timeouts: u64,
+    pub panics: u64,
+    pub lateness_p50_ms: f64,
+    pub lateness_p99_ms: f64,
+    pub lateness_max_ms: f64,
+}
+
+/// Delivery figures of one alert target.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TargetStats {
+    pub channel: String,
+    /// `telegram chat 123`, `console`, `webhook https://…`.
+    pub target: String,
+    pub pending: usize,
+    pub delivered: u64,
+    pub failed: u64,
+    pub retries: u64,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<u64>,
+    pub last_delivered_at: Option<u64>,
+}

@@ -1,0 +1,740 @@
+//! `vigia run`: the supervisor. It builds every stage with its whole configuration,
+//! starts them in order, applies reloads as a computed diff, and stops them in order
+//! with a cancellation token each — never by the order in which things are dropped.
+//!
+//! ```text
+//! scheduler ─observations─▶ journal ─commit─▶ store
+//!                              └─publish─▶ bus ─┬─▶ alerting (pipeline + senders)
+//!                                               ├─▶ remediation ──▶ alerting
+//!                                               └─▶ log (alert and status lines)
+//! control socket ─Command─▶ Door ─snapshot / silence─▶ status book, alerting
+//! ```
+//!
+//! Start: store → status book restored → alerting (replays the inbox, restores
+//! reminders, with every check's settings) → remediation → log → journal → control
+//! socket → scheduler. Stop: scheduler (running checks get `shutdown_grace`) → control
+//! socket → journal (commits and publishes what is queued) → log and remediation (which
+//! end when the bus closes; running actions finish) → alerting (drains its queues) →
+//! senders (a few seconds to deliver; the rest stays in the outbox).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use vigia_config::alerting::AlertingSetup;
+use vigia_config::diff::{ConfigDiff, Running};
+use vigia_config::{system_hostname, trim_memory, Config, Plan, PlannedCheck, Registry};
+use vigia_core::alert::policy::Item;
+use vigia_core::alert::AlertEvent;
+use vigia_core::status::{CheckState, Transition};
+
+use crate::alerting::pipeline::{
+    self, AlertStatus, Handles, Input as AlertInput, Inputs, PipelineSetup,
+};
+use crate::alerting::{self, Console};
+use crate::book::StatusBook;
+use crate::bus::{Bus, Committed};
+use crate::clock::unix_ms;
+use crate::control::{self, Door};
+use crate::journal::Journal;
+use crate::remediation::{RemediationMemory, Remediator};
+use crate::scheduler::{Scheduler, SchedulerShared};
+use crate::store::{Op, Store};
+use crate::watch::{Watch, WatchSet};
+use crate::{status_log, systemd};
+
+/// How `vigia run` was asked to run.
+pub struct RunOptions {
+    pub config: PathBuf,
+    /// Print alerts on stderr (the console channel).
+    pub console: bool,
+}
+
+/// Queue sizes between the stages.
+const OBSERVATIONS: usize = 16 * 1024;
+const ALERT_INPUTS: usize = 16 * 1024;
+
+/// Loads and builds a config, logging its warnings. The error is every problem found.
+pub fn load_plan(path: &Path, registry: &Registry) -> Result<(Config, Plan), String> {
+    let (config, plan, warnings) =
+        Config::load_and_build(path, registry).map_err(|e| e.to_string())?;
+    for w in warnings {
+        tracing::warn!(event = "config_warning", "{w}");
+    }
+    Ok((config, plan))
+}
+
+/// `load_plan` for a long-running engine: once valid, the plan is built again compactly,
+/// without the file's tree (memory; see `Config::rebuild_compact`). A one-shot command
+/// such as `vigia check` has no use for that second build.
+fn load_plan_to_run(path: &Path, registry: &Registry) -> Result<(Config, Plan), String> {
+    let (config, plan) = load_plan(path, registry)?;
+    drop(plan);
+    config.rebuild_compact(registry).map_err(|e| e.to_string())
+}
+
+/// A running stage: its token, and the task that hands back its queue when it ends.
+struct Stage<T> {
+    stop: CancellationToken,
+    handle: JoinHandle<T>,
+}
+
+impl<T> Stage<T> {
+    /// Stops it and takes its queue back; `None` if the task panicked.
+    async fn stop(self) -> Option<T> {
+        self.stop.cancel();
+        self.handle.await.ok()
+    }
+}
+
+/// The alerting stage: the pipeline and its senders.
+struct AlertStage {
+    stop: CancellationToken,
+    handles: Handles,
+}
+
+impl AlertStage {
+    /// Stops the pipeline (it drains its queues and hands them back), then the senders
+    /// (a message in flight stays in the outbox).
+    async fn stop(self) -> Option<Inputs> {
+        self.stop.cancel();
+        let inputs = self.handles.pipeline.await.ok();
+        self.handles.stop_senders.cancel();
+        for s in self.handles.senders {
+            let _ = s.await;
+        }
+        inputs
+    }
+}
+
+/// The `failed` events of the checks that are down, for their reminders: what a
+/// pipeline needs to know of the status book when it starts.
+fn down_events(book: &StatusBook, plan: &[Arc<PlannedCheck>], host: &Arc<str>) -> Vec<AlertEvent> {
+    let specs: HashMap<&str, &PlannedCheck> = plan.iter().map(|c| (&*c.name, &**c)).collect();
+    book.down()
+        .into_iter()
+        .filter_map(|st| {
+            let spec = specs.get(st.name.as_str())?;
+            Some(AlertEvent {
+                host: host.clone(),
+                check: spec.name.clone(),
+                group: spec.group.clone(),
+                transition: Transition::Failed,
+                message: st.failed_message.clone().unwrap_or_default(),
+                value: None,
+                failures: st.failures,
+                threshold: spec.threshold,
+                successes: st.successes,
+                recover_after: spec.recover_after,
+                comment: spec.comment.clone(),
+                at: st.changed_at,
+                previous_duration_ms: 0,
+                failed_message: None,
+                transcript: None,
+            })
+        })
+        .collect()
+}
+
+/// Everything the supervisor keeps while the engine runs.
+struct Engine {
+    config_file: PathBuf,
+    registry: Registry,
+    store: Arc<Store>,
+    book: Arc<StatusBook>,
+    host: watch::Sender<Arc<str>>,
+    console: Option<Console>,
+    alert_status: Arc<AlertStatus>,
+    alert_tx: mpsc::Sender<AlertInput>,
+    alerting: Option<AlertStage>,
+    remediation: Option<Stage<mpsc::Receiver<Committed>>>,
+    remedy_memory: Arc<RemediationMemory>,
+    remedy_jobs: TaskTracker,
+    logger: Option<Stage<mpsc::Receiver<Committed>>>,
+    tasks: Arc<SchedulerShared>,
+    scheduler: Scheduler,
+    door: Arc<Door>,
+    script_errors: ScriptErrors,
+    watcher: Option<Watch>,
+    running: Running,
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let registry = Registry::builtin();
+    let (config, plan) = load_plan_to_run(&opts.config, &registry)
+        .map_err(|e| anyhow::anyhow!("the config has problems, nothing was started:\n{e}"))?;
+    let host: Arc<str> = config
+        .engine
+        .hostname
+        .clone()
+        .unwrap_or_else(system_hostname)
+        .into();
+    let (host_tx, host_rx) = watch::channel(host.clone());
+    let state_dir = config.engine.state_dir.clone();
+    let store = Arc::new(Store::open(&state_dir)?);
+    let book = StatusBook::new();
+    restore(&book, &store, &plan, store.load_checks()?).await;
+
+    let (observations_tx, observations_rx) = mpsc::channel(OBSERVATIONS);
+    let (alert_tx, alert_rx) = mpsc::channel(ALERT_INPUTS);
+    let mut bus = Bus::default();
+    let alert_events = bus.subscribe("alerting", ALERT_INPUTS);
+    let remedy_events = bus.subscribe("remediation", 1024);
+    let log_events = bus.subscribe("log", ALERT_INPUTS);
+
+    // Alerting first, whole: what it replays from the inbox and the reminders it
+    // restores see every check's routing, window, dependencies and reminder period.
+    let console = opts.console.then(Console::stderr);
+    let alert_status = Arc::new(AlertStatus::default());
+    let tasks = SchedulerShared::new(
+        config.engine.max_concurrent_checks,
+        book.clone(),
+        observations_tx,
+    );
+    let mut scheduler = Scheduler::new(tasks.clone());
+    let specs: Vec<Arc<PlannedCheck>> = plan.checks.iter().cloned().map(Arc::new).collect();
+    let targets = pipeline::build_targets(&config.alerting, console.clone())
+        .map_err(|e| anyhow::anyhow!("alerting cannot start: {e}"))?;
+    let alerting = start_alerting(
+        &config.alerting,
+        &plan,
+        down_events(&book, &specs, &host),
+        targets,
+        host.clone(),
+        &store,
+        &book,
+        &alert_status,
+        Inputs {
+            commands: alert_rx,
+            events: alert_events,
+        },
+        true,
+    )
+    .map_err(|(e, _)| anyhow::anyhow!("alerting cannot start: {e}"))?;
+    let remedy_memory = Arc::new(RemediationMemory::default());
+    let remedy_jobs = TaskTracker::new();
+    let remediation = start_remediation(
+        &config,
+        &host,
+        &alert_tx,
+        &book,
+        &remedy_memory,
+        &remedy_jobs,
+        remedy_events,
+    );
+    let logger = start_logger(&book, &host_rx, &config, log_events);
+    let journal_stop = CancellationToken::new();
+    let journal = tokio::spawn(
+        Journal {
+            store: store.clone(),
+            host: host_rx.clone(),
+            bus,
+        }
+        .run(observations_rx, journal_stop.clone()),
+    );
+
+    let door = Arc::new(Door {
+        host: host_rx.clone(),
+        started_at: unix_ms(),
+        config: opts.config.clone(),
+        tasks: tasks.clone(),
+        checks: Default::default(),
+        alerts: alert_status.clone(),
+        alert_tx: alert_tx.clone(),
+    });
+    let socket_path = state_dir.join(control::SOCKET_FILE);
+    let control_stop = CancellationToken::new();
+    let control = control::serve(&socket_path, door.clone(), control_stop.clone())
+        .with_context(|| format!("cannot open the control socket {}", socket_path.display()))?;
+
+    scheduler.apply(&plan);
+    let mut engine = Engine {
+        config_file: opts.config.clone(),
+        registry,
+        store: store.clone(),
+        book,
+        host: host_tx,
+        console,
+        alert_status,
+        alert_tx: alert_tx.clone(),
+        alerting: Some(alerting),
+        remediation: Some(remediation),
+        remedy_memory,
+        remedy_jobs,
+        logger: Some(logger),
+        tasks,
+        scheduler,
+        door,
+        script_errors: ScriptErrors::new(alert_tx, store.clone()),
+        watcher: config
+            .engine
+            .watch
+            .then(|| Watch::start(&opts.config, &config, &plan)),
+        running: Running::of(&config, &plan),
+    };
+    engine.refresh_door();
+    engine.script_errors.report(&plan, &engine.scheduler, &config, &host).await;
+    let n_checks = plan.checks.len();
+    // The YAML tree and the plan go: what a reload compares with is in `running`.
+    drop(config);
+    drop(plan);
+    trim_memory();
+    tracing::info!(
+        event = "started",
+        host = %host,
+        checks = n_checks,
+        state_dir = %state_dir.display(),
+        config = %opts.config.display(),
+        "Vigia {} started: {} checks scheduled.",
+        env!("CARGO_PKG_VERSION"),
+        n_checks
+    );
+    systemd::notify("READY=1");
+    let watchdog_stop = CancellationToken::new();
+    let watchdog = systemd::watchdog_period().map(|period| {
+        let stop = watchdog_stop.clone();
+        tokio::spawn(async move {
+            loop {
+                systemd::notify("WATCHDOG=1");
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        })
+    });
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let why = loop {
+        let changed = async {
+            match engine.watcher.as_mut() {
+                Some(w) => w.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = hup.recv() => {
+                systemd::notify("RELOADING=1");
+                tracing::info!(event = "reload", "SIGHUP received: reloading {}.", opts.config.display());
+                engine.reload().await?;
+                systemd::notify("READY=1");
+            }
+            files = changed => {
+                systemd::notify("RELOADING=1");
+                tracing::info!(event = "reload", files = %files.join(", "), "Files changed ({}): reloading.", files.join(", "));
+                engine.reload().await?;
+                systemd::notify("READY=1");
+            }
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+        }
+    };
+
+    systemd::notify("STOPPING=1");
+    let grace = engine.running.engine.shutdown_grace.get();
+    tracing::info!(
+        event = "stopping",
+        signal = why,
+        "Stopping on {why}: no new check runs; waiting up to {} for running ones.",
+        vigia_api::Dur(grace)
+    );
+    let aborted = engine.scheduler.shutdown(grace).await;
+    if aborted > 0 {
+        tracing::warn!(
+            event = "stopping",
+            aborted,
+            "{aborted} checks did not finish within the grace period and were cancelled."
+        );
+    }
+    control_stop.cancel();
+    let _ = control.await;
+    watchdog_stop.cancel();
+    if let Some(w) = watchdog {
+        let _ = w.await;
+    }
+    // The journal commits and publishes what the checks left queued; the bus closes.
+    journal_stop.cancel();
+    let _ = journal.await;
+    if let Some(l) = engine.logger.take() {
+        let _ = l.handle.await;
+    }
+    // Remediation ends with the bus; its running actions (each has its timeout) finish
+    // and pass their transitions on before alerting stops.
+    if let Some(r) = engine.remediation.take() {
+        let _ = r.handle.await;
+    }
+    engine.remedy_jobs.close();
+    engine.remedy_jobs.wait().await;
+    if let Some(a) = engine.alerting.take() {
+        a.stop.cancel();
+        let _ = a.handles.pipeline.await;
+        // Give the senders a moment to deliver what is pending; the rest stays in the
+        // outbox for the next start.
+        let drain_until = tokio::time::Instant::now() + grace.min(Duration::from_secs(5));
+        while tokio::time::Instant::now() < drain_until
+            && engine.alert_status.snapshot().values().any(|t| t.pending > 0)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let pending: usize = engine.alert_status.snapshot().values().map(|t| t.pending).sum();
+        if pending > 0 {
+            tracing::warn!(event = "stopping", pending, "{pending} alert messages are not delivered yet; they stay in the outbox and go out at the next start.");
+        }
+        a.handles.stop_senders.cancel();
+        for s in a.handles.senders {
+            let _ = s.await;
+        }
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!(
+        event = "stopped",
+        "Stopped; state saved in {}.",
+        store.path().display()
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_alerting(
+    setup: &AlertingSetup,
+    plan: &Plan,
+    down: Vec<AlertEvent>,
+    targets: Vec<pipeline::Target>,
+    host: Arc<str>,
+    store: &Arc<Store>,
+    book: &Arc<StatusBook>,
+    status: &Arc<AlertStatus>,
+    inputs: Inputs,
+    replay_inbox: bool,
+) -> Result<AlertStage, (String, Inputs)> {
+    let stop = CancellationToken::new();
+    let handles = pipeline::start(
+        PipelineSetup {
+            alerting: setup,
+            checks: plan.alerting(),
+            down,
+            host,
+            replay_inbox,
+        },
+        targets,
+        store.clone(),
+        book.clone(),
+        status.clone(),
+        inputs,
+        stop.clone(),
+    )?;
+    Ok(AlertStage { stop, handles })
+}
+
+fn start_remediation(
+    config: &Config,
+    host: &str,
+    alert_tx: &mpsc::Sender<AlertInput>,
+    book: &Arc<StatusBook>,
+    memory: &Arc<RemediationMemory>,
+    jobs: &TaskTracker,
+    events: mpsc::Receiver<Committed>,
+) -> Stage<mpsc::Receiver<Committed>> {
+    let stop = CancellationToken::new();
+    let handle = Remediator::new(
+        config.remediation.clone(),
+        host,
+        alert_tx.clone(),
+        book.clone(),
+        memory.clone(),
+    )
+    .spawn(events, stop.clone(), jobs.clone());
+    Stage { stop, handle }
+}
+
+fn start_logger(
+    book: &Arc<StatusBook>,
+    host: &watch::Receiver<Arc<str>>,
+    config: &Config,
+    events: mpsc::Receiver<Committed>,
+) -> Stage<mpsc::Receiver<Committed>> {
+    let stop = CancellationToken::new();
+    let handle = status_log::spawn(
+        book.clone(),
+        host.clone(),
+        config.engine.status_log_interval.get(),
+        events,
+        stop.clone(),
+    );
+    Stage { stop, handle }
+}
+
+impl Engine {
+    fn refresh_door(&self) {
+        let mut specs: Vec<_> = self.scheduler.specs().cloned().collect();
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        *self.door.checks.write().unwrap_or_else(|p| p.into_inner()) = specs;
+    }
+
+    fn host(&self) -> Arc<str> {
+        self.host.borrow().clone()
+    }
+
+    /// SIGHUP or a saved file: build the new config aside; apply it only if it is
+    /// entirely valid, as the diff with the running one says. `Err` only when a stage
+    /// could not be handed over (its task died): the engine then stops.
+    async fn reload(&mut self) -> anyhow::Result<()> {
+        let (config, plan) = match load_plan_to_run(&self.config_file, &self.registry) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(
+                    event = "reload_failed",
+                    errors = %e,
+                    "The new config was rejected; the running config stays in force. Problems:\n{e}"
+                );
+                return Ok(());
+            }
+        };
+        let diff = self.running.diff(&config, &plan);
+        let mut applied = diff.clone();
+        let new_host: Arc<str> = config
+            .engine
+            .hostname
+            .clone()
+            .unwrap_or_else(system_hostname)
+            .into();
+        let host_changed = new_host != self.host();
+        if host_changed {
+            self.host.send_replace(new_host.clone());
+        }
+        let e = &config.engine;
+        self.tasks.set_max_concurrent(e.max_concurrent_checks);
+
+        // The checks first: a rebuilt alerting stage then sees the new set.
+        let summary = self.scheduler.apply(&plan);
+        self.refresh_door();
+        let specs: Vec<Arc<PlannedCheck>> = self.scheduler.specs().cloned().collect();
+
+        if diff.alerting || host_changed {
+            match pipeline::build_targets(&config.alerting, self.console.clone()) {
+                Err(err) => {
+                    applied.alerting = false;
+                    tracing::error!(event = "reload_failed", "The new channels cannot be used ({err}); alerting keeps the running channels.");
+                }
+                Ok(targets) => {
+                    let old = self.alerting.take().context("the alerting stage is missing")?;
+                    let inputs = old
+                        .stop()
+                        .await
+                        .context("the alerting stage died; the engine stops so that systemd restarts it")?;
+                    let down = down_events(&self.book, &specs, &new_host);
+                    match start_alerting(
+                        &config.alerting,
+                        &plan,
+                        down,
+                        targets,
+                        new_host.clone(),
+                        &self.store,
+                        &self.book,
+                        &self.alert_status,
+                        inputs,
+                        false,
+                    ) {
+                        Ok(stage) => self.alerting = Some(stage),
+                        Err((err, _)) => anyhow::bail!("alerting cannot start again: {err}"),
+                    }
+                }
+            }
+        } else {
+            let _ = self.alert_tx.send(AlertInput::Checks(plan.alerting())).await;
+        }
+        if diff.remediation || host_changed {
+            let old = self.remediation.take().context("the remediation stage is missing")?;
+            let events = old
+                .stop()
+                .await
+                .context("the remediation stage died; the engine stops so that systemd restarts it")?;
+            self.remediation = Some(start_remediation(
+                &config,
+                &new_host,
+                &self.alert_tx,
+                &self.book,
+                &self.remedy_memory,
+                &self.remedy_jobs,
+                events,
+            ));
+        }
+        if self.running.engine.status_log_interval != e.status_log_interval {
+            let old = self.logger.take().context("the log stage is missing")?;
+            let events = old.stop().await.context("the log stage died")?;
+            let host_rx = self.host.subscribe();
+            self.logger = Some(start_logger(&self.book, &host_rx, &config, events));
+        }
+        match (&mut self.watcher, e.watch) {
+            (Some(w), true) => w.rewatch(WatchSet::of(&self.config_file, &config, &plan)),
+            (None, true) => self.watcher = Some(Watch::start(&self.config_file, &config, &plan)),
+            (Some(_), false) => self.watcher = None,
+            (None, false) => {}
+        }
+        let host = self.host();
+        self.script_errors
+            .report(&plan, &self.scheduler, &config, &host)
+            .await;
+        if !summary.removed.is_empty() {
+            let ops = summary
+                .removed
+                .iter()
+                .map(|n| Op::Check(n.to_string(), None))
+                .collect();
+            crate::store::persist(&self.store, ops, "the removal of checks").await;
+        }
+        log_reload(&applied, &summary);
+        // What is in force now. Keys that wait for a restart keep their running value
+        // (so the next reload says so again), and so do channels that could not be built.
+        let mut running = Running::of(&config, &plan);
+        running.engine.state_dir = self.running.engine.state_dir.clone();
+        running.engine.worker_threads = self.running.engine.worker_threads;
+        if !applied.alerting && diff.alerting {
+            running.alerting = self.running.alerting;
+        }
+        self.running = running;
+        drop(config);
+        drop(plan);
+        trim_memory();
+        Ok(())
+    }
+}
+
+fn log_reload(diff: &ConfigDiff, summary: &crate::scheduler::ApplySummary) {
+    if !diff.needs_restart.is_empty() {
+        tracing::warn!(
+            event = "reload",
+            keys = %diff.needs_restart.join(", "),
+            "These settings changed and take effect at the next restart: {}.",
+            diff.needs_restart.join(", ")
+        );
+    }
+    let mut live: Vec<String> = diff.engine_live.clone();
+    if diff.alerting {
+        live.push("channels/windows/alerting".into());
+    }
+    if diff.remediation {
+        live.push("actions/remediation/runbooks/commands".into());
+    }
+    let removed: Vec<&str> = summary.removed.iter().map(|n| &**n).collect();
+    let sections = if live.is_empty() {
+        String::new()
+    } else {
+        format!(" Applied: {}.", live.join(", "))
+    };
+    tracing::info!(
+        event = "reloaded",
+        added = summary.added,
+        changed = summary.changed,
+        kept = summary.kept,
+        removed = %removed.join(", "),
+        applied = %live.join(", "),
+        "Reloaded: {} added, {} changed, {} unchanged, {} removed.{sections}",
+        summary.added,
+        summary.changed,
+        summary.kept,
+        removed.len()
+    );
+}
+
+/// Puts persisted states back into the status book, and forgets the states of checks
+/// that are no longer configured.
+async fn restore(
+    book: &StatusBook,
+    store: &Arc<Store>,
+    plan: &Plan,
+    persisted: HashMap<String, CheckState>,
+) {
+    let names: HashSet<&str> = plan.checks.iter().map(|c| &*c.name).collect();
+    let mut forget: Vec<Op> = Vec::new();
+    let mut down = Vec::new();
+    let mut forgotten = Vec::new();
+    for (name, state) in persisted {
+        if names.contains(name.as_str()) {
+            if !state.status {
+                down.push(name.clone());
+            }
+            book.restore(name.into(), state);
+        } else {
+            forgotten.push(name.clone());
+            forget.push(Op::Check(name, None));
+        }
+    }
+    if !down.is_empty() {
+        down.sort();
+        tracing::info!(
+            event = "restored",
+            down = %down.join(", "),
+            "Restored the saved state: {} checks were down when the engine stopped and stay down until they recover.",
+            down.len()
+        );
+    }
+    if !forget.is_empty() {
+        forgotten.sort();
+        tracing::info!(event = "forgotten", checks = %forgotten.join(", "), "Forgot the saved state of checks that are no longer configured.");
+        crate::store::persist(store, forget, "the states of removed checks").await;
+    }
+}
+
+/// Reports scripts that do not load, once per distinct error, and when they load again.
+struct ScriptErrors {
+    alerts: mpsc::Sender<AlertInput>,
+    store: Arc<Store>,
+    reported: HashMap<PathBuf, String>,
+}
+
+impl ScriptErrors {
+    fn new(alerts: mpsc::Sender<AlertInput>, store: Arc<Store>) -> Self {
+        ScriptErrors {
+            alerts,
+            store,
+            reported: HashMap::new(),
+        }
+    }
+
+    async fn report(&mut self, plan: &Plan, scheduler: &Scheduler, config: &Config, host: &Arc<str>) {
+        let dir = config.file.parent().unwrap_or(Path::new(""));
+        let mut now = HashSet::new();
+        for b in &plan.broken {
+            now.insert(b.file.clone());
+            if self.reported.get(&b.file) == Some(&b.error) {
+                continue;
+            }
+            let kept = scheduler
+                .specs()
+                .any(|s| s.source.as_deref() == Some(b.file.as_path()));
+            let file = vigia_lua::display_path(&b.file, dir);
+            tracing::error!(event = "script_error", file = %file, kept_previous = kept, "{}", b.error);
+            alerting::log_script_error(host, &file, &b.error, kept);
+            let item = Item::ScriptError {
+                host: host.clone(),
+                file,
+                error: b.error.clone(),
+                kept,
+                at: unix_ms(),
+            };
+            let _ = self
+                .alerts
+                .send(AlertInput::Item(self.store.next_seq(), item))
+                .await;
+            self.reported.insert(b.file.clone(), b.error.clone());
+        }
+        self.reported.retain(|file, _| {
+            if now.contains(file) {
+                return true;
+            }
+            let shown = vigia_lua::display_path(file, dir);
+            tracing::info!(event = "script_fixed", file = %shown, "{shown} loads again.");
+            false
+        });
+    }
+}

@@ -1,0 +1,134 @@
+//! The file watcher: config.yaml, the files it names (ips.txt) and the scripts
+//! directory, through inotify (notify); a change resolves once saves have settled.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use vigia_config::{Config, Plan};
+
+/// What the watcher looks at: directories, and which names in them matter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchSet {
+    dirs: BTreeSet<PathBuf>,
+    files: HashSet<PathBuf>,
+    scripts_dir: PathBuf,
+}
+
+impl WatchSet {
+    pub fn of(config_file: &Path, config: &Config, plan: &Plan) -> Self {
+        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let mut files: HashSet<PathBuf> = plan.files.iter().map(|f| abs(f)).collect();
+        files.insert(abs(config_file));
+        let scripts_dir = abs(&config.engine.checks_dir);
+        let mut dirs: BTreeSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        if scripts_dir.is_dir() {
+            dirs.insert(scripts_dir.clone());
+        }
+        WatchSet {
+            dirs,
+            files,
+            scripts_dir,
+        }
+    }
+
+    /// Whether a change to `p` should reload.
+    fn matters(&self, p: &Path) -> bool {
+        if self.files.contains(p) {
+            return true;
+        }
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        p.parent() == Some(self.scripts_dir.as_path())
+            && name.ends_with(".lua")
+            && !name.starts_with('.')
+    }
+}
+
+/// Watches config.yaml, the files it names and the scripts directory (inotify through
+/// notify); `changed` resolves once saves have settled for [`DEBOUNCE`].
+pub struct Watch {
+    set: WatchSet,
+    watcher: Option<notify::RecommendedWatcher>,
+    rx: mpsc::UnboundedReceiver<PathBuf>,
+    tx: mpsc::UnboundedSender<PathBuf>,
+}
+
+/// Editors save in several steps (write a temp file, rename, chmod): wait for quiet.
+pub const DEBOUNCE: Duration = Duration::from_millis(300);
+
+impl Watch {
+    pub fn start(config_file: &Path, config: &Config, plan: &Plan) -> Watch {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut w = Watch {
+            set: WatchSet::of(config_file, config, plan),
+            watcher: None,
+            rx,
+            tx,
+        };
+        w.arm();
+        w
+    }
+
+    fn arm(&mut self) {
+        use notify::Watcher;
+        let tx = self.tx.clone();
+        let made = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = res {
+                if matches!(event.kind, notify::EventKind::Access(_)) {
+                    return;
+                }
+                for p in event.paths {
+                    let _ = tx.send(p);
+                }
+            }
+        });
+        let mut watcher = match made {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(
+                    event = "watch",
+                    "Cannot watch files for changes ({e}); reload with SIGHUP."
+                );
+                return;
+            }
+        };
+        for dir in &self.set.dirs {
+            if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+                tracing::warn!(event = "watch", dir = %dir.display(), "Cannot watch {} for changes ({e}); reload with SIGHUP.", dir.display());
+            }
+        }
+        self.watcher = Some(watcher);
+    }
+
+    pub fn rewatch(&mut self, set: WatchSet) {
+        if set != self.set {
+            self.set = set;
+            self.watcher = None;
+            self.arm();
+        }
+    }
+
+    /// The files that changed, once no more changes came for [`DEBOUNCE`].
+    pub async fn changed(&mut self) -> Vec<String> {
+        let mut changed = BTreeSet::new();
+        loop {
+            let Some(p) = self.rx.recv().await else {
+                return std::future::pending().await;
+            };
+            if self.set.matters(&p) {
+                changed.insert(p);
+                break;
+            }
+        }
+        while let Ok(Some(p)) = tokio::time::timeout(DEBOUNCE, self.rx.recv()).await {
+            if self.set.matters(&p) {
+                changed.insert(p);
+            }
+        }
+        changed.iter().map(|p| p.display().to_string()).collect()
+    }
+}
