@@ -116,7 +116,7 @@ fn outage_scenario(kill_during_outage: bool) {
     let (lc, pc) = listen();
     let config = config(dir.path(), &mock, &[("a", pa), ("b", pb), ("c", pc)]);
     let mut engine = start(&config);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_rounds(&config, 1, Duration::from_secs(10));
     // Three checks fail, then one of them recovers.
     drop((la, lb, lc));
     engine.wait_for("three failures", Duration::from_secs(10), |e| {
@@ -136,7 +136,7 @@ fn outage_scenario(kill_during_outage: bool) {
         drop(engine);
         engine = start(&config);
         // No transition is repeated after the restart.
-        std::thread::sleep(Duration::from_secs(1));
+        wait_rounds(&config, 4, Duration::from_secs(10));
         assert!(alert_order(&engine.events()).is_empty());
     }
     assert!(
@@ -150,8 +150,17 @@ fn outage_scenario(kill_during_outage: bool) {
     while delivered(&mock).len() < 4 && start.elapsed() < Duration::from_secs(15) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Some more time for a duplicate to show up, if there were one.
-    std::thread::sleep(Duration::from_secs(2));
+    // A duplicate could only come from the outbox: wait until it is empty.
+    let start = Instant::now();
+    loop {
+        let out = vigia(&["status", "--json"], &config);
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if status["channels"]["ops#424242"]["pending"] == 0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "{status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let got = delivered(&mock);
     expected.sort_by_key(|(c, s)| (s == "recovered", c.clone()));
     let mut sorted = got.clone();
@@ -414,7 +423,7 @@ fn silences_from_the_command_line() {
     let id: u64 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
     drop((l1, l2));
     engine.wait_for_stderr("ALERT FAILED db on e2e-host", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(500));
+    wait_rounds(&config, 3, Duration::from_secs(10));
     assert!(
         !engine.stderr_text().contains("ALERT FAILED web"),
         "silenced"

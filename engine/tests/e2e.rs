@@ -44,7 +44,7 @@ fn one_failed_one_recovered_even_across_kill_9() {
         "{failed}"
     );
     // Many more failing runs: still exactly one alert.
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_rounds(&config, 5, Duration::from_secs(10));
     assert_eq!(alerts(&engine.events(), "web", "failed"), 1);
     engine.wait_for_stderr(
         "ALERT FAILED web on e2e-host: HTTP 500",
@@ -58,7 +58,7 @@ fn one_failed_one_recovered_even_across_kill_9() {
     engine.wait_for("the restored state", Duration::from_secs(5), |e| {
         has_event(e, "restored")
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_rounds(&config, 5, Duration::from_secs(10));
     assert_eq!(
         alerts(&engine.events(), "web", "failed"),
         0,
@@ -84,7 +84,7 @@ fn one_failed_one_recovered_even_across_kill_9() {
     engine.wait_for("a recovered alert", Duration::from_secs(10), |e| {
         alerts(e, "web", "recovered") == 1
     });
-    std::thread::sleep(Duration::from_millis(1000));
+    wait_rounds(&config, 3, Duration::from_secs(10));
     let events = engine.events();
     assert_eq!(alerts(&events, "web", "recovered"), 1);
     assert_eq!(alerts(&events, "web", "failed"), 0);
@@ -126,7 +126,7 @@ fn sighup_reload_keeps_state_and_a_bad_config_keeps_the_old_one() {
         (reloaded["added"].as_u64(), reloaded["changed"].as_u64()),
         (Some(1), Some(1))
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    wait_rounds(&config, 3, Duration::from_secs(10));
     assert_eq!(
         alerts(&engine.events(), "web", "failed"),
         1,
@@ -283,7 +283,7 @@ fn terminals_that_fail_together_are_one_console_alert() {
     engine.wait_for("the engine to start", Duration::from_secs(20), |e| {
         has_event(e, "started")
     });
-    std::thread::sleep(Duration::from_millis(800));
+    wait_rounds(&config, 1, Duration::from_secs(10));
 
     ns.ignore_pings(true);
     let all_failed = |e: &[Value]| {

@@ -372,7 +372,7 @@ fn full_runbook(cluster: &Cluster, dir: &Path, far: &FarSide) {
     let config = runbook_config(dir, cluster, far, false);
     let engine = start_far_engine(&config);
     // Healthy first: each check runs, nothing is wrong.
-    std::thread::sleep(Duration::from_secs(3));
+    wait_rounds(&config, 2, Duration::from_secs(30));
     assert!(
         !engine.events().iter().any(|e| e["event"] == "alert"),
         "{}",
@@ -475,7 +475,7 @@ fn dry_runbook(cluster: &Cluster, dir: &Path, far: &FarSide) {
     let config = runbook_config(dir, cluster, far, true);
     let before = far.switch_file();
     let engine = start_far_engine(&config);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_rounds(&config, 1, Duration::from_secs(30));
     cluster.run(&["latency", "100"]);
     far.set_app("slow");
     engine.wait_for("the dry run to act", Duration::from_secs(60), |e| {

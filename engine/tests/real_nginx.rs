@@ -147,7 +147,7 @@ checks:
     )
     .unwrap();
     let engine = start_engine(&config);
-    std::thread::sleep(Duration::from_secs(1));
+    wait_rounds(&config, 2, Duration::from_secs(10));
     assert_eq!(
         alerts(&engine.events(), "web", "failed"),
         0,
@@ -169,7 +169,7 @@ checks:
         std::fs::read_to_string(ngx_dir.join("conf/proxy_switch.conf")).unwrap(),
         before
     );
-    std::thread::sleep(Duration::from_millis(800));
+    wait_rounds(&config, 3, Duration::from_secs(10));
     assert_eq!(
         alerts(&engine.events(), "web", "failed"),
         0,

@@ -96,7 +96,7 @@ fn a_dry_run_runs_nothing_and_says_what_it_would_run() {
         "{}",
         engine.stderr_text()
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // The alert is printed after the (dry) run: nothing can run after it.
     assert!(!marker.exists(), "a dry run ran the command");
     let action = engine
         .events()
@@ -135,7 +135,7 @@ fn a_file_switch_is_undone_when_validation_fails_and_kept_when_it_passes() {
         port,
     );
     let engine = start_engine(&config);
-    std::thread::sleep(Duration::from_millis(400));
+    wait_rounds(&config, 1, Duration::from_secs(10));
     drop(l);
     engine.wait_for_stderr("ALERT FAILED web on e2e-host", Duration::from_secs(10));
     let err = engine.stderr_text();
@@ -195,7 +195,17 @@ fn a_restart_loop_is_stopped_by_max_runs() {
         });
         drop(l);
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Each failed alert is printed once its remediation was decided: after the fourth,
+    // nothing more can run.
+    let start = std::time::Instant::now();
+    while engine.stderr_text().matches("ALERT FAILED web").count() < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            engine.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
         std::fs::read_to_string(&marker).unwrap(),
         "x\nx\n",

@@ -10,7 +10,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use vigia_api::{CheckOutcome, Node, RunContext};
 use vigia_engine::config::{Plan, PlannedCheck};
-use vigia_engine::scheduler::{phase, Scheduler, Shared, Update};
+use vigia_engine::book::StatusBook;
+use vigia_engine::scheduler::{phase, Observation as Update, Scheduler, SchedulerShared};
 use vigia_engine::status::Transition;
 
 /// A check that plays a script: '.' success, 'x' failure, 'p' panic; the last
@@ -112,7 +113,10 @@ fn plan(checks: Vec<PlannedCheck>) -> Plan {
 
 fn setup(max_concurrent: usize) -> (Scheduler, mpsc::Receiver<Update>) {
     let (tx, rx) = mpsc::channel(1_000_000);
-    (Scheduler::new(Shared::new(max_concurrent, tx)), rx)
+    (
+        Scheduler::new(SchedulerShared::new(max_concurrent, StatusBook::new(), tx)),
+        rx,
+    )
 }
 
 fn drain(rx: &mut mpsc::Receiver<Update>) -> Vec<Update> {
@@ -274,7 +278,7 @@ async fn reload_keeps_the_state_of_surviving_checks() {
         .filter(|u| u.transition.is_some())
         .collect();
     assert_eq!(failed.len(), 1);
-    let failures_before = s.shared().status.get("a").unwrap().failures;
+    let failures_before = s.shared().book.check("a").unwrap().failures;
 
     // `a` changes (new version of its entry), `b` is new.
     let a2 = Scripted::new("x", Duration::ZERO);
@@ -284,7 +288,7 @@ async fn reload_keeps_the_state_of_surviving_checks() {
     ]));
     assert_eq!((summary.added, summary.changed, summary.kept), (1, 1, 0));
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let st = s.shared().status.get("a").unwrap().clone();
+    let st = s.shared().book.check("a").unwrap();
     assert!(!st.status, "a must still be down");
     assert!(
         st.failures > failures_before,
@@ -309,7 +313,7 @@ async fn reload_keeps_the_state_of_surviving_checks() {
     let b = Scripted::new(".", Duration::ZERO);
     let summary = s.apply(&plan(vec![planned("b", b, 10, 5, 2, 1)]));
     assert_eq!(summary.removed, vec![Arc::<str>::from("a")]);
-    assert!(s.shared().status.get("a").is_none());
+    assert!(s.shared().book.check("a").is_none());
     let runs = a2.runs.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(
@@ -443,11 +447,9 @@ async fn after_a_reload_new_and_changed_checks_run_at_once() {
         .collect();
     s.apply(&plan(many));
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let ran = s
-        .shared()
-        .status
-        .iter()
-        .filter(|e| e.key().starts_with("many-") && e.value().last.is_some())
+    let ran = (0..101)
+        .filter_map(|i| s.shared().book.check(&format!("many-{i}")))
+        .filter(|c| c.last.is_some())
         .count();
     assert!(ran < 10, "{ran} of 101 ran at once");
 }

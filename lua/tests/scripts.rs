@@ -108,8 +108,23 @@ impl HaProxy {
             "scripts/fixtures/haproxy.sh start failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        // Health checks every 200 ms: let the down servers be marked DOWN.
-        std::thread::sleep(Duration::from_millis(1200));
+        // Health checks every 200 ms: wait until HAProxy has marked the down servers.
+        let start = std::time::Instant::now();
+        loop {
+            let csv = Command::new("curl")
+                .args(["-s", &format!("http://127.0.0.1:{stats}/stats;csv")])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            if csv.lines().any(|l| l.contains(",DOWN,")) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "HAProxy marked no server DOWN:\n{csv}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         HaProxy { dir, stats }
     }
 }
@@ -123,6 +138,14 @@ impl Drop for HaProxy {
 }
 
 impl MariaDb {
+    fn query(&self, sql: &str) -> String {
+        let out = Command::new(repo().join("scripts/fixtures/mariadb.sh"))
+            .args(["sql", self.dir.path().to_str().unwrap(), sql])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn sql(&self, sql: &str) {
         let out = Command::new(repo().join("scripts/fixtures/mariadb.sh"))
             .args(["sql", self.dir.path().to_str().unwrap(), sql])
@@ -162,7 +185,15 @@ async fn run_cases(name: &str) {
     let pair = text.contains("needs: mariadb_replication").then(|| {
         let primary = MariaDb::start_as(Some("primary"));
         let replica = MariaDb::start_as(Some(&format!("replica-of={}", primary.port)));
-        std::thread::sleep(Duration::from_millis(1000));
+        // Wait until the replica's SQL and I/O threads run.
+        let start = std::time::Instant::now();
+        while !replica
+            .query("SHOW SLAVE STATUS\\G")
+            .contains("Slave_SQL_Running: Yes")
+        {
+            assert!(start.elapsed() < Duration::from_secs(15), "the replica does not run");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         (primary, replica)
     });
     let haproxy = text

@@ -287,3 +287,40 @@ pub fn vigia(args: &[&str], config: &Path) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// Unix ms now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The positive signal a test waits for before it says something did *not* happen:
+/// every check of the engine running `config` has run `rounds` more times, each round
+/// after the one before (read from `vigia status --json`). Whatever those runs could
+/// have caused (a transition, an alert line) has been logged by then.
+pub fn wait_rounds(config: &Path, rounds: u32, timeout: Duration) {
+    let start = Instant::now();
+    let mut since = now_ms();
+    let mut done = 0;
+    while done < rounds {
+        let out = vigia(&["status", "--json"], config);
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let checks = status["checks"].as_array().cloned().unwrap_or_default();
+        let all_ran = !checks.is_empty()
+            && checks
+                .iter()
+                .all(|c| c["last"]["at"].as_u64().is_some_and(|at| at > since));
+        if all_ran {
+            done += 1;
+            since = now_ms();
+            continue;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {rounds} rounds of every check; status: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
