@@ -40,21 +40,7 @@ checks:\n{checks}",
 }
 
 fn start(config: &Path) -> Proc {
-    let mut cmd = Command::new(vigia_bin());
-    cmd.env("VIGIA_E2E_TOKEN", TOKEN)
-        .args(["run", "--log-format", "json", "-c"])
-        .arg(config);
-    let p = Proc::spawn(cmd);
-    p.wait_for("the engine to start", Duration::from_secs(20), |e| {
-        has_event(e, "started")
-    });
-    p
-}
-
-fn listen() -> (TcpListener, u16) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    (l, port)
+    start_engine_with(config, &[("VIGIA_E2E_TOKEN", TOKEN)])
 }
 
 /// Listens on `port` again and accepts (and closes) every connection, so that the

@@ -9,9 +9,7 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -47,15 +45,7 @@ fn tcp_check(name: &str, port: u16, more: &str) -> String {
 }
 
 fn start(config: &Path) -> Proc {
-    let mut cmd = Command::new(vigia_bin());
-    cmd.env("VIGIA_E2E_TOKEN", TOKEN)
-        .args(["run", "--log-format", "json", "-c"])
-        .arg(config);
-    let p = Proc::spawn(cmd);
-    p.wait_for("the engine to start", Duration::from_secs(20), |e| {
-        has_event(e, "started")
-    });
-    p
+    start_engine_with(config, &[("VIGIA_E2E_TOKEN", TOKEN)])
 }
 
 /// The texts the Telegram mock accepted.
@@ -99,11 +89,7 @@ fn kill_and_restart(engine: Proc, config: &Path) -> Proc {
 fn an_alert_in_the_inbox_keeps_its_routing_and_the_reminders_survive() {
     let dir = tempfile::tempdir().unwrap();
     let mock = Mock::start();
-    let (after_restart, after_port) = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        (l, p)
-    };
+    let (after_restart, after_port) = listen();
     let checks = [
         tcp_check(
             "fixme",
@@ -189,11 +175,7 @@ fn utc_hour() -> u64 {
 fn held_for_a_group_or_a_window_keeps_dependencies_and_windows() {
     let dir = tempfile::tempdir().unwrap();
     let mock = Mock::start();
-    let (later, later_port) = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        (l, p)
-    };
+    let (later, later_port) = listen();
     let (from, to) = ((utc_hour() + 2) % 24, (utc_hour() + 3) % 24);
     let checks = [
         tcp_check("db", dead_port(), "    notify: [ops]\n"),

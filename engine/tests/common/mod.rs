@@ -269,8 +269,15 @@ checks:
 }
 
 pub fn start_engine(config: &Path) -> Proc {
+    start_engine_with(config, &[])
+}
+
+/// `vigia run` with environment variables (a bot token's `token_env`), once started.
+pub fn start_engine_with(config: &Path, env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(vigia_bin());
-    cmd.args(["run", "--log-format", "json", "-c"]).arg(config);
+    cmd.envs(env.iter().copied())
+        .args(["run", "--log-format", "json", "-c"])
+        .arg(config);
     let p = Proc::spawn(cmd);
     p.wait_for("the engine to start", Duration::from_secs(20), |e| {
         has_event(e, "started")
@@ -323,4 +330,11 @@ pub fn wait_rounds(config: &Path, rounds: u32, timeout: Duration) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A listener on a free loopback port: a target that is up until it is dropped.
+pub fn listen() -> (std::net::TcpListener, u16) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    (l, port)
 }
