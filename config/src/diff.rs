@@ -6,12 +6,13 @@
 //! - `channels:` + `windows:` + `alerting:` are one unit (the alert stage is rebuilt
 //!   when any of them changed), and so are `remediation:` + `actions:` + `runbooks:` +
 //!   `commands:` (the remediation stage).
-//! - Checks are compared by name and fingerprint (see `PlannedCheck::same_as`).
+//! - Checks are compared by name and fingerprint by the scheduler as it applies the
+//!   new plan (`PlannedCheck::same_as`): it holds the running set, so no second copy
+//!   of 10 000 names is kept for this.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
-use crate::{Config, EngineConfig, Plan};
+use crate::{Config, EngineConfig};
 
 /// The `engine:` keys a running engine cannot change: the store and the control
 /// socket live in `state_dir`, and the runtime's threads are made before anything runs.
@@ -28,24 +29,6 @@ pub struct ConfigDiff {
     pub alerting: bool,
     /// `remediation:`, `actions:`, `runbooks:` or `commands:` changed.
     pub remediation: bool,
-    pub checks: CheckChanges,
-}
-
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct CheckChanges {
-    pub added: Vec<Arc<str>>,
-    pub changed: Vec<Arc<str>>,
-    pub removed: Vec<Arc<str>>,
-    pub kept: usize,
-}
-
-/// A check as a reload compares it.
-#[derive(Debug, Clone)]
-pub struct CheckPrint {
-    pub name: Arc<str>,
-    pub fingerprint: u64,
-    /// Its script, if any: while that file does not load, the check keeps running.
-    pub source: Option<Arc<std::path::Path>>,
 }
 
 /// What a running engine remembers of the config in force, to diff the next one with.
@@ -54,45 +37,26 @@ pub struct Running {
     pub engine: EngineConfig,
     pub alerting: u64,
     pub remediation: u64,
-    pub checks: Vec<CheckPrint>,
 }
 
 impl Running {
-    pub fn of(config: &Config, plan: &Plan) -> Running {
+    pub fn of(config: &Config) -> Running {
         Running {
             engine: config.engine.clone(),
             alerting: config.alerting.fingerprint,
             remediation: config.remediation.fingerprint,
-            checks: plan
-                .checks
-                .iter()
-                .map(|c| CheckPrint {
-                    name: c.name.clone(),
-                    fingerprint: c.fingerprint,
-                    source: c.source.clone(),
-                })
-                .collect(),
         }
     }
 
-    /// The diff from this config to `new`. A check kept at its last good version
-    /// because its script does not load is neither changed nor removed.
-    pub fn diff(&self, new: &Config, plan: &Plan) -> ConfigDiff {
+    /// The diff from this config to `new` (checks aside: see the module's doc).
+    pub fn diff(&self, new: &Config) -> ConfigDiff {
         let (engine_live, needs_restart) = engine_keys(&self.engine, &new.engine);
         ConfigDiff {
             engine_live,
             needs_restart,
             alerting: self.alerting != new.alerting.fingerprint,
             remediation: self.remediation != new.remediation.fingerprint,
-            checks: checks(&self.checks, plan),
         }
-    }
-}
-
-impl ConfigDiff {
-    /// Nothing but checks changed.
-    pub fn only_checks(&self) -> bool {
-        self.engine_live.is_empty() && self.needs_restart.is_empty() && !self.alerting && !self.remediation
     }
 }
 
@@ -118,35 +82,6 @@ pub fn engine_keys(old: &EngineConfig, new: &EngineConfig) -> (Vec<String>, Vec<
         }
     }
     (live, restart)
-}
-
-fn checks(old: &[CheckPrint], plan: &Plan) -> CheckChanges {
-    let before: HashMap<&str, u64> = old.iter().map(|c| (&*c.name, c.fingerprint)).collect();
-    let mut out = CheckChanges::default();
-    // Not in the new plan because its script does not load: it keeps running.
-    let broken = |c: &CheckPrint| {
-        c.source
-            .as_deref()
-            .is_some_and(|src| plan.broken.iter().any(|b| b.file == src))
-    };
-    let mut now: std::collections::HashSet<&str> = Default::default();
-    for c in &plan.checks {
-        now.insert(&c.name);
-        match before.get(&*c.name) {
-            None => out.added.push(c.name.clone()),
-            Some(f) if *f == c.fingerprint => out.kept += 1,
-            Some(_) => out.changed.push(c.name.clone()),
-        }
-    }
-    for c in old {
-        if !now.contains(&*c.name) && !broken(c) {
-            out.removed.push(c.name.clone());
-        }
-    }
-    out.added.sort();
-    out.changed.sort();
-    out.removed.sort();
-    out
 }
 
 #[cfg(test)]

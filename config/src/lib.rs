@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use vigia_api::yaml::{did_you_mean, join_path, unknown_with_hint};
 use vigia_api::fnv1a;
+use vigia_api::yaml::{did_you_mean, join_path, unknown_with_hint};
 use vigia_api::{
     BrokenFile, BuildContext, Check, CheckFactory, ConfigError, ConfigErrors, Dur, Node, Pos,
 };
@@ -536,9 +536,9 @@ impl Config {
             }
             let remedy = c.common.remedy();
             if let Some(r) = &remedy {
-                for e in
-                    crate::remediation::check_names(&self.remediation, r, &c.path, &|p| self.pos_of(p))
-                {
+                for e in crate::remediation::check_names(&self.remediation, r, &c.path, &|p| {
+                    self.pos_of(p)
+                }) {
                     err(e.path, e.message);
                 }
             }
@@ -675,7 +675,7 @@ impl Config {
                             ));
                             continue;
                         }
-                        let target_hash = fnv1a(&b.check.target());
+                        let target_hash = fnv1a(b.check.target());
                         let c = &entry.common;
                         let x = entry.explicit;
                         let s = &b.settings;
@@ -772,7 +772,7 @@ impl Config {
                 }
                 let schedule = format!("{:?}", b.settings);
                 checks.push(PlannedCheck {
-                    fingerprint: b.version ^ fnv1a(&schedule) ^ fnv1a(&b.check.target()),
+                    fingerprint: b.version ^ fnv1a(&schedule) ^ fnv1a(b.check.target()),
                     name: b.name.into(),
                     group: None,
                     check: b.check,
@@ -911,9 +911,7 @@ pub struct Plan {
 
 impl Plan {
     /// The alert settings of the checks that have any, for the alert pipeline.
-    pub fn alerting(
-        &self,
-    ) -> std::collections::HashMap<Arc<str>, Arc<CheckAlerting>> {
+    pub fn alerting(&self) -> std::collections::HashMap<Arc<str>, Arc<CheckAlerting>> {
         self.checks
             .iter()
             .filter_map(|c| c.alerting.clone().map(|a| (c.name.clone(), a)))

@@ -422,4 +422,3 @@ pub fn check_names(
     }
     out
 }
-

@@ -24,5 +24,8 @@ fn load_runs_no_script_and_build_reports_it() {
         errors.contains("runbooks.rb.script") && errors.contains("ran at load"),
         "{errors}"
     );
-    assert!(errors.contains("config.yaml:3:"), "with its position: {errors}");
+    assert!(
+        errors.contains("config.yaml:3:"),
+        "with its position: {errors}"
+    );
 }

@@ -39,10 +39,16 @@ pub enum Reply {
     Status(StatusSnapshot),
     Stats(StatsSnapshot),
     Silence(Silence),
-    Silences { silences: Vec<Silence> },
-    Removed { id: u64 },
+    Silences {
+        silences: Vec<Silence>,
+    },
+    Removed {
+        id: u64,
+    },
     /// The command was understood and refused, or could not be carried out.
-    Error { error: String },
+    Error {
+        error: String,
+    },
 }
 
 impl Reply {

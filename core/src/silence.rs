@@ -99,7 +99,12 @@ impl SilenceBook {
 
     /// The silences in force at `now`, oldest first.
     pub fn active(&self, now: u64) -> Vec<Silence> {
-        let mut v: Vec<Silence> = self.list.iter().filter(|s| s.until > now).cloned().collect();
+        let mut v: Vec<Silence> = self
+            .list
+            .iter()
+            .filter(|s| s.until > now)
+            .cloned()
+            .collect();
         v.sort_by_key(|s| s.id);
         v
     }
@@ -137,7 +142,9 @@ mod tests {
     #[test]
     fn add_expire_remove() {
         let mut b = SilenceBook::default();
-        let s = b.add(1, "web", Duration::from_secs(60), "deploy", 1000).unwrap();
+        let s = b
+            .add(1, "web", Duration::from_secs(60), "deploy", 1000)
+            .unwrap();
         assert_eq!(s.until, 61_000);
         assert_eq!(b.covering("web", 60_999).map(|s| s.id), Some(1));
         assert!(b.covering("web", 61_000).is_none());
@@ -149,7 +156,9 @@ mod tests {
     #[test]
     fn too_long_or_empty_is_refused_not_overflowed() {
         let mut b = SilenceBook::default();
-        let e = b.add(1, "web", Duration::from_secs(u64::MAX / 2), "", 5).unwrap_err();
+        let e = b
+            .add(1, "web", Duration::from_secs(u64::MAX / 2), "", 5)
+            .unwrap_err();
         assert!(e.contains("longest silence"), "{e}");
         assert!(b.add(2, " ", Duration::from_secs(1), "", 5).is_err());
         assert!(b.add(3, "web", Duration::ZERO, "", 5).is_err());

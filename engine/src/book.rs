@@ -45,7 +45,12 @@ impl StatusBook {
     }
 
     /// The one write: `f` applies a run's outcome to the check's state.
-    pub(crate) fn update<R>(&self, name: &Arc<str>, now: u64, f: impl FnOnce(&mut CheckState) -> R) -> R {
+    pub(crate) fn update<R>(
+        &self,
+        name: &Arc<str>,
+        now: u64,
+        f: impl FnOnce(&mut CheckState) -> R,
+    ) -> R {
         let mut entry = self
             .map
             .entry(name.clone())
@@ -55,7 +60,9 @@ impl StatusBook {
 
     /// One check's state, as the wire sees it (schedule fields left empty).
     pub fn check(&self, name: &str) -> Option<CheckSnapshot> {
-        self.map.get(name).map(|s| CheckSnapshot::of_state(name, &s))
+        self.map
+            .get(name)
+            .map(|s| CheckSnapshot::of_state(name, &s))
     }
 
     /// Whether a check is known and down.

@@ -28,9 +28,7 @@ impl CommittedTransition {
     /// The remediation to run for this transition, if any: then remediation, not
     /// alerting, takes it (and hands it to alerting with its transcript).
     pub fn remedy_now(&self) -> Option<Arc<CheckRemedy>> {
-        self.remedy
-            .clone()
-            .filter(|r| r.has(self.event.transition))
+        self.remedy.clone().filter(|r| r.has(self.event.transition))
     }
 }
 
@@ -38,7 +36,9 @@ impl CommittedTransition {
 pub enum Committed {
     Transition(Arc<CommittedTransition>),
     /// A batch with transitions was committed (published after its `Transition`s).
-    Batch { transitions: usize },
+    Batch {
+        transitions: usize,
+    },
 }
 
 #[derive(Default)]

@@ -86,7 +86,12 @@ impl Door {
             | Command::SilenceList
             | Command::SilenceRemove { .. }) => {
                 let (tx, rx) = oneshot::channel();
-                if self.alert_tx.send(AlertInput::Command(cmd, tx)).await.is_err() {
+                if self
+                    .alert_tx
+                    .send(AlertInput::Command(cmd, tx))
+                    .await
+                    .is_err()
+                {
                     return Reply::error("the alert pipeline has stopped");
                 }
                 rx.await

@@ -411,11 +411,7 @@ fn print_status(view: &StatusSnapshot, not_running: Option<&str>) {
     );
     let mut checks: Vec<&CheckSnapshot> = view.checks.iter().collect();
     // Down first: that is what the operator came for.
-    checks.sort_by(|a, b| {
-        a.status
-            .cmp(&b.status)
-            .then(a.name.cmp(&b.name))
-    });
+    checks.sort_by(|a, b| a.status.cmp(&b.status).then(a.name.cmp(&b.name)));
     for c in checks {
         let status = if c.status { "OK" } else { "DOWN" };
         let failures = if c.threshold > 0 {

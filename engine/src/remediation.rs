@@ -332,7 +332,9 @@ impl Remediator {
     }
 
     fn take(self: &Arc<Self>, event: Committed, jobs: &TaskTracker) {
-        let Committed::Transition(t) = event else { return };
+        let Committed::Transition(t) = event else {
+            return;
+        };
         let Some(remedy) = t.remedy_now() else { return };
         let r = self.clone();
         jobs.spawn(async move { r.handle(&t, &remedy).await });

@@ -309,7 +309,6 @@ impl Scheduler {
     }
 }
 
-
 /// Phases sit on a 50 ms grid: checks due in the same slot run in one wakeup of the
 /// runtime. Measured with 1 000 TCP checks/s, a 1 ms grid (every check alone in its
 /// wakeup) cost 41 µs of CPU per check, a 10 ms grid 33 µs; on a slower machine, 10 ms
@@ -448,47 +447,49 @@ async fn record(
 ) {
     let now = unix_ms();
     let ok = outcome.is_ok();
-    let observation = shared.book.update(&spec.name, now, |entry: &mut CheckState| {
-        let before = entry.durable_part();
-        let previous_change = entry.changed_at;
-        let transition = entry.record(ok, spec.threshold, spec.recover_after, now);
-        let state_changed = match spec.check.take_state() {
-            Some(state) => {
-                entry.state = Some(state);
-                true
+    let observation = shared
+        .book
+        .update(&spec.name, now, |entry: &mut CheckState| {
+            let before = entry.durable_part();
+            let previous_change = entry.changed_at;
+            let transition = entry.record(ok, spec.threshold, spec.recover_after, now);
+            let state_changed = match spec.check.take_state() {
+                Some(state) => {
+                    entry.state = Some(state);
+                    true
+                }
+                None => false,
+            };
+            match transition {
+                Some(Transition::Failed) => entry.failed_message = Some(outcome.message.clone()),
+                Some(Transition::Recovered) => {}
+                None => {}
             }
-            None => false,
-        };
-        match transition {
-            Some(Transition::Failed) => entry.failed_message = Some(outcome.message.clone()),
-            Some(Transition::Recovered) => {}
-            None => {}
-        }
-        entry.last = Some(LastRun {
-            ok,
-            severity: outcome.severity,
-            value: outcome.value,
-            message: outcome.message.clone(),
-            duration_ms,
-            at: now,
+            entry.last = Some(LastRun {
+                ok,
+                severity: outcome.severity,
+                value: outcome.value,
+                message: outcome.message.clone(),
+                duration_ms,
+                at: now,
+            });
+            tracing::debug!(
+                event = "check",
+                check = &*spec.name,
+                ok,
+                failures = entry.failures,
+                duration_ms,
+                "{}",
+                outcome.message
+            );
+            (state_changed || before != entry.durable_part()).then(|| Observation {
+                spec: spec.clone(),
+                state: entry.clone(),
+                transition,
+                previous_change,
+                outcome,
+            })
         });
-        tracing::debug!(
-            event = "check",
-            check = &*spec.name,
-            ok,
-            failures = entry.failures,
-            duration_ms,
-            "{}",
-            outcome.message
-        );
-        (state_changed || before != entry.durable_part()).then(|| Observation {
-            spec: spec.clone(),
-            state: entry.clone(),
-            transition,
-            previous_change,
-            outcome,
-        })
-    });
     if let Some(o) = observation {
         // The journal stops only after every check task has ended.
         let _ = shared.observations.send(o).await;

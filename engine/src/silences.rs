@@ -47,7 +47,13 @@ pub fn execute(
             pattern,
             for_ms,
             reason,
-        } => match book.add(next_id(), pattern, Duration::from_millis(*for_ms), reason, now) {
+        } => match book.add(
+            next_id(),
+            pattern,
+            Duration::from_millis(*for_ms),
+            reason,
+            now,
+        ) {
             Ok(s) => {
                 ops.push(Op::Silence(s.id, serde_json::to_vec(&s).ok()));
                 Reply::Silence(s)
@@ -74,7 +80,11 @@ pub fn log(reply: &Reply, tz: &jiff::tz::TimeZone) {
     match reply {
         Reply::Silence(s) => {
             let until = jiff::Timestamp::from_millisecond(s.until as i64)
-                .map(|t| t.to_zoned(tz.clone()).strftime("%Y-%m-%d %H:%M %Z").to_string())
+                .map(|t| {
+                    t.to_zoned(tz.clone())
+                        .strftime("%Y-%m-%d %H:%M %Z")
+                        .to_string()
+                })
                 .unwrap_or_else(|_| s.until.to_string());
             tracing::info!(event = "silence_added", id = s.id, pattern = %s.pattern, reason = %s.reason, until = s.until, "Silence {} added: alerts of {} are not sent until {until} ({}).", s.id, s.pattern, s.reason);
         }

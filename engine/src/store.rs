@@ -449,7 +449,10 @@ mod tests {
         let down = &checks["down_a"];
         assert!(!down.status && down.failures >= 1, "{down:?}");
         assert!(
-            down.failed_message.as_deref().unwrap_or("").contains("127.0.0.1:9"),
+            down.failed_message
+                .as_deref()
+                .unwrap_or("")
+                .contains("127.0.0.1:9"),
             "{down:?}"
         );
         assert!(down.last.as_ref().is_some_and(|l| !l.ok), "{down:?}");
@@ -479,7 +482,11 @@ mod tests {
         let silences = crate::silences::load(&store).unwrap();
         // (It expired a day after the file was made: read it as of then.)
         let all = silences.active(0);
-        assert!(all.iter().any(|s| s.pattern == "down_*" && s.reason == "fixture"), "{all:?}");
+        assert!(
+            all.iter()
+                .any(|s| s.pattern == "down_*" && s.reason == "fixture"),
+            "{all:?}"
+        );
         // New sequence numbers continue after the stored ones.
         assert!(store.next_seq() > seq);
     }

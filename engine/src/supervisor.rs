@@ -116,10 +116,22 @@ impl AlertStage {
 
 /// The `failed` events of the checks that are down, for their reminders: what a
 /// pipeline needs to know of the status book when it starts.
-fn down_events(book: &StatusBook, plan: &[Arc<PlannedCheck>], host: &Arc<str>) -> Vec<AlertEvent> {
-    let specs: HashMap<&str, &PlannedCheck> = plan.iter().map(|c| (&*c.name, &**c)).collect();
-    book.down()
-        .into_iter()
+/// Only the checks that are down are looked up: nothing is copied per check.
+fn down_events<'a>(
+    book: &StatusBook,
+    checks: impl Iterator<Item = &'a PlannedCheck>,
+    host: &Arc<str>,
+) -> Vec<AlertEvent> {
+    let down = book.down();
+    if down.is_empty() {
+        return Vec::new();
+    }
+    let names: HashSet<&str> = down.iter().map(|c| c.name.as_str()).collect();
+    let specs: HashMap<&str, &PlannedCheck> = checks
+        .filter(|c| names.contains(&*c.name))
+        .map(|c| (&*c.name, c))
+        .collect();
+    down.into_iter()
         .filter_map(|st| {
             let spec = specs.get(st.name.as_str())?;
             Some(AlertEvent {
@@ -199,13 +211,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         observations_tx,
     );
     let mut scheduler = Scheduler::new(tasks.clone());
-    let specs: Vec<Arc<PlannedCheck>> = plan.checks.iter().cloned().map(Arc::new).collect();
     let targets = pipeline::build_targets(&config.alerting, console.clone())
         .map_err(|e| anyhow::anyhow!("alerting cannot start: {e}"))?;
     let alerting = start_alerting(
         &config.alerting,
         &plan,
-        down_events(&book, &specs, &host),
+        down_events(&book, plan.checks.iter(), &host),
         targets,
         host.clone(),
         &store,
@@ -277,10 +288,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .engine
             .watch
             .then(|| Watch::start(&opts.config, &config, &plan)),
-        running: Running::of(&config, &plan),
+        running: Running::of(&config),
     };
     engine.refresh_door();
-    engine.script_errors.report(&plan, &engine.scheduler, &config, &host).await;
+    engine
+        .script_errors
+        .report(&plan, &engine.scheduler, &config, &host)
+        .await;
     let n_checks = plan.checks.len();
     // The YAML tree and the plan go: what a reload compares with is in `running`.
     drop(config);
@@ -381,11 +395,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         // outbox for the next start.
         let drain_until = tokio::time::Instant::now() + grace.min(Duration::from_secs(5));
         while tokio::time::Instant::now() < drain_until
-            && engine.alert_status.snapshot().values().any(|t| t.pending > 0)
+            && engine
+                .alert_status
+                .snapshot()
+                .values()
+                .any(|t| t.pending > 0)
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let pending: usize = engine.alert_status.snapshot().values().map(|t| t.pending).sum();
+        let pending: usize = engine
+            .alert_status
+            .snapshot()
+            .values()
+            .map(|t| t.pending)
+            .sum();
         if pending > 0 {
             tracing::warn!(event = "stopping", pending, "{pending} alert messages are not delivered yet; they stay in the outbox and go out at the next start.");
         }
@@ -499,7 +522,7 @@ impl Engine {
                 return Ok(());
             }
         };
-        let diff = self.running.diff(&config, &plan);
+        let diff = self.running.diff(&config);
         let mut applied = diff.clone();
         let new_host: Arc<str> = config
             .engine
@@ -517,7 +540,6 @@ impl Engine {
         // The checks first: a rebuilt alerting stage then sees the new set.
         let summary = self.scheduler.apply(&plan);
         self.refresh_door();
-        let specs: Vec<Arc<PlannedCheck>> = self.scheduler.specs().cloned().collect();
 
         if diff.alerting || host_changed {
             match pipeline::build_targets(&config.alerting, self.console.clone()) {
@@ -526,12 +548,14 @@ impl Engine {
                     tracing::error!(event = "reload_failed", "The new channels cannot be used ({err}); alerting keeps the running channels.");
                 }
                 Ok(targets) => {
-                    let old = self.alerting.take().context("the alerting stage is missing")?;
-                    let inputs = old
-                        .stop()
-                        .await
-                        .context("the alerting stage died; the engine stops so that systemd restarts it")?;
-                    let down = down_events(&self.book, &specs, &new_host);
+                    let old = self
+                        .alerting
+                        .take()
+                        .context("the alerting stage is missing")?;
+                    let inputs = old.stop().await.context(
+                        "the alerting stage died; the engine stops so that systemd restarts it",
+                    )?;
+                    let down = down_events(&self.book, plan.checks.iter(), &new_host);
                     match start_alerting(
                         &config.alerting,
                         &plan,
@@ -550,14 +574,19 @@ impl Engine {
                 }
             }
         } else {
-            let _ = self.alert_tx.send(AlertInput::Checks(plan.alerting())).await;
+            let _ = self
+                .alert_tx
+                .send(AlertInput::Checks(plan.alerting()))
+                .await;
         }
         if diff.remediation || host_changed {
-            let old = self.remediation.take().context("the remediation stage is missing")?;
-            let events = old
-                .stop()
-                .await
-                .context("the remediation stage died; the engine stops so that systemd restarts it")?;
+            let old = self
+                .remediation
+                .take()
+                .context("the remediation stage is missing")?;
+            let events = old.stop().await.context(
+                "the remediation stage died; the engine stops so that systemd restarts it",
+            )?;
             self.remediation = Some(start_remediation(
                 &config,
                 &new_host,
@@ -595,7 +624,7 @@ impl Engine {
         log_reload(&applied, &summary);
         // What is in force now. Keys that wait for a restart keep their running value
         // (so the next reload says so again), and so do channels that could not be built.
-        let mut running = Running::of(&config, &plan);
+        let mut running = Running::of(&config);
         running.engine.state_dir = self.running.engine.state_dir.clone();
         running.engine.worker_threads = self.running.engine.worker_threads;
         if !applied.alerting && diff.alerting {
@@ -701,7 +730,13 @@ impl ScriptErrors {
         }
     }
 
-    async fn report(&mut self, plan: &Plan, scheduler: &Scheduler, config: &Config, host: &Arc<str>) {
+    async fn report(
+        &mut self,
+        plan: &Plan,
+        scheduler: &Scheduler,
+        config: &Config,
+        host: &Arc<str>,
+    ) {
         let dir = config.file.parent().unwrap_or(Path::new(""));
         let mut now = HashSet::new();
         for b in &plan.broken {

@@ -118,9 +118,12 @@ fn an_alert_in_the_inbox_keeps_its_routing_and_the_reminders_survive() {
         Duration::from_secs(10),
         |e| alerts(e, "fixme", "failed") == 1 && alerts(e, "nagme", "failed") == 1,
     );
-    wait_telegram(&mock, "nagme's failed alert", Duration::from_secs(10), |t| {
-        count(t, "<b>nagme</b> failed") == 1
-    });
+    wait_telegram(
+        &mock,
+        "nagme's failed alert",
+        Duration::from_secs(10),
+        |t| count(t, "<b>nagme</b> failed") == 1,
+    );
     let nagme_down_at = Instant::now();
     // fixme's transition waits in the inbox while slow_fix sleeps: kill now.
     assert_eq!(
@@ -131,9 +134,12 @@ fn an_alert_in_the_inbox_keeps_its_routing_and_the_reminders_survive() {
     let engine = kill_and_restart(engine, &config);
 
     // Replayed from the inbox, to ops only.
-    wait_telegram(&mock, "fixme's replayed alert", Duration::from_secs(10), |t| {
-        count(t, "<b>fixme</b> failed") == 1
-    });
+    wait_telegram(
+        &mock,
+        "fixme's replayed alert",
+        Duration::from_secs(10),
+        |t| count(t, "<b>fixme</b> failed") == 1,
+    );
     drop(after_restart);
     engine.wait_for_stderr("ALERT FAILED canary on e2e-host", Duration::from_secs(10));
     let console = engine.stderr_text();
@@ -164,7 +170,12 @@ fn an_alert_in_the_inbox_keeps_its_routing_and_the_reminders_survive() {
 
 /// Unix hour now (UTC), for a window that is closed for the next two hours.
 fn utc_hour() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() / 3600 % 24
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 3600
+        % 24
 }
 
 /// Killed while a group waits (`group_wait`) and while a check's send window is

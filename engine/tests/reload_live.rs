@@ -73,7 +73,9 @@ actions:\n  mark: {{ command: [/usr/bin/touch, \"{marker}\"] }}\n",
     let r = reloaded(&events)[0];
     let applied = r["applied"].as_str().unwrap();
     assert!(
-        applied.contains("engine.watch") && applied.contains("channels") && applied.contains("actions"),
+        applied.contains("engine.watch")
+            && applied.contains("channels")
+            && applied.contains("actions"),
         "{r}"
     );
     assert_eq!(r["changed"], 1, "web gained on_failed: {r}");

@@ -9,8 +9,8 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use vigia_api::{CheckOutcome, Node, RunContext};
-use vigia_engine::config::{Plan, PlannedCheck};
 use vigia_engine::book::StatusBook;
+use vigia_engine::config::{Plan, PlannedCheck};
 use vigia_engine::scheduler::{phase, Observation as Update, Scheduler, SchedulerShared};
 use vigia_engine::status::Transition;
 

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mlua::{Lua, MultiValue, Table, Value};
 use vigia_api::yaml::did_you_mean;
 use vigia_api::Dur;
-use vigia_plugins::icmp::Icmp;
 use vigia_plugins::child::{self, ChildError, ChildSpec};
+use vigia_plugins::icmp::Icmp;
 use vigia_plugins::net::resolve;
 use vigia_plugins::tcp::{Expect, TcpCheck};
 

@@ -29,7 +29,7 @@ pub mod script;
 pub mod vm;
 
 pub use check::LuaCheck;
-pub use host::{HostEnv, HostClients};
+pub use host::{HostClients, HostEnv};
 pub use script::Loaded;
 
 /// The plugin keys of a `type: lua` entry.

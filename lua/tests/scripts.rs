@@ -191,7 +191,10 @@ async fn run_cases(name: &str) {
             .query("SHOW SLAVE STATUS\\G")
             .contains("Slave_SQL_Running: Yes")
         {
-            assert!(start.elapsed() < Duration::from_secs(15), "the replica does not run");
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "the replica does not run"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         (primary, replica)

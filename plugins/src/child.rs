@@ -165,7 +165,8 @@ pub async fn run(spec: ChildSpec<'_>) -> Result<ChildOutput, ChildError> {
     let work = async move {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let status = {
-            let reads = async { tokio::join!(pump(out, cap, &mut stdout), pump(err, cap, &mut stderr)) };
+            let reads =
+                async { tokio::join!(pump(out, cap, &mut stdout), pump(err, cap, &mut stderr)) };
             tokio::pin!(reads);
             let mut drained = false;
             let status = tokio::select! {
@@ -215,7 +216,9 @@ mod tests {
     #[tokio::test]
     async fn exit_code_output_and_cap() {
         let args = sh("printf 'hello world'; printf oops >&2; exit 3");
-        let out = run(ChildSpec::new(Path::new("/bin/sh"), &args, 5)).await.unwrap();
+        let out = run(ChildSpec::new(Path::new("/bin/sh"), &args, 5))
+            .await
+            .unwrap();
         assert_eq!(out.code, Some(3));
         assert_eq!(out.stdout, b"hello");
         assert_eq!(out.stderr, b"oops");
@@ -249,7 +252,11 @@ mod tests {
         assert_eq!(out.code, Some(0), "it exited OK, it did not time out");
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
         assert!(out.duration < Duration::from_secs(5), "{:?}", out.duration);
-        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         // The group was killed: the background sleep is gone (or a zombie being reaped).
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -258,7 +265,10 @@ mod tests {
             if stat.is_empty() || state == Some('Z') {
                 break;
             }
-            assert!(Instant::now() < deadline, "the background child still runs: {stat}");
+            assert!(
+                Instant::now() < deadline,
+                "the background child still runs: {stat}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -275,7 +285,11 @@ mod tests {
         spec.kill_leftovers = false;
         let out = run(spec).await.unwrap();
         assert_eq!(out.code, Some(0));
-        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
         // SAFETY: a plain syscall on the sleep this test started.
         unsafe {
@@ -295,7 +309,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_program_is_an_error() {
-        let e = run(ChildSpec::new(Path::new("/nonexistent/x"), &[], 10)).await.unwrap_err();
+        let e = run(ChildSpec::new(Path::new("/nonexistent/x"), &[], 10))
+            .await
+            .unwrap_err();
         assert!(e.to_string().starts_with("cannot start it"), "{e}");
     }
 }

@@ -279,12 +279,7 @@ impl Policy {
 
     /// An item arrives with its sequence number. Returns the entries to hold durably
     /// (the caller stores them, and removes the item from the inbox, in one transaction).
-    pub fn accept(
-        &mut self,
-        seq: u64,
-        item: Item,
-        now: u64,
-    ) -> (Fate, Vec<(Arc<str>, Held)>) {
+    pub fn accept(&mut self, seq: u64, item: Item, now: u64) -> (Fate, Vec<(Arc<str>, Held)>) {
         let mut item = item;
         if let Item::Transition(e) = &item {
             let e = e.clone();

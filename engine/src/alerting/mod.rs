@@ -91,4 +91,3 @@ pub fn log_script_error(host: &str, file: &str, error: &str, kept: bool) {
         "{error} ({what})"
     );
 }
-

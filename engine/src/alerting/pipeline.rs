@@ -102,7 +102,10 @@ pub struct Target {
 /// Builds the sinks (reading bot tokens). `console: None` prints nothing
 /// (`--no-console`). Done before a stage is replaced, so a channel that cannot be built
 /// keeps the running stage.
-pub fn build_targets(setup: &AlertingSetup, console: Option<Console>) -> Result<Vec<Target>, String> {
+pub fn build_targets(
+    setup: &AlertingSetup,
+    console: Option<Console>,
+) -> Result<Vec<Target>, String> {
     let mut targets: Vec<Target> = Vec::new();
     for ch in &setup.channels {
         let mut add = |key: String, split: bool, sink: Arc<dyn Sink>| {
@@ -376,7 +379,9 @@ impl Pipeline {
                     check,
                     depends_on,
                     channel,
-                } => tracing::info!(event = "alert_suppressed", check = %check, depends_on = %depends_on, channel = %channel, "The alert of {check} is suppressed: {depends_on}, which it depends on, is down."),
+                } => {
+                    tracing::info!(event = "alert_suppressed", check = %check, depends_on = %depends_on, channel = %channel, "The alert of {check} is suppressed: {depends_on}, which it depends on, is down.")
+                }
             }
         }
     }
@@ -489,7 +494,6 @@ impl Pipeline {
             })
             .collect()
     }
-
 }
 
 async fn sleep_until_ms(deadline: Option<u64>) {
