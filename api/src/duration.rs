@@ -11,6 +11,10 @@ use serde::de::{self, Visitor};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Dur(pub Duration);
 
+/// The longest duration Vigia accepts anywhere (config, scripts, the command line, the
+/// mock): ten years. Longer is refused with this sentence instead of overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86400);
+
 impl Dur {
     pub const fn secs(s: u64) -> Dur {
         Dur(Duration::from_secs(s))
@@ -75,7 +79,16 @@ impl FromStr for Dur {
                 "" => return Err(err("it has no unit")),
                 _ => return Err(err("unknown unit")),
             };
-            total += Duration::from_secs_f64(number * scale);
+            let secs = number * scale;
+            if !secs.is_finite() || secs > MAX_DURATION.as_secs_f64() {
+                return Err(err(
+                    "it is longer than the longest duration Vigia takes, 3650d",
+                ));
+            }
+            total = total
+                .checked_add(Duration::from_secs_f64(secs))
+                .filter(|t| *t <= MAX_DURATION)
+                .ok_or_else(|| err("it is longer than the longest duration Vigia takes, 3650d"))?;
         }
         Ok(Dur(total))
     }
@@ -158,6 +171,24 @@ mod tests {
         ] {
             assert_eq!(text.parse::<Dur>().unwrap(), Dur::millis(ms), "{text}");
         }
+    }
+
+    #[test]
+    fn refuses_what_would_overflow_instead_of_panicking() {
+        for text in [
+            "99999999999999999h",
+            "1000000000000000000000000000d",
+            "3651d",
+            "3650d1s",
+            "2000d2000d",
+        ] {
+            let e = text.parse::<Dur>().unwrap_err().to_string();
+            assert!(
+                e.contains("longest duration Vigia takes, 3650d"),
+                "{text}: {e}"
+            );
+        }
+        assert_eq!("3650d".parse::<Dur>().unwrap().get(), MAX_DURATION);
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub use check::{
     BrokenFile, BuildContext, Built, BuiltCheck, Check, CheckFactory, CheckOutcome, RunContext,
     Settings, Severity,
 };
-pub use duration::Dur;
+pub use duration::{Dur, MAX_DURATION};
 pub use error::{ConfigError, ConfigErrors};
 pub use hash::fnv1a;
 pub use yaml::{Node, Pos};

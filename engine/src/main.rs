@@ -110,6 +110,15 @@ enum SilenceCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // A command whose output goes to `head` ends quietly when the pipe closes, as
+        // other Unix tools do, instead of panicking in println!. `run` keeps Rust's
+        // default (SIGPIPE ignored): a closed log pipe must not kill the engine.
+        // SAFETY: setting a signal's disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let format = cli.log_format.unwrap_or_else(LogFormat::detect);
     // Only `run` logs continuously; the other commands print for a person and log warnings.
     let level = match cli.command {
