@@ -78,6 +78,10 @@ impl Sim {
     }
 
     fn event(&mut self, check: &str, tr: Transition, at: u64) {
+        self.event_with(check, tr, at, "")
+    }
+
+    fn event_with(&mut self, check: &str, tr: Transition, at: u64, comment: &str) {
         match tr {
             Transition::Failed => self.down.insert(check.to_string()),
             Transition::Recovered => self.down.remove(check),
@@ -95,7 +99,7 @@ impl Sim {
             threshold: 3,
             successes: 0,
             recover_after: 1,
-            comment: "".into(),
+            comment: comment.into(),
             at,
             previous_duration_ms: 30 * MIN,
             failed_message: None,
@@ -156,6 +160,35 @@ fn an_open_window_sends_at_once_after_the_group_wait() {
     // At night only the console speaks; the ops channel holds it for the morning.
     s.event("db", Transition::Failed, t("21:00"));
     assert_eq!(kinds(&s.due(t("21:00") + 2000)), ["console:failed:db"]);
+}
+
+#[test]
+fn a_grouped_message_keeps_each_comment_once() {
+    let mut s = Sim::new(&[("ops", None)], Duration::from_secs(2), 0);
+    s.event_with("web", Transition::Failed, t("10:00"), "call the web team");
+    s.event_with(
+        "web_api",
+        Transition::Failed,
+        t("10:00") + 10,
+        "call the web team",
+    );
+    s.event_with("db", Transition::Failed, t("10:00") + 20, "call the DBA");
+    s.event("cache", Transition::Failed, t("10:00") + 30);
+    let msgs = s.due(t("10:00") + 2000);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].kind, "grouped");
+    assert_eq!(msgs[0].ctx.comment, "call the web team · call the DBA");
+    let t = vigia_core::alert::template::Templates::new();
+    let text = t.render(
+        "ops",
+        "grouped",
+        vigia_core::alert::template::Flavor::Text,
+        &msgs[0].ctx,
+    );
+    assert!(
+        text.ends_with(" | call the web team · call the DBA"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -538,8 +538,9 @@ async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
 
 fn cmd_plugins() -> ExitCode {
     let registry = Registry::builtin();
+    let width = registry.kinds().map(str::len).max().unwrap_or(0);
     for f in registry.factories() {
-        println!("{:10} {}", f.kind(), f.summary());
+        println!("{:width$}  {}", f.kind(), f.summary());
     }
     ExitCode::SUCCESS
 }

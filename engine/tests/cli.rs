@@ -32,3 +32,19 @@ fn output_to_a_closed_pipe_ends_quietly() {
         out.status
     );
 }
+
+/// `vigia plugins`: one column of types, one of summaries, whatever the longest type.
+#[test]
+fn plugins_are_listed_in_aligned_columns() {
+    let out = Command::new(vigia_bin()).arg("plugins").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let starts: Vec<usize> = text
+        .lines()
+        .map(|l| {
+            let kind_end = l.find(' ').unwrap();
+            kind_end + l[kind_end..].find(|c| c != ' ').unwrap()
+        })
+        .collect();
+    assert!(text.contains("redis_replication"), "{text}");
+    assert!(starts.iter().all(|s| *s == starts[0]), "{text}");
+}

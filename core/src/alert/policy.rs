@@ -603,6 +603,17 @@ impl Policy {
                 }
             }
         }
+        if ctx.group.is_empty() {
+            // Several checks: each distinct comment once, in order (checks that fail
+            // together often share the same advice).
+            let mut seen: Vec<&str> = Vec::new();
+            for e in &ctx.events {
+                if !e.comment.is_empty() && !seen.contains(&e.comment.as_str()) {
+                    seen.push(&e.comment);
+                }
+            }
+            ctx.comment = seen.join(" · ");
+        }
         out.push(Message {
             channel: ch.clone(),
             kind: "grouped",
