@@ -108,7 +108,8 @@ impl HaProxy {
             "scripts/fixtures/haproxy.sh start failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        // Health checks every 200 ms: wait until HAProxy has marked the down servers.
+        // Health checks every 200 ms: wait until HAProxy has marked both servers of the
+        // fixture that point at the closed port (be_app/web2, be_dead/web3) DOWN.
         let start = std::time::Instant::now();
         loop {
             let csv = Command::new("curl")
@@ -116,7 +117,11 @@ impl HaProxy {
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
-            if csv.lines().any(|l| l.contains(",DOWN,")) {
+            let down = |server: &str| {
+                csv.lines()
+                    .any(|l| l.starts_with(server) && l.contains(",DOWN,"))
+            };
+            if down("be_app,web2,") && down("be_dead,web3,") {
                 break;
             }
             assert!(
