@@ -3,7 +3,18 @@
 use std::fmt;
 use std::path::Path;
 
-use crate::yaml::Pos;
+/// A position in the source: both 1-based, as editors show them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pos {
+    pub line: usize,
+    pub col: usize,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)
+    }
+}
 
 /// One problem in a config file, e.g.
 /// `config.yaml:14:11: checks[2].port: 70000 is not a port (1-65535)`.

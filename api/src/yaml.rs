@@ -13,19 +13,7 @@ use saphyr_parser::{Event, Parser, ScalarStyle};
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 
 use crate::error::ConfigError;
-
-/// A position in the source: both 1-based, as editors show them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Pos {
-    pub line: usize,
-    pub col: usize,
-}
-
-impl fmt::Display for Pos {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.line, self.col)
-    }
-}
+pub use crate::error::Pos;
 
 /// A YAML value; scalars are resolved with the YAML 1.2 core schema.
 #[derive(Clone, Debug)]

@@ -21,6 +21,8 @@ use vigia_api::{
     BrokenFile, BuildContext, Built, BuiltCheck, CheckFactory, ConfigError, ConfigErrors, Node,
 };
 
+pub mod args;
+pub mod budget;
 pub mod check;
 pub mod host;
 pub mod mysql;

@@ -10,8 +10,8 @@ use mysql_async::consts::ColumnType;
 use mysql_async::prelude::Queryable;
 use vigia_api::Dur;
 
-use crate::host::{Args, InCall};
-use crate::vm::Budget;
+use crate::args::{Args, InCall};
+use crate::budget::Budget;
 
 pub async fn query(lua: &Lua, v: Value, budget: &Budget) -> Result<Value, String> {
     let mut a = Args::new(

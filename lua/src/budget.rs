@@ -1,0 +1,136 @@
+//! A run's budget: its clock, deadline and memory limit, and the [`Runaway`] error the
+//! instruction hook raises past the deadline. Its own module so that the host API
+//! (`host.rs`, `mysql.rs`) and the state constructor (`vm.rs`) both use it without
+//! importing each other.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How often the hook looks at the clock.
+pub const HOOK_EVERY: u32 = 1000;
+/// How long a script runs before it lets other checks run.
+pub const SLICE: Duration = Duration::from_millis(1);
+/// How long code inside a script's own coroutine may run without returning to the
+/// check function.
+pub const COROUTINE_SLICE: Duration = Duration::from_millis(200);
+/// How long a script's top level may run when it is loaded.
+pub const LOAD_BUDGET: Duration = Duration::from_secs(1);
+/// Memory a script may use unless its config says otherwise.
+pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
+
+/// The error that stops a runaway script. It carries the message.
+#[derive(Debug)]
+pub struct Runaway(pub String);
+
+impl std::fmt::Display for Runaway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Runaway {}
+
+/// Whether a Lua error is a [`Runaway`].
+pub fn runaway_of(e: &mlua::Error) -> Option<&Runaway> {
+    match e {
+        mlua::Error::ExternalError(x) => x.downcast_ref::<Runaway>(),
+        mlua::Error::CallbackError { cause, .. } => runaway_of(cause),
+        mlua::Error::WithContext { cause, .. } => runaway_of(cause),
+        _ => None,
+    }
+}
+
+/// The clock of the current run, shared between the check and its state's hook.
+pub struct Budget {
+    pub(crate) base: Instant,
+    /// ns since `base`; `u64::MAX` when no run is armed.
+    pub(crate) deadline: AtomicU64,
+    /// The budget of the armed run, for the message.
+    pub(crate) allowed_ms: AtomicU64,
+    /// The run's own coroutine (a `lua_State` pointer); 0 = never yield.
+    pub(crate) main_thread: AtomicUsize,
+    /// ns since `base` of the last yield or of the run's start.
+    pub(crate) slice_start: AtomicU64,
+    /// The host call in flight, for a timeout message.
+    pub in_call: Mutex<Option<String>>,
+    /// The script's path as shown to operators (`checks/web.lua`), for its log lines.
+    pub script: String,
+    /// `guard.stop` tells the sandbox's pcall & co. to let every error through.
+    pub(crate) guard: mlua::Table,
+    /// Set once the run passed its deadline: where it was, for the message.
+    pub stopped: Mutex<Option<String>>,
+    /// The check it runs as; empty while the script is being loaded.
+    pub check: Mutex<String>,
+    /// The state's memory limit in bytes, for the message when it is reached.
+    pub memory_limit: usize,
+}
+
+impl Budget {
+    pub(crate) fn new(script: &str, memory_limit: usize, guard: mlua::Table) -> Self {
+        Budget {
+            guard,
+            memory_limit,
+            script: script.to_string(),
+            check: Mutex::new(String::new()),
+            base: Instant::now(),
+            deadline: AtomicU64::new(u64::MAX),
+            allowed_ms: AtomicU64::new(0),
+            main_thread: AtomicUsize::new(0),
+            slice_start: AtomicU64::new(0),
+            in_call: Mutex::new(None),
+            stopped: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn now(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    /// Starts a run that may take `allowed`; `thread` is its coroutine (0: none).
+    pub fn arm(&self, allowed: Duration, thread: usize) {
+        let now = self.now();
+        self.allowed_ms
+            .store(allowed.as_millis() as u64, Ordering::Relaxed);
+        self.deadline.store(
+            now.saturating_add(allowed.as_nanos() as u64),
+            Ordering::Relaxed,
+        );
+        self.main_thread.store(thread, Ordering::Relaxed);
+        self.slice_start.store(now, Ordering::Relaxed);
+    }
+
+    /// Ends a run: the host call it was waiting for and, if it ran past its deadline,
+    /// where it was stopped; then disarms.
+    pub fn finish(&self) -> (Option<String>, Option<String>) {
+        let in_call = self
+            .in_call
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let stopped = self
+            .stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.disarm();
+        (in_call, stopped)
+    }
+
+    pub fn disarm(&self) {
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let _ = self.guard.raw_set("stop", false);
+        self.deadline.store(u64::MAX, Ordering::Relaxed);
+        self.main_thread.store(0, Ordering::Relaxed);
+        *self.in_call.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Whether a check run is under way (not a load).
+    pub fn in_run(&self) -> bool {
+        self.main_thread.load(Ordering::Relaxed) != 0
+    }
+
+    pub fn allowed(&self) -> Duration {
+        Duration::from_millis(self.allowed_ms.load(Ordering::Relaxed))
+    }
+}
