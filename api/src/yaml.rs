@@ -12,7 +12,7 @@ use std::fmt;
 use saphyr_parser::{Event, Parser, ScalarStyle};
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, ConfigErrors};
 pub use crate::error::Pos;
 
 /// A YAML value; scalars are resolved with the YAML 1.2 core schema.
@@ -44,8 +44,20 @@ impl Node {
         Node::new(Value::Map(Vec::new()), pos)
     }
 
-    /// Parses one YAML document. An empty document is `Null`.
+    /// Parses one YAML document. An empty document is `Null`. A duplicate key is an
+    /// error here; see [`Node::parse_lenient`] to go on past it.
     pub fn parse(text: &str) -> Result<Node, ConfigError> {
+        let (node, mut problems) = Node::parse_lenient(text)?;
+        match problems.0.is_empty() {
+            true => Ok(node),
+            false => Err(problems.0.swap_remove(0)),
+        }
+    }
+
+    /// Parses one YAML document, going on past the problems that leave a usable tree
+    /// (a duplicate key keeps its first value), so that they are reported together with
+    /// every other problem of the file. `Err` when the text is not YAML at all.
+    pub fn parse_lenient(text: &str) -> Result<(Node, ConfigErrors), ConfigError> {
         Builder::default().build(text)
     }
 
@@ -266,8 +278,8 @@ impl Node {
     pub fn deserialize<'de, T: serde::Deserialize<'de>>(
         &'de self,
         path: &str,
-    ) -> Result<T, ConfigError> {
-        T::deserialize(self).map_err(|e| e.into_config_error(self.pos, path))
+    ) -> Result<T, ConfigErrors> {
+        T::deserialize(self).map_err(|e| e.into_config_errors(self.pos, path))
     }
 }
 
@@ -305,14 +317,43 @@ pub fn join_path(parent: &str, child: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // Building the tree from parser events.
 
+/// How many nodes aliases may copy into one document in all. A config that reuses a
+/// block of defaults a thousand times stays far below it; a "billion laughs" file of a
+/// few hundred bytes that would expand to millions of nodes is refused at the alias that
+/// crosses it, before it takes the memory.
+pub const MAX_ALIAS_NODES: usize = 100_000;
+
 #[derive(Default)]
 struct Builder {
-    anchors: HashMap<usize, Node>,
+    /// Each anchored node, and how many nodes it holds.
+    anchors: HashMap<usize, (Node, usize)>,
+    /// Nodes copied by aliases so far.
+    copied: usize,
+    problems: ConfigErrors,
+}
+
+fn count_nodes(n: &Node) -> usize {
+    1 + match &n.value {
+        Value::Seq(items) => items.iter().map(count_nodes).sum(),
+        Value::Map(entries) => entries
+            .iter()
+            .map(|(k, v)| count_nodes(k) + count_nodes(v))
+            .sum(),
+        _ => 0,
+    }
 }
 
 enum Frame {
     Seq(usize, Pos, Vec<Node>),
-    Map(usize, Pos, Vec<(Node, Node)>, Option<Node>),
+    Map(usize, Pos, Vec<(Node, Node)>, Pending),
+}
+
+/// What a mapping waits for next.
+enum Pending {
+    Key,
+    Value(Node),
+    /// The value of a duplicate key: parsed, reported, dropped.
+    Skip,
 }
 
 fn to_pos(m: saphyr_parser::Marker) -> Pos {
@@ -323,7 +364,7 @@ fn to_pos(m: saphyr_parser::Marker) -> Pos {
 }
 
 impl Builder {
-    fn build(mut self, text: &str) -> Result<Node, ConfigError> {
+    fn build(mut self, text: &str) -> Result<(Node, ConfigErrors), ConfigError> {
         let mut stack: Vec<Frame> = Vec::new();
         let mut root: Option<Node> = None;
         let mut docs = 0;
@@ -350,7 +391,21 @@ impl Builder {
                     None
                 }
                 Event::Alias(id) => match self.anchors.get(&id) {
-                    Some(n) => Some((Node::new(n.value.clone(), pos), 0)),
+                    Some((n, size)) => {
+                        self.copied = self.copied.saturating_add(*size);
+                        if self.copied > MAX_ALIAS_NODES {
+                            return Err(ConfigError::at(
+                                pos,
+                                "",
+                                format!(
+                                    "aliases here would copy more than {MAX_ALIAS_NODES} values \
+                                     into the document (nested anchors that multiply); \
+                                     write the repeated parts out or reuse them less"
+                                ),
+                            ));
+                        }
+                        Some((Node::new(n.value.clone(), pos), 0))
+                    }
                     None => {
                         return Err(ConfigError::at(pos, "", "alias to an unknown anchor"));
                     }
@@ -371,7 +426,7 @@ impl Builder {
                 }
                 Event::MappingStart(anchor, _) => {
                     check_depth(stack.len(), pos)?;
-                    stack.push(Frame::Map(anchor, pos, Vec::new(), None));
+                    stack.push(Frame::Map(anchor, pos, Vec::new(), Pending::Key));
                     None
                 }
                 Event::SequenceEnd => match stack.pop() {
@@ -391,13 +446,15 @@ impl Builder {
                 continue;
             };
             if anchor != 0 {
-                self.anchors.insert(anchor, node.clone());
+                let size = count_nodes(&node);
+                self.anchors.insert(anchor, (node.clone(), size));
             }
             match stack.last_mut() {
                 None => root = Some(node),
                 Some(Frame::Seq(_, _, items)) => items.push(node),
-                Some(Frame::Map(_, _, entries, pending)) => match pending.take() {
-                    None => {
+                Some(Frame::Map(_, _, entries, pending)) => match std::mem::replace(pending, Pending::Key) {
+                    Pending::Skip => {}
+                    Pending::Key => {
                         if !matches!(
                             node.value,
                             Value::Str(_) | Value::Int(_) | Value::Bool(_) | Value::Float(_)
@@ -410,7 +467,7 @@ impl Builder {
                         }
                         let key = key_text(&node);
                         if let Some((first, _)) = entries.iter().find(|(k, _)| key_text(k) == key) {
-                            return Err(ConfigError::at(
+                            self.problems.push(ConfigError::at(
                                 node.pos,
                                 "",
                                 format!(
@@ -418,15 +475,18 @@ impl Builder {
                                     first.pos.line
                                 ),
                             ));
+                            *pending = Pending::Skip;
+                            continue;
                         }
                         let key_node = Node::new(Value::Str(key), node.pos);
-                        *pending = Some(key_node);
+                        *pending = Pending::Value(key_node);
                     }
-                    Some(key) => entries.push((key, node)),
+                    Pending::Value(key) => entries.push((key, node)),
                 },
             }
         }
-        Ok(root.unwrap_or(Node::new(Value::Null, Pos { line: 1, col: 1 })))
+        let root = root.unwrap_or(Node::new(Value::Null, Pos { line: 1, col: 1 }));
+        Ok((root, self.problems))
     }
 }
 
@@ -501,6 +561,10 @@ pub struct DeError {
     pos: Option<Pos>,
     /// Innermost segment last.
     path: Vec<String>,
+    /// An unknown key: its mapping then looks for the others, so that all are reported.
+    unknown_key: bool,
+    /// Further problems found beside this one (the other unknown keys of a mapping).
+    also: Vec<DeError>,
 }
 
 impl DeError {
@@ -510,17 +574,31 @@ impl DeError {
     }
 
     fn under(mut self, seg: String) -> Self {
-        self.path.insert(0, seg);
+        self.path.insert(0, seg.clone());
+        for e in &mut self.also {
+            e.path.insert(0, seg.clone());
+        }
         self
     }
 
-    /// Turns this into a reportable error; `base` is the path of the deserialized node.
-    pub fn into_config_error(self, fallback: Pos, base: &str) -> ConfigError {
+    /// Turns this into reportable errors; `base` is the path of the deserialized node.
+    pub fn into_config_errors(mut self, fallback: Pos, base: &str) -> ConfigErrors {
+        let mut out = ConfigErrors::default();
+        let also = std::mem::take(&mut self.also);
         let mut path = base.to_string();
         for seg in &self.path {
             path = join_path(&path, seg);
         }
-        ConfigError::at(self.pos.unwrap_or(fallback), &path, self.msg)
+        let mut msg = self.msg;
+        if path.rsplit('.').next() == Some("port") {
+            // Plugins read ports wide so that they can say what a port is; say it here too.
+            msg = msg.replace("a whole number from 0 to 4294967295", "a port number (1-65535)");
+        }
+        out.push(ConfigError::at(self.pos.unwrap_or(fallback), &path, msg));
+        for e in also {
+            out.extend(e.into_config_errors(fallback, base));
+        }
+        out
     }
 }
 
@@ -538,15 +616,69 @@ impl de::Error for DeError {
             msg: msg.to_string(),
             pos: None,
             path: Vec::new(),
+            unknown_key: false,
+            also: Vec::new(),
         }
     }
 
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
-        DeError::custom(unknown_with_hint("key", field, expected))
+        let mut e = DeError::custom(unknown_with_hint("key", field, expected));
+        e.unknown_key = true;
+        e
+    }
+
+    fn invalid_type(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {
+        let want = expected_in_words(&exp.to_string());
+        let msg = match unexp {
+            de::Unexpected::Str(s) if want.contains("number") && s.trim().parse::<f64>().is_ok() => {
+                format!("\"{s}\" is quoted text; {want} is expected here (write it without quotes)")
+            }
+            _ => format!("{} is not accepted here; {want} is expected", unexpected_in_words(&unexp)),
+        };
+        DeError::custom(msg)
+    }
+
+    fn invalid_value(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {
+        let want = expected_in_words(&exp.to_string());
+        DeError::custom(format!("{} is out of range; {want} is expected", unexpected_in_words(&unexp)))
     }
 
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
         DeError::custom(unknown_with_hint("value", variant, expected))
+    }
+}
+
+/// serde's names of the primitive types, as an operator reads them.
+fn expected_in_words(exp: &str) -> String {
+    let range = |lo: i128, hi: i128| format!("a whole number from {lo} to {hi}");
+    match exp {
+        "u8" => range(0, u8::MAX.into()),
+        "u16" => range(0, u16::MAX.into()),
+        "u32" => range(0, u32::MAX.into()),
+        "u64" | "usize" => range(0, u64::MAX.into()),
+        "i8" => range(i8::MIN.into(), i8::MAX.into()),
+        "i16" => range(i16::MIN.into(), i16::MAX.into()),
+        "i32" => range(i32::MIN.into(), i32::MAX.into()),
+        "i64" | "isize" => range(i64::MIN.into(), i64::MAX.into()),
+        "f32" | "f64" => "a number".to_string(),
+        "a boolean" => "true or false".to_string(),
+        "a string" => "text".to_string(),
+        "a sequence" => "a list".to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn unexpected_in_words(u: &de::Unexpected) -> String {
+    match u {
+        de::Unexpected::Unsigned(n) => n.to_string(),
+        de::Unexpected::Signed(n) => n.to_string(),
+        de::Unexpected::Float(f) => f.to_string(),
+        de::Unexpected::Bool(b) => b.to_string(),
+        de::Unexpected::Str(s) => format!("\"{}\"", s.escape_debug()),
+        de::Unexpected::Unit => "an empty value".to_string(),
+        de::Unexpected::Seq => "a list".to_string(),
+        de::Unexpected::Map => "a mapping".to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -651,9 +783,39 @@ impl<'de> de::Deserializer<'de> for &'de Node {
         self.deserialize_any(v)
     }
 
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        v: V,
+    ) -> DeResult<V::Value> {
+        self.deserialize_any(v).map_err(|mut e| {
+            // serde stops at the first problem of a struct; the operator wants every
+            // unknown key of the mapping in the same run. (Every struct read from the
+            // config denies unknown keys, so a key that is not a field is a mistake.)
+            let Value::Map(entries) = &self.value else {
+                return e;
+            };
+            let reported = (e.unknown_key && e.path.len() == 1).then(|| e.path[0].clone());
+            for (k, _) in entries {
+                let key = k.as_str().unwrap_or_default();
+                if fields.contains(&key) || reported.as_deref() == Some(key) {
+                    continue;
+                }
+                let mut other = <DeError as de::Error>::unknown_field(key, fields);
+                other.pos = Some(k.pos);
+                other.path.push(key.to_string());
+                other.unknown_key = false;
+                e.also.push(other);
+            }
+            e.unknown_key = false;
+            e
+        })
+    }
+
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char
-        bytes byte_buf unit_struct seq tuple tuple_struct map struct identifier ignored_any
+        bytes byte_buf unit_struct seq tuple tuple_struct map identifier ignored_any
     }
 }
 
@@ -813,7 +975,17 @@ mod tests {
         let msg = err_of::<Outer>("name: x\nitems:\n  - port: 80\n  - port: eighty\n");
         assert_eq!(
             msg,
-            "4:11: items[1].port: invalid type: string \"eighty\", expected u16"
+            "4:11: items[1].port: \"eighty\" is not accepted here; a whole number from 0 to 65535 is expected"
+        );
+        let msg = err_of::<Outer>("name: x\nitems:\n  - port: '80'\n");
+        assert_eq!(
+            msg,
+            "3:11: items[0].port: \"80\" is quoted text; a whole number from 0 to 65535 is expected here (write it without quotes)"
+        );
+        let msg = err_of::<Outer>("name: x\nitems:\n  - port: 1099511627776\n");
+        assert_eq!(
+            msg,
+            "3:11: items[0].port: 1099511627776 is out of range; a whole number from 0 to 65535 is expected"
         );
     }
 
@@ -885,6 +1057,45 @@ mod tests {
         let text = format!("a: {}1{}", "[".repeat(100_000), "]".repeat(100_000));
         let e = Node::parse(&text).unwrap_err().to_string();
         assert!(e.contains("invalid YAML: recursion limit exceeded"), "{e}");
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_at_the_alias_that_crosses_the_limit() {
+        // Nine copies a level, seven levels: 4.8 million values from a few hundred bytes.
+        let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
+        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g"].windows(2).map(|w| (w[0], w[1])) {
+            let refs = vec![format!("*{prev}"); 9].join(", ");
+            text.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        }
+        let e = Node::parse(&text).unwrap_err().to_string();
+        assert!(e.contains("aliases here would copy more than 100000 values"), "{e}");
+        assert!(e.starts_with("6:"), "the line of the alias that crosses it: {e}");
+        // A block of defaults reused a thousand times is fine.
+        let mut text = String::from("d: &d {interval: 10s, timeout: 2s, threshold: 3}\nl:\n");
+        for _ in 0..1000 {
+            text.push_str("  - *d\n");
+        }
+        assert!(Node::parse(&text).is_ok());
+    }
+
+    #[test]
+    fn a_duplicate_key_does_not_hide_the_rest_of_the_file() {
+        let (n, problems) = Node::parse_lenient("a: 1\nb: {c: 2}\na: {x: 3}\nd: 4\n").unwrap();
+        assert_eq!(problems.to_string(), "3:1: duplicate key `a` (first given at line 1)");
+        // The first value is kept and the document goes on after the duplicate.
+        assert_eq!(n.get("a").unwrap().to_flow(), "1");
+        assert_eq!(n.get("d").unwrap().to_flow(), "4");
+    }
+
+    #[test]
+    fn every_unknown_key_of_a_mapping_is_reported() {
+        let n = Node::parse("name: x\nitems:\n  - port: 1\n    prot: 2\n    tgas: 3\n").unwrap();
+        let e = n.deserialize::<Outer>("").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "4:5: items[0].prot: unknown key `prot` (did you mean `port`?)\n\
+             5:5: items[0].tgas: unknown key `tgas` (did you mean `tags`?)"
+        );
     }
 
     #[test]

@@ -247,7 +247,7 @@ fn parse_inner(
         Some(n) if !matches!(n.value, Value::Null) => match n.deserialize("alerting") {
             Ok(s) => s,
             Err(e) => {
-                errs.borrow_mut().push(e);
+                errs.borrow_mut().extend(e.0);
                 AlertingSection {
                     timezone: None,
                     group_wait: default_group_wait(),
@@ -290,7 +290,7 @@ fn parse_inner(
                     let w: WindowSection = match v.deserialize(&path) {
                         Ok(w) => w,
                         Err(e) => {
-                            errs.borrow_mut().push(e);
+                            errs.borrow_mut().extend(e.0);
                             continue;
                         }
                     };
@@ -384,7 +384,7 @@ fn parse_inner(
                     let c: ChannelSection = match v.deserialize(&path) {
                         Ok(c) => c,
                         Err(e) => {
-                            errs.borrow_mut().push(e);
+                            errs.borrow_mut().extend(e.0);
                             continue;
                         }
                     };

@@ -300,8 +300,17 @@ impl Config {
             errors.push(e.in_file(file));
         }
         let built = config.build(registry);
-        if let Err(e) = &built {
-            errors.extend(e.clone());
+        match &built {
+            Err(e) => errors.extend(e.clone()),
+            // A script that does not load is a check failure for a running engine, and
+            // `vigia validate` lists it; when the file has other problems too, they are
+            // all reported together.
+            Ok((plan, _)) if !errors.is_empty() => {
+                for b in &plan.broken {
+                    errors.push(ConfigError::new("", b.error.clone()));
+                }
+            }
+            Ok(_) => {}
         }
         // Top to bottom, as the operator reads the file.
         errors
@@ -328,8 +337,7 @@ impl Config {
     /// Parses what can be parsed. `Err` only when nothing can (a YAML syntax error);
     /// otherwise the entries that parsed, and the problems of the others.
     pub fn parse_partial(text: &str, file: &Path) -> Result<(Config, ConfigErrors), ConfigErrors> {
-        let root = Node::parse(text)?;
-        let mut errors = ConfigErrors::default();
+        let (root, mut errors) = Node::parse_lenient(text)?;
         let top = match &root.value {
             vigia_api::yaml::Value::Map(m) => m.clone(),
             vigia_api::yaml::Value::Null => Vec::new(),
@@ -360,7 +368,7 @@ impl Config {
                 match n.deserialize::<EngineConfig>("engine") {
                     Ok(e) => e,
                     Err(e) => {
-                        errors.push(e);
+                        errors.extend(e);
                         EngineConfig::default()
                     }
                 }
@@ -393,7 +401,7 @@ impl Config {
                             path,
                             explicit: Explicit::of(&own),
                         }),
-                        Err(e) => errors.push(e),
+                        Err(e) => errors.extend(e),
                     }
                 }
             }
@@ -661,7 +669,19 @@ impl Config {
                     if !entry.common.enabled {
                         continue;
                     }
-                    broken.extend(built.broken);
+                    for mut b in built.broken {
+                        if !b.file.exists() {
+                            // Say which line of the config names the missing file.
+                            let path = join_path(&entry.path, "script");
+                            b.error = format!(
+                                "{}:{}: {path}: {}",
+                                self.file.display(),
+                                self.pos_of(&path),
+                                b.error
+                            );
+                        }
+                        broken.push(b);
+                    }
                     for b in built.checks {
                         if !names.insert(b.name.clone()) {
                             if b.group.is_none() {
@@ -800,7 +820,14 @@ impl Config {
                 }
             }
         }
-        let errors = errors.in_file(&self.file);
+        let mut errors = errors.in_file(&self.file);
+        if !errors.is_empty() {
+            // The plan is refused: the scripts that did not load are part of the report
+            // (their messages name their own file and line).
+            for b in &broken {
+                errors.push(ConfigError::new("", b.error.clone()));
+            }
+        }
         let warnings = warnings
             .into_iter()
             .map(|w| self.locate(w).in_file(&self.file))

@@ -196,7 +196,7 @@ fn parse_runbooks(
         let r: RunbookSection = match v.deserialize(&path) {
             Ok(r) => r,
             Err(e) => {
-                errors.push(e);
+                errors.extend(e);
                 continue;
             }
         };
@@ -243,7 +243,7 @@ pub fn parse(
             match n.deserialize::<RemediationSection>("remediation") {
                 Ok(s) => s,
                 Err(e) => {
-                    errors.push(e);
+                    errors.extend(e);
                     RemediationSection {
                         dry_run: false,
                         cooldown: default_cooldown(),
@@ -266,7 +266,7 @@ pub fn parse(
             let a: ActionSection = match v.deserialize(&path) {
                 Ok(a) => a,
                 Err(e) => {
-                    errors.push(e);
+                    errors.extend(e);
                     continue;
                 }
             };
