@@ -12,8 +12,8 @@ use std::fmt;
 use saphyr_parser::{Event, Parser, ScalarStyle};
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 
-use crate::error::{ConfigError, ConfigErrors};
 pub use crate::error::Pos;
+use crate::error::{ConfigError, ConfigErrors};
 
 /// A YAML value; scalars are resolved with the YAML 1.2 core schema.
 #[derive(Clone, Debug)]
@@ -452,37 +452,44 @@ impl Builder {
             match stack.last_mut() {
                 None => root = Some(node),
                 Some(Frame::Seq(_, _, items)) => items.push(node),
-                Some(Frame::Map(_, _, entries, pending)) => match std::mem::replace(pending, Pending::Key) {
-                    Pending::Skip => {}
-                    Pending::Key => {
-                        if !matches!(
-                            node.value,
-                            Value::Str(_) | Value::Int(_) | Value::Bool(_) | Value::Float(_)
-                        ) {
-                            return Err(ConfigError::at(
-                                node.pos,
-                                "",
-                                format!("a mapping key must be a plain word, not {}", node.kind()),
-                            ));
+                Some(Frame::Map(_, _, entries, pending)) => {
+                    match std::mem::replace(pending, Pending::Key) {
+                        Pending::Skip => {}
+                        Pending::Key => {
+                            if !matches!(
+                                node.value,
+                                Value::Str(_) | Value::Int(_) | Value::Bool(_) | Value::Float(_)
+                            ) {
+                                return Err(ConfigError::at(
+                                    node.pos,
+                                    "",
+                                    format!(
+                                        "a mapping key must be a plain word, not {}",
+                                        node.kind()
+                                    ),
+                                ));
+                            }
+                            let key = key_text(&node);
+                            if let Some((first, _)) =
+                                entries.iter().find(|(k, _)| key_text(k) == key)
+                            {
+                                self.problems.push(ConfigError::at(
+                                    node.pos,
+                                    "",
+                                    format!(
+                                        "duplicate key `{key}` (first given at line {})",
+                                        first.pos.line
+                                    ),
+                                ));
+                                *pending = Pending::Skip;
+                                continue;
+                            }
+                            let key_node = Node::new(Value::Str(key), node.pos);
+                            *pending = Pending::Value(key_node);
                         }
-                        let key = key_text(&node);
-                        if let Some((first, _)) = entries.iter().find(|(k, _)| key_text(k) == key) {
-                            self.problems.push(ConfigError::at(
-                                node.pos,
-                                "",
-                                format!(
-                                    "duplicate key `{key}` (first given at line {})",
-                                    first.pos.line
-                                ),
-                            ));
-                            *pending = Pending::Skip;
-                            continue;
-                        }
-                        let key_node = Node::new(Value::Str(key), node.pos);
-                        *pending = Pending::Value(key_node);
+                        Pending::Value(key) => entries.push((key, node)),
                     }
-                    Pending::Value(key) => entries.push((key, node)),
-                },
+                }
             }
         }
         let root = root.unwrap_or(Node::new(Value::Null, Pos { line: 1, col: 1 }));
@@ -592,7 +599,10 @@ impl DeError {
         let mut msg = self.msg;
         if path.rsplit('.').next() == Some("port") {
             // Plugins read ports wide so that they can say what a port is; say it here too.
-            msg = msg.replace("a whole number from 0 to 4294967295", "a port number (1-65535)");
+            msg = msg.replace(
+                "a whole number from 0 to 4294967295",
+                "a port number (1-65535)",
+            );
         }
         out.push(ConfigError::at(self.pos.unwrap_or(fallback), &path, msg));
         for e in also {
@@ -630,17 +640,25 @@ impl de::Error for DeError {
     fn invalid_type(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {
         let want = expected_in_words(&exp.to_string());
         let msg = match unexp {
-            de::Unexpected::Str(s) if want.contains("number") && s.trim().parse::<f64>().is_ok() => {
+            de::Unexpected::Str(s)
+                if want.contains("number") && s.trim().parse::<f64>().is_ok() =>
+            {
                 format!("\"{s}\" is quoted text; {want} is expected here (write it without quotes)")
             }
-            _ => format!("{} is not accepted here; {want} is expected", unexpected_in_words(&unexp)),
+            _ => format!(
+                "{} is not accepted here; {want} is expected",
+                unexpected_in_words(&unexp)
+            ),
         };
         DeError::custom(msg)
     }
 
     fn invalid_value(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {
         let want = expected_in_words(&exp.to_string());
-        DeError::custom(format!("{} is out of range; {want} is expected", unexpected_in_words(&unexp)))
+        DeError::custom(format!(
+            "{} is out of range; {want} is expected",
+            unexpected_in_words(&unexp)
+        ))
     }
 
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
@@ -1063,13 +1081,22 @@ mod tests {
     fn an_alias_bomb_is_refused_at_the_alias_that_crosses_the_limit() {
         // Nine copies a level, seven levels: 4.8 million values from a few hundred bytes.
         let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
-        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g"].windows(2).map(|w| (w[0], w[1])) {
+        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g"]
+            .windows(2)
+            .map(|w| (w[0], w[1]))
+        {
             let refs = vec![format!("*{prev}"); 9].join(", ");
             text.push_str(&format!("{name}: &{name} [{refs}]\n"));
         }
         let e = Node::parse(&text).unwrap_err().to_string();
-        assert!(e.contains("aliases here would copy more than 100000 values"), "{e}");
-        assert!(e.starts_with("6:"), "the line of the alias that crosses it: {e}");
+        assert!(
+            e.contains("aliases here would copy more than 100000 values"),
+            "{e}"
+        );
+        assert!(
+            e.starts_with("6:"),
+            "the line of the alias that crosses it: {e}"
+        );
         // A block of defaults reused a thousand times is fine.
         let mut text = String::from("d: &d {interval: 10s, timeout: 2s, threshold: 3}\nl:\n");
         for _ in 0..1000 {
@@ -1081,7 +1108,10 @@ mod tests {
     #[test]
     fn a_duplicate_key_does_not_hide_the_rest_of_the_file() {
         let (n, problems) = Node::parse_lenient("a: 1\nb: {c: 2}\na: {x: 3}\nd: 4\n").unwrap();
-        assert_eq!(problems.to_string(), "3:1: duplicate key `a` (first given at line 1)");
+        assert_eq!(
+            problems.to_string(),
+            "3:1: duplicate key `a` (first given at line 1)"
+        );
         // The first value is kept and the document goes on after the duplicate.
         assert_eq!(n.get("a").unwrap().to_flow(), "1");
         assert_eq!(n.get("d").unwrap().to_flow(), "4");

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 pub const HOOK_EVERY: u32 = 1000;
 /// How long a script runs before it lets other checks run.
 pub const SLICE: Duration = Duration::from_millis(1);
-/// How long code inside a script's own coroutine may run without returning to the
-/// check function.
-pub const COROUTINE_SLICE: Duration = Duration::from_millis(200);
+/// How long a run may go on without a break: where it cannot yield every [`SLICE`]
+/// (inside a coroutine of its own, or in a Lua function called from C such as a
+/// `table.sort` comparator), it is stopped after this, so no script holds the thread
+/// for longer, whatever its timeout.
+pub const UNBROKEN: Duration = Duration::from_millis(200);
 /// How long a script's top level may run when it is loaded.
 pub const LOAD_BUDGET: Duration = Duration::from_secs(1);
 /// Memory a script may use unless its config says otherwise.
@@ -41,12 +43,41 @@ pub fn runaway_of(e: &mlua::Error) -> Option<&Runaway> {
     }
 }
 
+/// A run's future that marks each resumption: the hook measures the stretch since the
+/// last one, and so knows when a yield it asked for could not happen.
+pub struct Resumed<F> {
+    inner: std::pin::Pin<Box<F>>,
+    budget: std::sync::Arc<Budget>,
+}
+
+impl<F> Resumed<F> {
+    pub fn new(inner: F, budget: std::sync::Arc<Budget>) -> Self {
+        Resumed {
+            inner: Box::pin(inner),
+            budget,
+        }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Resumed<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let now = self.budget.now();
+        self.budget.slice_start.store(now, Ordering::Relaxed);
+        self.inner.as_mut().poll(cx)
+    }
+}
+
 /// The clock of the current run, shared between the check and its state's hook.
 pub struct Budget {
     pub(crate) base: Instant,
     /// ns since `base`; `u64::MAX` when no run is armed.
     pub(crate) deadline: AtomicU64,
-    /// The budget of the armed run, for the message.
+    /// The limit of the armed run as the operator set it, for the message.
     pub(crate) allowed_ms: AtomicU64,
     /// The run's own coroutine (a `lua_State` pointer); 0 = never yield.
     pub(crate) main_thread: AtomicUsize,
@@ -89,9 +120,15 @@ impl Budget {
 
     /// Starts a run that may take `allowed`; `thread` is its coroutine (0: none).
     pub fn arm(&self, allowed: Duration, thread: usize) {
+        self.arm_shown(allowed, allowed, thread);
+    }
+
+    /// As `arm`, with the limit the operator set (`timeout: 1s`) for the message, when
+    /// the run itself is given a little less so that its own message wins.
+    pub fn arm_shown(&self, allowed: Duration, shown: Duration, thread: usize) {
         let now = self.now();
         self.allowed_ms
-            .store(allowed.as_millis() as u64, Ordering::Relaxed);
+            .store(shown.as_millis() as u64, Ordering::Relaxed);
         self.deadline.store(
             now.saturating_add(allowed.as_nanos() as u64),
             Ordering::Relaxed,

@@ -327,12 +327,13 @@ impl Check for LuaCheck {
             };
             // The hook's deadline comes just before the timer's: a CPU-bound script is
             // stopped by the hook, with the line it was on.
-            self.budget.arm(
+            self.budget.arm_shown(
                 allowed.saturating_sub(Duration::from_millis(2)),
+                ctx.timeout,
                 thread.to_pointer() as usize,
             );
             let fut = match thread.into_async::<MultiValue>(self.ctx.clone()) {
-                Ok(f) => f,
+                Ok(f) => crate::budget::Resumed::new(f, self.budget.clone()),
                 Err(e) => {
                     self.budget.disarm();
                     return CheckOutcome::unknown(format!("{}: {e}", self.script));
@@ -398,11 +399,11 @@ impl Check for LuaCheck {
 impl LuaCheck {
     /// Prefixes the script's name to a message that has no position.
     fn located(&self, msg: String) -> String {
-        if msg == "not enough memory" || msg == "the script went over its memory limit" {
+        if crate::script::is_out_of_memory(&msg) {
             return format!(
-                "{}: the script went over its memory limit of {} MiB",
+                "{}: the script went over its memory limit of {}",
                 self.script,
-                self.budget.memory_limit as f64 / (1 << 20) as f64
+                crate::script::mib(self.budget.memory_limit)
             );
         }
         if msg.starts_with(&self.script) {

@@ -26,8 +26,10 @@ pub mod budget;
 pub mod check;
 pub mod host;
 pub mod mysql;
+pub mod pattern;
 pub mod runbook;
 pub mod script;
+mod strings;
 pub mod vm;
 
 pub use check::LuaCheck;

@@ -305,7 +305,7 @@ pub async fn run(
     };
     vm.budget.arm(timeout, thread.to_pointer() as usize);
     let fut = match thread.into_async::<MultiValue>(rb) {
-        Ok(f) => f,
+        Ok(f) => crate::budget::Resumed::new(f, vm.budget.clone()),
         Err(e) => {
             vm.budget.disarm();
             return fail(&transcript, format!("✗ runbook {display}: {e}"));

@@ -15,9 +15,13 @@
 //!   unyieldable, so a script could not `pcall(mysql.query, ...)`.)
 //! - In the run's own coroutine, after [`SLICE`] of continuous work it yields to the
 //!   runtime, so a busy script shares the thread with every other check.
-//! - Inside a coroutine the script made itself a yield would be seen by the script
-//!   (a spurious `coroutine.yield`), so there it only keeps going up to
-//!   [`COROUTINE_SLICE`] without a break, then is stopped as a runaway.
+//! - Where it cannot yield (inside a coroutine the script made itself, where a yield
+//!   would be seen by the script, or inside a Lua function called from C, such as a
+//!   `table.sort` comparator), it keeps going up to [`UNBROKEN`] since the run was last
+//!   resumed, then is stopped as a runaway.
+//! - What runs without any hook is replaced or refused: the pattern functions and
+//!   `string.rep` (`strings.rs`, with a step count), and `__gc` finalizers (Lua runs
+//!   them with hooks off), which `setmetatable` refuses.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,8 +30,8 @@ use std::time::Duration;
 use mlua::{HookTriggers, Lua, LuaOptions, StdLib, VmState};
 
 pub use crate::budget::{
-    runaway_of, Budget, Runaway, COROUTINE_SLICE, DEFAULT_MEMORY_LIMIT, HOOK_EVERY, LOAD_BUDGET,
-    SLICE,
+    runaway_of, Budget, Resumed, Runaway, DEFAULT_MEMORY_LIMIT, HOOK_EVERY, LOAD_BUDGET, SLICE,
+    UNBROKEN,
 };
 use crate::host::{self, HostEnv};
 
@@ -37,6 +41,9 @@ pub struct Vm {
     pub budget: Arc<Budget>,
 }
 
+/// How deep calls may nest in a script: far more than a check's recursion needs.
+pub const MAX_CALL_DEPTH: usize = 2000;
+
 /// The one constructor of a sandboxed state. `memory_limit` in bytes.
 pub fn new_vm(env: Arc<HostEnv>, memory_limit: usize, script: &str) -> mlua::Result<Vm> {
     let libs = StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE;
@@ -44,6 +51,7 @@ pub fn new_vm(env: Arc<HostEnv>, memory_limit: usize, script: &str) -> mlua::Res
     let guard = harden(&lua)?;
     let budget = Arc::new(Budget::new(script, memory_limit, guard));
     install_hook(&lua, budget.clone())?;
+    crate::strings::install(&lua, budget.clone())?;
     host::register(&lua, env, budget.clone())?;
     lua.set_memory_limit(memory_limit)?;
     Ok(Vm { lua, budget })
@@ -79,6 +87,14 @@ fn harden(lua: &Lua) -> mlua::Result<mlua::Table> {
 const SANDBOX: &str = r#"
 local is_runaway, guard = ...
 local _load, _pcall, _xpcall, _resume, _error, _select = load, pcall, xpcall, coroutine.resume, error, select
+local _setmetatable, _rawget, _type = setmetatable, rawget, type
+-- A finalizer runs with Lua's hooks off: a loop in one could never be stopped.
+setmetatable = function(t, mt)
+  if _type(mt) == "table" and _rawget(mt, "__gc") ~= nil then
+    _error("__gc finalizers are not available to scripts (they run where the engine cannot stop them); use a <close> variable or clean up before returning", 2)
+  end
+  return _setmetatable(t, mt)
+end
 load = function(chunk, name, mode, ...)
   if _select('#', ...) > 0 then return _load(chunk, name, "t", ...) end
   return _load(chunk, name, "t")
@@ -97,66 +113,114 @@ xpcall = function(f, handler, ...)
   end, ...))
 end
 coroutine.resume = function(...) return pass(_resume(...)) end
+-- Lua's wrap puts the position in front of an error at every level it passes: a
+-- recursion through wrap repeated `x.lua:1: ` hundreds of times. Keep it once.
+local _wrap, _find, _sub = coroutine.wrap, string.find, string.sub
+local function once(ok, ...)
+  if ok then return ... end
+  local e = ...
+  if _type(e) == "string" then
+    local _, stop = _find(e, "^[^\n]-:%d+: ")
+    while stop and _sub(e, stop + 1, 2 * stop) == _sub(e, 1, stop) do e = _sub(e, stop + 1) end
+  end
+  _error(e, 0)
+end
+coroutine.wrap = function(f)
+  local g = _wrap(f)
+  return function(...) return once(_pcall(g, ...)) end
+end
 "#;
 
 fn install_hook(lua: &Lua, budget: Arc<Budget>) -> mlua::Result<()> {
     lua.set_global_hook(
         HookTriggers::new().every_nth_instruction(HOOK_EVERY),
         move |lua, _debug| {
-            let now = budget.now();
             let deadline = budget.deadline.load(Ordering::Relaxed);
             if deadline == u64::MAX {
                 return Ok(VmState::Continue);
             }
+            let now = budget.now();
             let main = budget.main_thread.load(Ordering::Relaxed);
             let in_main = main != 0 && lua.current_thread().to_pointer() as usize == main;
             if now >= deadline {
-                let msg = format!(
-                    "{}: stopped after {}: the script was still running (an endless loop?)",
-                    script_position(lua),
-                    vigia_api::Dur(budget.allowed())
-                );
-                let mut stopped = budget.stopped.lock().unwrap_or_else(|p| p.into_inner());
-                if stopped.is_none() {
-                    *stopped = Some(msg.clone());
-                    let _ = budget.guard.raw_set("stop", true);
-                }
-                drop(stopped);
                 // In the run's coroutine, yield: the check's timer then drops the
                 // whole run, whatever pcalls it is inside. Where a yield is not
                 // possible (inside a C function's callback, or in a coroutine of the
                 // script's), raise, and keep raising: the wrapped pcall & co. pass it on.
                 let grace = Duration::from_millis(20).as_nanos() as u64;
+                let e = past_deadline(lua, &budget);
                 if in_main && now < deadline.saturating_add(grace) {
                     return Ok(VmState::Yield);
                 }
-                return Err(mlua::Error::external(Runaway(msg)));
+                return Err(e.unwrap_or_else(|| mlua::Error::external(Runaway(String::new()))));
+            }
+            if lua.inspect_stack(MAX_CALL_DEPTH, |_| ()).is_some() {
+                // Lua itself allows a million stack slots, and unwinding a recursion
+                // that deep through pcalls took seconds past any deadline.
+                return Err(mlua::Error::external(Runaway(format!(
+                    "{}: stopped: calls nested deeper than {MAX_CALL_DEPTH} (an endless recursion?)",
+                    script_position(lua)
+                ))));
             }
             if main == 0 {
                 // Loading: a plain call, which cannot yield; the deadline alone applies.
                 return Ok(VmState::Continue);
             }
+            // `slice_start` is set each time the run is resumed (see `Resumed`): a
+            // stretch that grows past the slice is one where the asked-for yield could
+            // not happen.
             let since = now.saturating_sub(budget.slice_start.load(Ordering::Relaxed));
-            if in_main {
-                if since >= SLICE.as_nanos() as u64 {
-                    budget.slice_start.store(now, Ordering::Relaxed);
-                    return Ok(VmState::Yield);
-                }
-            } else if since >= COROUTINE_SLICE.as_nanos() as u64 {
+            if since >= UNBROKEN.as_nanos() as u64 {
+                let where_ = if in_main {
+                    "inside a function called by the string or table library (a `table.sort` \
+                     comparator, a `string.gsub` function?), where it cannot pause"
+                } else {
+                    "inside a coroutine"
+                };
                 let msg = format!(
-                    "{}: stopped: ran {} without a break inside a coroutine (an endless loop?)",
+                    "{}: stopped: ran {} without a break {where_} (an endless loop?)",
                     script_position(lua),
-                    vigia_api::Dur(COROUTINE_SLICE)
+                    vigia_api::Dur(UNBROKEN)
                 );
                 return Err(mlua::Error::external(Runaway(msg)));
+            }
+            if in_main && since >= SLICE.as_nanos() as u64 {
+                return Ok(VmState::Yield);
             }
             Ok(VmState::Continue)
         },
     )
 }
 
+/// Past the run's deadline: records where the run was stopped (once) and tells the
+/// sandbox's pcall & co. to let every error through; the error that stops it.
+pub(crate) fn past_deadline(lua: &Lua, budget: &Budget) -> Option<mlua::Error> {
+    if budget.now() < budget.deadline.load(Ordering::Relaxed) {
+        return None;
+    }
+    let msg = if budget.in_run() {
+        format!(
+            "{}: stopped at its timeout of {}: the script was still running (an endless loop?)",
+            script_position(lua),
+            vigia_api::Dur(budget.allowed())
+        )
+    } else {
+        format!(
+            "{}: stopped after {}: a script's top level must finish quickly when it loads (an endless loop?)",
+            script_position(lua),
+            vigia_api::Dur(budget.allowed())
+        )
+    };
+    let mut stopped = budget.stopped.lock().unwrap_or_else(|p| p.into_inner());
+    if stopped.is_none() {
+        *stopped = Some(msg.clone());
+        let _ = budget.guard.raw_set("stop", true);
+    }
+    Some(mlua::Error::external(Runaway(msg)))
+}
+
 /// `checks/x.lua:12`: the innermost frame of the script itself (not Vigia's wrappers).
-fn script_position(lua: &Lua) -> String {
+pub(crate) fn script_position(lua: &Lua) -> String {
     for level in 0..64 {
         let frame = lua.inspect_stack(level, |d| {
             let src = d.source();
