@@ -12,7 +12,6 @@ use vigia_engine::config::{Config, Registry};
 use vigia_engine::control;
 use vigia_engine::logging::{self, LogFormat};
 use vigia_engine::scheduler::{run_once, unix_ms, Stats};
-use vigia_engine::store::Store;
 use vigia_engine::supervisor::{self as engine, RunOptions};
 
 #[derive(Parser)]
@@ -361,7 +360,7 @@ async fn cmd_status(path: &Path, json: bool) -> ExitCode {
         }
         Err(e) => {
             // Not running: show what it saved, if the store is free to read.
-            match Store::open(&state_dir).and_then(|s| s.load_checks()) {
+            match vigia_engine::store::read_checks(&state_dir) {
                 Ok(saved) if !saved.is_empty() => {
                     let mut checks: Vec<_> = saved.into_iter().collect();
                     checks.sort_by(|a, b| a.0.cmp(&b.0));

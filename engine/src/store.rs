@@ -107,6 +107,107 @@ pub enum Op {
     Silence(u64, Option<Vec<u8>>),
 }
 
+/// One writer (the engine), any number of readers in other processes: `vigia status`
+/// while no engine runs never keeps one from starting.
+fn builder() -> redb::Builder {
+    let mut b = redb::Builder::new();
+    b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+    b
+}
+
+/// Runs `f`, turning a panic (redb's on some damaged pages) into its message, without
+/// the default hook printing it.
+fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    thread_local! {
+        static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    // One hook for the process, installed once, silent only on the thread (and for the
+    // time) that asked: other threads' panics print as before.
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    r.map_err(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unreadable".into());
+        format!("reading it failed: {what}")
+    })
+}
+
+fn is_corruption(e: &StoreError) -> bool {
+    let text = e.to_string().to_lowercase();
+    text.contains("corrupt") || text.contains("invalid") || text.contains("checksum")
+}
+
+/// `20261201T131904Z`.
+fn chrono_like_stamp(unix_ms: u64) -> String {
+    let secs = (unix_ms / 1000) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The saved check states, read by another process than the engine (`vigia status`
+/// while none runs): a read-only handle that never keeps the engine from opening the
+/// store. `Ok(empty)` when there is no store yet.
+pub fn read_checks(state_dir: &Path) -> Result<HashMap<String, CheckState>, StoreError> {
+    let path = state_dir.join(STORE_FILE);
+    if !path.exists() {
+        return Ok(HashMap::new());
+    }
+    let err = |e: String| StoreError::Open {
+        path: path.clone(),
+        reason: e,
+    };
+    let read = quietly(|| -> Result<HashMap<String, CheckState>, String> {
+        let db = builder().open_read_only(&path).map_err(|e| e.to_string())?;
+        let tx = db.begin_read().map_err(|e| e.to_string())?;
+        let table = match tx.open_table(CHECKS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut out = HashMap::new();
+        for item in table.iter().map_err(|e| e.to_string())? {
+            let (k, v) = item.map_err(|e| e.to_string())?;
+            if let Ok(state) = serde_json::from_slice::<StoredCheck>(v.value()) {
+                out.insert(k.value().to_string(), state.into());
+            }
+        }
+        Ok(out)
+    });
+    match read {
+        Ok(Ok(m)) => Ok(m),
+        Ok(Err(e)) | Err(e) => Err(err(e)),
+    }
+}
+
 /// The file name of the store inside `state_dir`.
 pub const STORE_FILE: &str = "state.redb";
 
@@ -121,6 +222,8 @@ pub enum StoreError {
     InUse { path: PathBuf },
     #[error("cannot open the state store {path}: {reason}")]
     Open { path: PathBuf, reason: String },
+    #[error("the state store {path} is damaged ({reason}); the engine moves it aside at start and begins with an empty store")]
+    Damaged { path: PathBuf, reason: String },
     #[error("the state store {path} failed while {doing}: {reason}")]
     Io {
         path: PathBuf,
@@ -141,38 +244,103 @@ pub struct Store {
 pub type StoreUpdate = (String, Option<CheckState>);
 
 impl Store {
-    /// Opens (or creates) `state_dir/state.redb`.
+    /// Opens (or creates) `state_dir/state.redb` as its one writer, and reads every
+    /// table once: a damaged file is [`StoreError::Damaged`] here, not a panic later.
+    /// Readers in other processes (`vigia status` with no engine) open it with
+    /// [`read_checks`] and never keep a writer out.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::CreateDir {
             path: state_dir.to_path_buf(),
             source,
         })?;
         let path = state_dir.join(STORE_FILE);
-        let db = Database::create(&path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.clone() },
-            DatabaseError::Storage(redb::StorageError::Io(io)) => StoreError::Open {
-                path: path.clone(),
-                reason: io.to_string(),
-            },
-            other => StoreError::Open {
-                path: path.clone(),
-                reason: format!(
-                    "{other} (if the file is damaged, move it aside to start with empty state)"
-                ),
-            },
-        })?;
+        let damaged = |reason: String| StoreError::Damaged {
+            path: path.clone(),
+            reason,
+        };
+        let opened = quietly(|| {
+            let mut db = builder().create(&path)?;
+            let intact = db.check_integrity()?;
+            Ok::<_, DatabaseError>((db, intact))
+        });
+        let (db, intact) = match opened {
+            Err(panic) => return Err(damaged(panic)),
+            Ok(Err(DatabaseError::DatabaseAlreadyOpen)) => {
+                return Err(StoreError::InUse { path: path.clone() })
+            }
+            Ok(Err(DatabaseError::Storage(redb::StorageError::Io(io))))
+                if io.kind() != std::io::ErrorKind::InvalidData =>
+            {
+                return Err(StoreError::Open {
+                    path: path.clone(),
+                    reason: io.to_string(),
+                })
+            }
+            Ok(Err(other)) => return Err(damaged(other.to_string())),
+            Ok(Ok(x)) => x,
+        };
         let store = Store {
             db,
-            path,
+            path: path.clone(),
             seq: std::sync::atomic::AtomicU64::new(1),
         };
-        // Make sure the tables exist so that reads of a new store work.
-        store.apply(&[])?;
-        let last = store.read_meta("seq")?;
+        if !intact {
+            // redb repaired it: what it dropped is unknown, so treat it as damaged.
+            return Err(damaged("its integrity check failed".into()));
+        }
+        let read_all = quietly(|| -> Result<u64, StoreError> {
+            // Make sure the tables exist so that reads of a new store work.
+            store.apply(&[])?;
+            store.load_checks()?;
+            store.load_inbox()?;
+            store.load_held()?;
+            store.outbox_counts()?;
+            store.load_targets()?;
+            store.load_silences()?;
+            store.read_meta("seq")
+        });
+        let last = match read_all {
+            Err(panic) => return Err(damaged(panic)),
+            Ok(Err(e @ StoreError::Io { .. })) if is_corruption(&e) => {
+                return Err(damaged(e.to_string()))
+            }
+            Ok(r) => r?,
+        };
         store
             .seq
             .store(last + 1, std::sync::atomic::Ordering::SeqCst);
         Ok(store)
+    }
+
+    /// Opens the store for the engine. A damaged file is moved aside as
+    /// `state.redb.damaged-<UTC time>` and the engine starts with an empty store: the
+    /// states of the checks and the undelivered alerts it held are lost (they stay in
+    /// the moved file for a post-mortem). Returns the store and, then, what to log.
+    pub fn open_or_move_aside(state_dir: &Path) -> Result<(Store, Option<String>), StoreError> {
+        match Store::open(state_dir) {
+            Err(StoreError::Damaged { path, reason }) => {
+                let stamp = chrono_like_stamp(crate::clock::unix_ms());
+                let aside = path.with_file_name(format!("{STORE_FILE}.damaged-{stamp}"));
+                std::fs::rename(&path, &aside).map_err(|e| StoreError::Open {
+                    path: path.clone(),
+                    reason: format!(
+                        "it is damaged ({reason}) and cannot be moved aside to {}: {e}",
+                        aside.display()
+                    ),
+                })?;
+                let store = Store::open(state_dir)?;
+                let notice = format!(
+                    "The state store {} was damaged ({reason}). It was moved aside to {} and \
+                     the engine starts with an empty store: the checks start as up, undelivered \
+                     alerts and silences in it are lost (a check still down alerts again \
+                     once it reaches its threshold).",
+                    path.display(),
+                    aside.display()
+                );
+                Ok((store, Some(notice)))
+            }
+            other => other.map(|s| (s, None)),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -504,7 +672,81 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(STORE_FILE), vec![0xAB; 8192]).unwrap();
         let err = Store::open(dir.path()).err().unwrap().to_string();
-        assert!(err.starts_with("cannot open the state store"), "{err}");
+        assert!(err.contains("is damaged"), "{err}");
+    }
+
+    /// One 4 KiB page overwritten, at every page of a store with something in every
+    /// table: never a panic; the engine's open moves the file aside and starts empty,
+    /// or the store still opens whole.
+    #[test]
+    fn a_damaged_page_anywhere_is_moved_aside_never_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut ops = Vec::new();
+            for i in 0..300u64 {
+                let st = CheckState::new(i * 1000);
+                ops.push(Op::Check(format!("check-{i}"), Some(st)));
+                ops.push(Op::Inbox(i, Some(vec![7; 100])));
+                ops.push(Op::Outbox("ops".into(), i, Some(vec![9; 200])));
+            }
+            ops.push(Op::Silence(1, Some(b"{}".to_vec())));
+            ops.push(Op::Target("ops".into(), b"{}".to_vec()));
+            store.apply(&ops).unwrap();
+        }
+        let good = std::fs::read(dir.path().join(STORE_FILE)).unwrap();
+        let pages = good.len() / 4096;
+        assert!(pages >= 4, "{pages}");
+        let mut moved = 0;
+        for page in 0..pages {
+            let d = tempfile::tempdir().unwrap();
+            let mut bad = good.clone();
+            bad[page * 4096..(page + 1) * 4096].fill(0x5A);
+            std::fs::write(d.path().join(STORE_FILE), &bad).unwrap();
+            let (store, notice) =
+                Store::open_or_move_aside(d.path()).unwrap_or_else(|e| panic!("page {page}: {e}"));
+            if let Some(n) = notice {
+                moved += 1;
+                assert!(
+                    n.contains("was damaged") && n.contains("state.redb.damaged-"),
+                    "{n}"
+                );
+                let aside: Vec<_> = std::fs::read_dir(d.path())
+                    .unwrap()
+                    .filter_map(|e| e.ok())
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with("state.redb.damaged-")
+                    })
+                    .collect();
+                assert_eq!(aside.len(), 1, "page {page}");
+                assert!(store.load_checks().unwrap().is_empty());
+            }
+        }
+        assert!(moved > 0, "no page of {pages} was noticed as damaged");
+    }
+
+    #[test]
+    fn a_reader_never_keeps_the_writer_out() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .write(&[("web".into(), Some(CheckState::new(5)))])
+                .unwrap();
+        }
+        let path = dir.path().join(STORE_FILE);
+        let reader = builder().open_read_only(&path).unwrap();
+        let store = Store::open(dir.path()).expect("the writer opens beside a reader");
+        assert_eq!(read_checks(dir.path()).unwrap().len(), 1);
+        drop((reader, store));
+    }
+
+    #[test]
+    fn the_stamp_is_utc_civil_time() {
+        assert_eq!(chrono_like_stamp(1_796_130_000_000), "20261201T130000Z");
+        assert_eq!(chrono_like_stamp(0), "19700101T000000Z");
     }
 
     #[test]

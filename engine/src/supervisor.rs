@@ -190,7 +190,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .into();
     let (host_tx, host_rx) = watch::channel(host.clone());
     let state_dir = config.engine.state_dir.clone();
-    let store = Arc::new(Store::open(&state_dir)?);
+    let store = Arc::new(open_store(&state_dir).await?);
     let book = StatusBook::new();
     restore(&book, &store, &plan, store.load_checks()?).await;
 
@@ -771,5 +771,25 @@ impl ScriptErrors {
             tracing::info!(event = "script_fixed", file = %shown, "{shown} loads again.");
             false
         });
+    }
+}
+
+/// Opens the store for the engine: a damaged one is moved aside (said once, as an
+/// error line); one held by a short-lived `vigia silence` is waited for a little.
+async fn open_store(state_dir: &std::path::Path) -> Result<Store, crate::store::StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open_or_move_aside(state_dir) {
+            Ok((store, notice)) => {
+                if let Some(n) = notice {
+                    tracing::error!(event = "store_damaged", "{n}");
+                }
+                return Ok(store);
+            }
+            Err(crate::store::StoreError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
