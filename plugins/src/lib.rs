@@ -10,6 +10,7 @@ use std::sync::Arc;
 use vigia_api::CheckFactory;
 
 pub mod child;
+pub mod file;
 pub mod http;
 pub mod http1;
 pub mod icmp;

@@ -143,14 +143,11 @@ impl ProcessCheck {
 
     fn evaluate(&self) -> CheckOutcome {
         if let Some(file) = &self.pid_file {
-            let text = match std::fs::read_to_string(file) {
+            // A pid file is a line; anything bigger, or not a file, is not one.
+            let text = match crate::file::read_regular(file, 4096) {
                 Ok(t) => t,
                 Err(e) => {
-                    return CheckOutcome::critical(format!(
-                        "cannot read the pid file {}: {}",
-                        file.display(),
-                        e.kind().to_string().to_lowercase()
-                    ))
+                    return CheckOutcome::critical(format!("the pid file {} {e}", file.display()))
                 }
             };
             let Ok(pid) = text.trim().parse::<u32>() else {

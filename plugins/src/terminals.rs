@@ -25,6 +25,9 @@ use crate::icmp::Icmp;
 use crate::net::host_problem;
 use crate::ping::{PingCheck, PingParams};
 
+/// The largest terminals list read: about a million lines of addresses.
+const MAX_LIST: usize = 64 << 20;
+
 /// `type: terminals` takes `file` plus the keys of [`PingParams`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,10 +112,10 @@ impl CheckFactory for TerminalsFactory {
             return Err(ConfigErrors(errors));
         }
         let file = ctx.resolve(&cfg.file);
-        let text = std::fs::read_to_string(&file).map_err(|e| {
+        let text = crate::file::read_regular(&file, MAX_LIST).map_err(|e| {
             ConfigError::new(
                 &join_path(path, "file"),
-                format!("cannot read the terminals list {}: {e}", file.display()),
+                format!("the terminals list {} {e}", file.display()),
             )
         })?;
         let (terminals, warnings) = parse_terminals(&text, &file);
@@ -239,7 +242,7 @@ mod tests {
             .to_string();
         assert_eq!(
             e,
-            "checks[3].file: cannot read the terminals list /nonexistent/ips.txt: No such file or directory (os error 2)"
+            "checks[3].file: the terminals list /nonexistent/ips.txt does not exist"
         );
     }
 }

@@ -230,10 +230,26 @@ async fn process_by_name_command_line_and_pid_file() {
     );
     std::fs::remove_file(&pid_file).unwrap();
     let o = run(&ProcessFactory, &yaml).await;
-    assert!(
-        o.message.starts_with("cannot read the pid file"),
-        "{}",
-        o.message
+    assert_eq!(
+        o.message,
+        format!("the pid file {} does not exist", pid_file.display())
+    );
+    // A FIFO in its place (nothing writes to it): said at once, the thread not held.
+    let c = std::ffi::CString::new(pid_file.to_str().unwrap()).unwrap();
+    // SAFETY: a plain syscall on a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let o = run(&ProcessFactory, &yaml).await;
+    assert_eq!(
+        o.message,
+        format!(
+            "the pid file {} is a FIFO, not a regular file",
+            pid_file.display()
+        )
+    );
+    let o = run(&ProcessFactory, "pid_file: /dev/zero").await;
+    assert_eq!(
+        o.message,
+        "the pid file /dev/zero is a character device, not a regular file"
     );
 }
 
