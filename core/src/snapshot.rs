@@ -122,4 +122,9 @@ pub struct TargetStats {
     pub last_error: Option<String>,
     pub last_error_at: Option<u64>,
     pub last_delivered_at: Option<u64>,
+    /// The wait the server last asked for (Telegram's `retry_after`, HTTP
+    /// `Retry-After`), in ms, while deliveries are refused; the engine waits at most
+    /// `alerting.max_retry_wait` and asks again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_wait_ms: Option<u64>,
 }

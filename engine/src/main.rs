@@ -461,6 +461,13 @@ fn print_status(view: &StatusSnapshot, not_running: Option<&str>) {
                 (Some(e), None) => e.clone(),
                 _ => "-".into(),
             };
+            let last = match t.asked_wait_ms {
+                Some(ms) if t.pending > 0 => format!(
+                    "{last} (the server asks to wait {}; retried sooner, at alerting.max_retry_wait)",
+                    human_duration(ms)
+                ),
+                _ => last,
+            };
             println!(
                 "{key:width$}  {:>7}  {:>9}  {:>6}  {last}",
                 t.pending, t.delivered, t.failed

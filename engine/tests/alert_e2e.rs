@@ -441,3 +441,63 @@ fn silences_from_the_command_line() {
     let list = String::from_utf8_lossy(&vigia(&["silence", "list"], &config).stdout).to_string();
     assert!(list.contains("db*"), "{list}");
 }
+
+/// POST to the mock's control port (`/telegram/retry_after/3600`).
+fn control_post(mock: &Mock, path: &str) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", mock.control)).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// A Bot API that answers 429 with `retry_after: 3600`: the engine waits at most
+/// `max_retry_wait` (1 s here) between attempts, says what the server asked for in its
+/// log and in `vigia status`, and delivers as soon as the API takes messages again.
+#[test]
+fn a_huge_retry_after_is_capped_at_max_retry_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start();
+    mock.set("telegram", "ratelimit");
+    control_post(&mock, "/telegram/retry_after/3600");
+    let (la, pa) = listen();
+    let config = config(dir.path(), &mock, &[("a", pa)]);
+    let engine = start(&config);
+    wait_rounds(&config, 1, Duration::from_secs(10));
+    drop(la);
+    engine.wait_for("a refused delivery", Duration::from_secs(15), |e| {
+        e.iter().any(|x| {
+            x["event"] == "delivery_retry"
+                && x["message"].as_str().is_some_and(|m| {
+                    m.contains("retrying in 1s") && m.contains("the server asked for 1h")
+                })
+        })
+    });
+    let out = vigia(&["status", "--json"], &config);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["channels"]["ops#424242"]["asked_wait_ms"], 3_600_000,
+        "{status}"
+    );
+    let text = String::from_utf8_lossy(&vigia(&["status"], &config).stdout).to_string();
+    assert!(text.contains("the server asks to wait 1h"), "{text}");
+    mock.set("telegram", "ok");
+    let start = Instant::now();
+    while delivered(&mock).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nothing delivered {:?} after the API took messages again",
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        delivered(&mock),
+        vec![("a".to_string(), "failed".to_string())]
+    );
+}

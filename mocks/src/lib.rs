@@ -11,7 +11,7 @@
 //!
 //! Control API: `POST /mode/http/failing`, `POST /mode/tcp/healthy`, `GET /mode`;
 //! `POST /telegram/mode/{ok|error|ratelimit|unauthorized|chat_not_found|hang}`,
-//! `POST /telegram/rate/{per_second}`, `GET /telegram/messages`,
+//! `POST /telegram/rate/{per_second}`, `POST /telegram/retry_after/{seconds}`, `GET /telegram/messages`,
 //! `DELETE /telegram/messages`.
 
 pub mod http;
@@ -261,6 +261,13 @@ async fn control_conn(mut s: TcpStream, mocks: &Mocks) {
                 (200, serde_json::json!({ "rate": n }).to_string())
             }
             Err(_) => (400, serde_json::json!({ "error": "the rate is a number of messages per second" }).to_string()),
+        },
+        ("POST", ["telegram", "retry_after", n]) => match n.parse::<u64>() {
+            Ok(n) => {
+                mocks.tg.retry_after.store(n, std::sync::atomic::Ordering::Relaxed);
+                (200, serde_json::json!({ "retry_after": n }).to_string())
+            }
+            Err(_) => (400, serde_json::json!({ "error": "retry_after is a number of seconds" }).to_string()),
         },
         ("GET", ["telegram", "messages"]) => (200, serde_json::to_string(&mocks.tg.messages()).unwrap_or_default()),
         ("DELETE", ["telegram", "messages"]) => {

@@ -560,6 +560,7 @@ async fn sender(
                     s.pending = s.pending.saturating_sub(1);
                     s.delivered += 1;
                     s.last_delivered_at = Some(now);
+                    s.asked_wait_ms = None;
                 });
                 let ops = vec![
                     Op::Outbox(key.clone(), seq, None),
@@ -572,14 +573,26 @@ async fn sender(
                 reason,
                 retry_after,
             }) => {
-                let wait = retry_after.unwrap_or(backoff);
+                // Every wait is capped at max_retry_wait, the server's too: a server
+                // that still refuses says so again, one that recovered is used at once
+                // (Telegram answered `retry_after: 3600` to a bot that was fine again
+                // 20 s later).
+                let wait = retry_after.unwrap_or(backoff).min(max_wait);
                 backoff = (backoff * 2).min(max_wait);
                 let first = status.update(&key, |s| {
                     s.retries += 1;
                     s.last_error = Some(reason.clone());
                     s.last_error_at = Some(now);
+                    s.asked_wait_ms = retry_after.map(|r| r.as_millis() as u64);
                 });
-                tracing::warn!(event = "delivery_retry", target = %key, pending = first.pending, "Delivery to {} failed ({reason}); retrying in {}.", sink.describe(), vigia_api::Dur(wait));
+                let asked = match retry_after {
+                    Some(r) if r > wait => format!(
+                        " (the server asked for {}; waits are capped by alerting.max_retry_wait)",
+                        vigia_api::Dur(r)
+                    ),
+                    _ => String::new(),
+                };
+                tracing::warn!(event = "delivery_retry", target = %key, pending = first.pending, "Delivery to {} failed ({reason}); retrying in {}{asked}.", sink.describe(), vigia_api::Dur(wait));
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop.cancelled() => return,
