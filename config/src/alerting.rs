@@ -142,6 +142,34 @@ impl std::fmt::Debug for TokenSource {
     }
 }
 
+/// An environment variable's name as a shell would take it: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A webhook's URL as logs and `vigia status` show it: `https://hooks.example.com/…`
+/// (its path and query are often the secret).
+pub fn shown_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some(x) => x,
+        None => return "(a URL that does not parse)".into(),
+    };
+    // user:password@ never shown either.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    let more = if authority_end < rest.len() && rest[authority_end..] != *"/" {
+        "/…"
+    } else {
+        ""
+    };
+    format!("{scheme}://{host}{more}")
+}
+
 impl TokenSource {
     /// Reads the token. Its value is never part of an error.
     pub fn resolve(&self) -> Result<String, String> {
@@ -448,6 +476,13 @@ fn parse_inner(
                                 err(pos, &p, "never put the bot token in config.yaml: use `token_env: VIGIA_TELEGRAM_TOKEN` (an environment variable) or `token_file: /etc/vigia/telegram.token`".into());
                             }
                             let token = match (&c.token_env, &c.token_file) {
+                                (Some(name), None) if !is_env_name(name) => {
+                                    // Never echoed: a value here is often the token itself.
+                                    let p = join_path(&path, "token_env");
+                                    let pos = v.get("token_env").map_or(v.pos, |n| n.pos);
+                                    err(pos, &p, "is not the name of an environment variable (letters, digits and `_`, such as VIGIA_TELEGRAM_TOKEN); if you pasted the bot token itself here, move it into that variable and revoke it with @BotFather, as it is now in the config file (the value is not shown)".into());
+                                    None
+                                }
                                 (Some(v), None) => Some(TokenSource::Env(v.clone())),
                                 (None, Some(f)) => Some(TokenSource::File(if f.is_absolute() {
                                     f.clone()
@@ -578,5 +613,38 @@ fn parse_inner(
         templates: Arc::new(templates),
         fingerprint,
         declared,
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn a_webhook_shows_only_scheme_and_host() {
+        for (url, shown) in [
+            (
+                "https://hooks.slack.com/services/T00/B00/XXXXSECRET",
+                "https://hooks.slack.com/…",
+            ),
+            (
+                "http://user:pass@127.0.0.1:8080/hook?token=abc",
+                "http://127.0.0.1:8080/…",
+            ),
+            ("https://example.com/", "https://example.com"),
+            ("https://example.com", "https://example.com"),
+            ("not a url", "(a URL that does not parse)"),
+        ] {
+            assert_eq!(shown_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn env_names() {
+        assert!(is_env_name("VIGIA_TELEGRAM_TOKEN"));
+        assert!(is_env_name("_x1"));
+        assert!(!is_env_name("123456:ABC-DEF"));
+        assert!(!is_env_name(""));
+        assert!(!is_env_name("1ABC"));
     }
 }

@@ -213,11 +213,8 @@ pub const STORE_FILE: &str = "state.redb";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot create the state directory {path}: {source}")]
-    CreateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot create the state directory {path}: {reason}")]
+    CreateDir { path: PathBuf, reason: String },
     #[error("the state store {path} is in use by another vigia process (only one engine may use a state_dir)")]
     InUse { path: PathBuf },
     #[error("cannot open the state store {path}: {reason}")]
@@ -249,9 +246,13 @@ impl Store {
     /// Readers in other processes (`vigia status` with no engine) open it with
     /// [`read_checks`] and never keep a writer out.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::CreateDir {
+        std::fs::create_dir_all(state_dir).map_err(|e| StoreError::CreateDir {
             path: state_dir.to_path_buf(),
-            source,
+            reason: if state_dir.exists() && !state_dir.is_dir() {
+                "it is a file, not a directory (engine.state_dir must name a directory)".into()
+            } else {
+                e.to_string()
+            },
         })?;
         let path = state_dir.join(STORE_FILE);
         let damaged = |reason: String| StoreError::Damaged {
@@ -747,6 +748,18 @@ mod tests {
     fn the_stamp_is_utc_civil_time() {
         assert_eq!(chrono_like_stamp(1_796_130_000_000), "20261201T130000Z");
         assert_eq!(chrono_like_stamp(0), "19700101T000000Z");
+    }
+
+    #[test]
+    fn a_state_dir_that_is_a_file_is_said_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = dir.path().join("st");
+        std::fs::write(&st, "").unwrap();
+        let err = Store::open(&st).err().unwrap().to_string();
+        assert_eq!(
+            err,
+            format!("cannot create the state directory {}: it is a file, not a directory (engine.state_dir must name a directory)", st.display())
+        );
     }
 
     #[test]

@@ -234,3 +234,73 @@ config.yaml:27:17: checks[0].depends_on: a check cannot depend on itself
 config.yaml:27:23: checks[0].depends_on[1]: unknown check `uplink`; expected one of: web"
     );
 }
+
+/// A duplicate key, two unknown keys of one mapping, value errors and a script that
+/// does not load: all in one run, top to bottom.
+#[test]
+fn every_problem_of_a_file_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("checks")).unwrap();
+    std::fs::write(
+        dir.path().join("checks/bad.lua"),
+        "return { check = function(ctx) return { ok = true } end, intervl = '10s' }\n",
+    )
+    .unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(
+        &file,
+        "engine:\n  state_dir: st\n  bogus: 1\n  bogus2: 2\nchecks:\n  - name: a\n    type: tcp\n    host: 127.0.0.1\n    port: \"80\"\n    prot: 1\n  - name: b\n    type: tcp\n    host: 127.0.0.1\n    port: 80\n    threshold: 1099511627776\n  - name: c\n    type: lua\n    script: checks/missing.lua\n  - name: d\n    type: lua\n    script: checks/bad.lua\n  - name: e\n    type: tcp\n    host: 127.0.0.1\n    port: 80\n    port: 81\n",
+    )
+    .unwrap();
+    let err = Config::load_and_build(&file, &Registry::builtin())
+        .err()
+        .unwrap()
+        .to_string()
+        .replace(&format!("{}/", dir.path().display()), "");
+    assert_eq!(
+        err,
+        "config.yaml:3:3: engine.bogus: unknown key `bogus`; expected one of: hostname, state_dir, status_log_interval, max_concurrent_checks, shutdown_grace, worker_threads, checks_dir, watch\n\
+         config.yaml:4:3: engine.bogus2: unknown key `bogus2`; expected one of: hostname, state_dir, status_log_interval, max_concurrent_checks, shutdown_grace, worker_threads, checks_dir, watch\n\
+         config.yaml:9:11: checks[0].port: \"80\" is quoted text; a port number (1-65535) is expected here (write it without quotes)\n\
+         config.yaml:10:5: checks[0].prot: unknown key `prot` (did you mean `port`?)\n\
+         config.yaml:15:16: checks[1].threshold: 1099511627776 is out of range; a whole number from 0 to 4294967295 is expected\n\
+         config.yaml:26:5: duplicate key `port` (first given at line 25)\n\
+         config.yaml:18:13: checks[2].script: checks/missing.lua: cannot read the script: No such file or directory (os error 2)\n\
+         checks/bad.lua:1: unknown field `intervl` in the returned table (did you mean `interval`?)"
+    );
+}
+
+#[test]
+fn a_token_pasted_as_the_name_of_token_env_is_never_echoed() {
+    let token = "123456789:AAH-secret-token-value_xyz";
+    let err = errors_of(&format!(
+        "channels:\n  ops:\n    type: telegram\n    token_env: \"{token}\"\n    chat_ids: [1]\n"
+    ));
+    assert!(!err.contains(token) && !err.contains("secret"), "{err}");
+    assert!(
+        err.starts_with(
+            "config.yaml:4:16: channels.ops.token_env: is not the name of an environment variable"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_alias_bomb_is_refused_with_its_position() {
+    let mut text = String::from("x: &a [y, y, y, y, y, y, y, y, y]\n");
+    for (prev, name) in ["a", "b", "c", "d", "e", "f", "g"]
+        .windows(2)
+        .map(|w| (w[0], w[1]))
+    {
+        text.push_str(&format!(
+            "{name}: &{name} [{}]\n",
+            vec![format!("*{prev}"); 9].join(", ")
+        ));
+    }
+    let err = errors_of(&text);
+    assert!(
+        err.starts_with("config.yaml:6:")
+            && err.contains("aliases here would copy more than 100000 values"),
+        "{err}"
+    );
+}

@@ -12,6 +12,7 @@ use teloxide::{ApiError, RequestError};
 
 use super::pipeline::Stored;
 use super::Console;
+use vigia_config::alerting::shown_url;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum SendError {
@@ -174,7 +175,7 @@ impl Sink for WebhookSink {
                 req = req.header(k, v);
             }
             let resp = req.send().await.map_err(|e| SendError::Transient {
-                reason: format!("POST {}: {}", self.url, e.without_url()),
+                reason: format!("POST {}: {}", shown_url(&self.url), e.without_url()),
                 retry_after: None,
             })?;
             let status = resp.status();
@@ -187,7 +188,7 @@ impl Sink for WebhookSink {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            let reason = format!("POST {}: HTTP {}", self.url, status.as_u16());
+            let reason = format!("POST {}: HTTP {}", shown_url(&self.url), status.as_u16());
             if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
                 Err(SendError::Transient {
                     reason,
@@ -200,7 +201,7 @@ impl Sink for WebhookSink {
     }
 
     fn describe(&self) -> String {
-        format!("webhook {}", self.url)
+        format!("webhook {}", shown_url(&self.url))
     }
 }
 
