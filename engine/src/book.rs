@@ -13,9 +13,17 @@ use dashmap::DashMap;
 use vigia_core::snapshot::CheckSnapshot;
 use vigia_core::status::CheckState;
 
+/// How long the state of a check removed from the config is kept: put back within it
+/// (an editor that empties the file before writing it, an entry commented out for a
+/// moment), the check resumes where it was — a check that was down is not alerted
+/// `failed` a second time.
+pub const RETAIN_REMOVED_MS: u64 = 60 * 60 * 1000;
+
 #[derive(Default)]
 pub struct StatusBook {
     map: DashMap<Arc<str>, CheckState>,
+    /// States of removed checks, and when they were removed.
+    retired: std::sync::Mutex<std::collections::HashMap<Arc<str>, (CheckState, u64)>>,
 }
 
 impl StatusBook {
@@ -28,15 +36,55 @@ impl StatusBook {
         self.map.insert(name, state);
     }
 
-    /// A new check starts as OK, first seen `now`.
-    pub(crate) fn ensure(&self, name: &Arc<str>, now: u64) {
+    /// A new check starts as OK, first seen `now`; one removed less than
+    /// [`RETAIN_REMOVED_MS`] ago resumes its state. Whether it resumed.
+    pub(crate) fn ensure(&self, name: &Arc<str>, now: u64) -> bool {
+        if self.map.contains_key(name) {
+            return false;
+        }
+        let resumed = self
+            .retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .filter(|(_, at)| now.saturating_sub(*at) < RETAIN_REMOVED_MS)
+            .map(|(state, _)| state);
+        let was = resumed.is_some();
         self.map
             .entry(name.clone())
-            .or_insert_with(|| CheckState::new(now));
+            .or_insert_with(|| resumed.unwrap_or_else(|| CheckState::new(now)));
+        was
     }
 
-    pub(crate) fn forget(&self, name: &str) {
-        self.map.remove(name);
+    /// A check left the config: out of the status map, its state kept for a while.
+    pub(crate) fn forget(&self, name: &str, now: u64) {
+        if let Some((name, state)) = self.map.remove(name) {
+            self.retire(name, state, now);
+        }
+    }
+
+    /// Keeps a state of a check that is not configured (removed now, or found in the
+    /// store at start) for [`RETAIN_REMOVED_MS`].
+    pub(crate) fn retire(&self, name: Arc<str>, state: CheckState, now: u64) {
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, (state, now));
+    }
+
+    /// The removed checks whose kept state has expired: forgotten here, for the caller
+    /// to delete from the store.
+    pub(crate) fn expire_retired(&self, now: u64) -> Vec<Arc<str>> {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        let expired: Vec<Arc<str>> = retired
+            .iter()
+            .filter(|(_, (_, at))| now.saturating_sub(*at) >= RETAIN_REMOVED_MS)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &expired {
+            retired.remove(n);
+        }
+        expired
     }
 
     /// The state a check keeps between runs (a script's `ctx.state`).

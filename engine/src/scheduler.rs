@@ -187,6 +187,8 @@ pub struct ApplySummary {
     pub changed: usize,
     pub removed: Vec<Arc<str>>,
     pub kept: usize,
+    /// Added checks that resumed the state they had when they were removed.
+    pub resumed: Vec<Arc<str>>,
 }
 
 pub struct Scheduler {
@@ -221,7 +223,8 @@ impl Scheduler {
 
     /// Makes the running set match `plan`: unchanged checks keep running untouched,
     /// changed ones restart (after their current run ends) with their status kept,
-    /// removed ones stop and leave the status map.
+    /// removed ones stop and leave the status map (their state is kept a while, see
+    /// [`crate::book::RETAIN_REMOVED_MS`]).
     pub fn apply(&mut self, plan: &Plan) -> ApplySummary {
         let mut summary = ApplySummary::default();
         let mut next: HashMap<Arc<str>, Running> = HashMap::new();
@@ -249,7 +252,9 @@ impl Scheduler {
                         summary.added += 1;
                     }
                     let spec = Arc::new(planned.clone());
-                    self.shared.book.ensure(&spec.name, unix_ms());
+                    if self.shared.book.ensure(&spec.name, unix_ms()) {
+                        summary.resumed.push(spec.name.clone());
+                    }
                     let cancel = CancellationToken::new();
                     let handle = tokio::spawn(check_loop(
                         spec.clone(),
@@ -281,7 +286,7 @@ impl Scheduler {
                 continue;
             }
             r.cancel.cancel();
-            self.shared.book.forget(&name);
+            self.shared.book.forget(&name, unix_ms());
             summary.removed.push(name);
         }
         summary.removed.sort();

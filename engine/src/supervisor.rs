@@ -522,6 +522,17 @@ impl Engine {
                 return Ok(());
             }
         };
+        let running_checks = self.scheduler.specs().count();
+        if config.checks.is_empty() && plan.checks.is_empty() && running_checks > 0 {
+            // An editor that truncates the file and then writes it shows an empty file
+            // for a moment; applied, it would stop every check.
+            tracing::error!(
+                event = "reload_failed",
+                errors = "no checks",
+                "The new config has no checks at all (the running one has {running_checks}); it was not applied, the running config stays in force. To stop every check, stop the engine, or set `enabled: false` on the entries."
+            );
+            return Ok(());
+        }
         let diff = self.running.diff(&config);
         let mut applied = diff.clone();
         let new_host: Arc<str> = config
@@ -613,9 +624,11 @@ impl Engine {
         self.script_errors
             .report(&plan, &self.scheduler, &config, &host)
             .await;
-        if !summary.removed.is_empty() {
-            let ops = summary
-                .removed
+        // Removed checks keep their stored state for a while (they may come back);
+        // those removed long enough ago are deleted now.
+        let expired = self.book.expire_retired(crate::clock::unix_ms());
+        if !expired.is_empty() {
+            let ops = expired
                 .iter()
                 .map(|n| Op::Check(n.to_string(), None))
                 .collect();
@@ -655,17 +668,25 @@ fn log_reload(diff: &ConfigDiff, summary: &crate::scheduler::ApplySummary) {
         live.push("actions/remediation/runbooks/commands".into());
     }
     let removed: Vec<&str> = summary.removed.iter().map(|n| &**n).collect();
-    let sections = if live.is_empty() {
+    let resumed: Vec<&str> = summary.resumed.iter().map(|n| &**n).collect();
+    let mut sections = if live.is_empty() {
         String::new()
     } else {
         format!(" Applied: {}.", live.join(", "))
     };
+    if !resumed.is_empty() {
+        sections.push_str(&format!(
+            " Resumed where they were when removed: {}.",
+            resumed.join(", ")
+        ));
+    }
     tracing::info!(
         event = "reloaded",
         added = summary.added,
         changed = summary.changed,
         kept = summary.kept,
         removed = %removed.join(", "),
+        resumed = %resumed.join(", "),
         applied = %live.join(", "),
         "Reloaded: {} added, {} changed, {} unchanged, {} removed.{sections}",
         summary.added,
@@ -684,6 +705,7 @@ async fn restore(
     persisted: HashMap<String, CheckState>,
 ) {
     let names: HashSet<&str> = plan.checks.iter().map(|c| &*c.name).collect();
+    let now = crate::clock::unix_ms();
     let mut forget: Vec<Op> = Vec::new();
     let mut down = Vec::new();
     let mut forgotten = Vec::new();
@@ -693,6 +715,14 @@ async fn restore(
                 down.push(name.clone());
             }
             book.restore(name.into(), state);
+        } else if now.saturating_sub(
+            state
+                .changed_at
+                .max(state.last.as_ref().map_or(0, |l| l.at)),
+        ) < crate::book::RETAIN_REMOVED_MS
+        {
+            // Recently active, not configured now: kept a while, in case it comes back.
+            book.retire(name.into(), state, now);
         } else {
             forgotten.push(name.clone());
             forget.push(Op::Check(name, None));

@@ -134,3 +134,68 @@ actions:\n  mark: {{ command: [/usr/bin/touch, \"{marker}\"] }}\n",
     // The state stays where the engine started: the store moved nowhere.
     assert!(!dir.path().join("state2").exists());
 }
+
+fn write_checks(file: &Path, checks: &str) {
+    std::fs::write(
+        file,
+        format!(
+            "engine:\n  hostname: e2e-host\n  state_dir: state\n  status_log_interval: 1h\n  shutdown_grace: 2s\n  watch: false\n\
+alerting:\n  group_wait: 0s\nchannels:\n  console: {{ type: console }}\n{checks}"
+        ),
+    )
+    .unwrap();
+}
+
+/// An editor that empties the file before writing it, and an entry removed for a
+/// moment: a check that is down is alerted `failed` once, not again when it is back.
+#[test]
+fn an_emptied_config_is_refused_and_a_check_put_back_resumes_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    let (_up, up_port) = listen();
+    let (down, down_port) = listen();
+    drop(down);
+    let both = format!(
+        "checks:\n  - name: up\n    type: tcp\n    host: 127.0.0.1\n    port: {up_port}\n    interval: 200ms\n    timeout: 150ms\n  - name: down\n    type: tcp\n    host: 127.0.0.1\n    port: {down_port}\n    interval: 200ms\n    timeout: 150ms\n    threshold: 1\n"
+    );
+    write_checks(&file, &both);
+    let engine = start_engine_with(&file, &[]);
+    engine.wait_for("down alerted", Duration::from_secs(15), |e| {
+        alerts(e, "down", "failed") == 1
+    });
+
+    // Saved empty: refused, said, every check keeps running.
+    std::fs::write(&file, "").unwrap();
+    engine.signal(libc::SIGHUP);
+    engine.wait_for("the refusal", Duration::from_secs(10), |e| {
+        e.iter()
+            .any(|x| x["event"] == "reload_failed" && x["errors"] == "no checks")
+    });
+    // The entry removed, then put back: it resumes, still down, not alerted again.
+    write_checks(
+        &file,
+        &both.split("  - name: down").next().unwrap().to_string(),
+    );
+    engine.signal(libc::SIGHUP);
+    engine.wait_for("the removal", Duration::from_secs(10), |e| {
+        reloaded(e).iter().any(|r| r["removed"] == "down")
+    });
+    write_checks(&file, &both);
+    engine.signal(libc::SIGHUP);
+    engine.wait_for("the check back", Duration::from_secs(10), |e| {
+        reloaded(e).iter().any(|r| r["resumed"] == "down")
+    });
+    wait_rounds(&file, 5, Duration::from_secs(15));
+    let events = engine.events();
+    assert_eq!(alerts(&events, "down", "failed"), 1, "alerted once");
+    let out = vigia(&["status", "--json"], &file);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let down = status["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "down")
+        .cloned()
+        .unwrap();
+    assert_eq!(down["status"], false, "{down}");
+}
