@@ -104,6 +104,12 @@ pub struct StatsSnapshot {
     pub skipped: u64,
     pub timeouts: u64,
     pub panics: u64,
+    /// Runs that failed for lack of file descriptors ("Too many open files").
+    #[serde(default)]
+    pub out_of_fds: u64,
+    /// The soft open-files limit the engine runs with.
+    #[serde(default)]
+    pub fd_limit: u64,
     pub lateness_p50_ms: f64,
     pub lateness_p99_ms: f64,
     pub lateness_max_ms: f64,

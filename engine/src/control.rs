@@ -118,29 +118,86 @@ pub fn serve(
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
     }
     Ok(tokio::spawn(async move {
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let mut last_accept_error: Option<std::time::Instant> = None;
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
                 _ = stop.cancelled() => return,
             };
-            let Ok((stream, _)) = accepted else {
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors (EMFILE): say so now and then, and wait instead of
+                    // spinning on a listener that stays readable.
+                    if last_accept_error.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                        tracing::error!(
+                            event = "control_error",
+                            "The control socket cannot accept a connection ({e}); retrying."
+                        );
+                        last_accept_error = Some(std::time::Instant::now());
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                // Beyond the cap: a short answer, and the descriptor is freed at once.
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    let mut bytes = serde_json::to_vec(&Reply::error(format!(
+                        "the engine is busy: {MAX_CONNECTIONS} control connections are open; try again"
+                    )))
+                    .unwrap_or_default();
+                    bytes.push(b'\n');
+                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&bytes))
+                        .await;
+                });
                 continue;
             };
             let door = door.clone();
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &door)).await;
+                drop(permit);
             });
         }
     }))
 }
 
+/// Control connections served at once; more are answered "busy". With the request
+/// timeout, what the socket can hold of the engine's descriptors is bounded, and the
+/// rest stay for the checks.
+pub const MAX_CONNECTIONS: usize = 32;
+/// The largest request accepted: a command is a line of a few hundred bytes.
+pub const MAX_REQUEST: u64 = 64 << 10;
+/// How long a client may take to send its request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
 async fn answer(stream: UnixStream, door: &Door) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(r).read_line(&mut line).await?;
-    let reply = match serde_json::from_str::<Command>(&line) {
-        Ok(cmd) => door.execute(cmd).await,
-        Err(e) => Reply::error(format!("bad request: {e}")),
+    let read = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        BufReader::new(r.take(MAX_REQUEST + 1)).read_line(&mut line),
+    )
+    .await;
+    let reply = match read {
+        Err(_) => Reply::error(format!(
+            "no request within {}: send one JSON line",
+            vigia_api::Dur(REQUEST_TIMEOUT)
+        )),
+        Ok(Err(e)) => Reply::error(format!("bad request: {e}")),
+        Ok(Ok(_)) if line.len() as u64 > MAX_REQUEST => Reply::error(format!(
+            "request too large: at most {} KiB",
+            MAX_REQUEST >> 10
+        )),
+        Ok(Ok(_)) => match serde_json::from_str::<Command>(&line) {
+            Ok(cmd) => door.execute(cmd).await,
+            Err(e) => Reply::error(format!("bad request: {e}")),
+        },
     };
     let mut bytes = serde_json::to_vec(&reply).unwrap_or_default();
     bytes.push(b'\n');

@@ -406,6 +406,12 @@ fn print_status(view: &StatusSnapshot, not_running: Option<&str>) {
             down
         ),
     }
+    if let Some(s) = view.stats.as_ref().filter(|s| s.out_of_fds > 0) {
+        println!(
+            "WARNING: {} check runs failed for lack of file descriptors (open-files limit {}): raise LimitNOFILE in the systemd unit, or lower engine.max_concurrent_checks.",
+            s.out_of_fds, s.fd_limit
+        );
+    }
     let width = view
         .checks
         .iter()

@@ -102,7 +102,27 @@ pub struct Stats {
     pub skipped: AtomicU64,
     pub timeouts: AtomicU64,
     pub panics: AtomicU64,
+    pub out_of_fds: AtomicU64,
     pub lateness: Histogram,
+}
+
+/// The soft limit of open files.
+fn fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a plain syscall on a stack struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        0
+    }
+}
+
+/// Whether a check failed because the process had no file descriptor left.
+fn out_of_fds(o: &CheckOutcome) -> bool {
+    !o.is_ok() && (o.message.contains("Too many open files") || o.message.contains("os error 24"))
 }
 
 impl Stats {
@@ -112,6 +132,8 @@ impl Stats {
             skipped: self.skipped.load(Ordering::Relaxed),
             timeouts: self.timeouts.load(Ordering::Relaxed),
             panics: self.panics.load(Ordering::Relaxed),
+            out_of_fds: self.out_of_fds.load(Ordering::Relaxed),
+            fd_limit: fd_limit(),
             lateness_p50_ms: self.lateness.quantile_ms(0.5),
             lateness_p99_ms: self.lateness.quantile_ms(0.99),
             lateness_max_ms: self.lateness.quantile_ms(1.0),
@@ -123,6 +145,7 @@ impl Stats {
         self.skipped.store(0, Ordering::Relaxed);
         self.timeouts.store(0, Ordering::Relaxed);
         self.panics.store(0, Ordering::Relaxed);
+        self.out_of_fds.store(0, Ordering::Relaxed);
         self.lateness.reset();
     }
 }
@@ -404,6 +427,9 @@ async fn one_run(
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     drop(permit);
     shared.stats.executed.fetch_add(1, Ordering::Relaxed);
+    if out_of_fds(&outcome) {
+        shared.stats.out_of_fds.fetch_add(1, Ordering::Relaxed);
+    }
     record(spec, shared, outcome, duration_ms).await;
     true
 }
