@@ -9,6 +9,11 @@ use minijinja::{AutoEscape, Environment};
 
 use super::policy::Ctx;
 
+/// What one rendering may spend (minijinja's instructions).
+pub const FUEL: u64 = 500_000;
+/// The longest message kept: far more than a phone shows (Telegram splits at 4096).
+pub const MAX_RENDERED: usize = 64 << 10;
+
 /// The kinds of message, each a template.
 pub const KINDS: &[&str] = &[
     "failed",
@@ -72,6 +77,9 @@ pub struct TemplateError {
 impl Templates {
     pub fn new() -> Self {
         let mut env = Environment::new();
+        // A template is a few lines; one that loops for ever (or a million times) runs
+        // out of fuel within milliseconds and the default text is sent instead.
+        env.set_fuel(Some(FUEL));
         env.set_auto_escape_callback(|name| {
             if name.ends_with(".html") {
                 AutoEscape::Custom("telegram")
@@ -162,6 +170,16 @@ impl Templates {
             .get_template(&name(channel, kind, flavor))
             .and_then(|t| t.render(ctx));
         match rendered {
+            Ok(s) if s.len() > MAX_RENDERED => {
+                let mut cut = MAX_RENDERED;
+                while !s.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                (
+                    format!("{}…", &s[..cut]),
+                    Some(format!("the message was cut at {} KiB", MAX_RENDERED >> 10)),
+                )
+            }
             Ok(s) => (s, None),
             Err(e) => {
                 let default = TEXT
@@ -203,6 +221,22 @@ mod tests {
             duration: "3m12s".into(),
             ..Ctx::default()
         }
+    }
+
+    #[test]
+    fn a_template_that_loops_runs_out_of_fuel_and_the_default_is_sent() {
+        let mut t = Templates::new();
+        let mut own = BTreeMap::new();
+        own.insert(
+            "failed".to_string(),
+            "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}".to_string(),
+        );
+        t.add_channel("console", Flavor::Text, &own).unwrap();
+        let start = std::time::Instant::now();
+        let (text, err) = t.render_checked("console", "failed", Flavor::Text, &ctx());
+        assert!(start.elapsed() < std::time::Duration::from_secs(1), "{:?}", start.elapsed());
+        assert!(text.starts_with("ALERT FAILED web on shop-01"), "{text}");
+        assert!(err.unwrap().contains("fuel"));
     }
 
     #[test]
