@@ -501,14 +501,18 @@ impl Config {
                 err(
                     p("name"),
                     format!(
-                        "`{name}` is not a valid check name: use letters, digits, `_`, `-` and `.`"
+                        "`{}` is not a valid check name: use letters, digits, `_`, `-` and `.`",
+                        name.escape_debug()
                     ),
                 );
             }
             if let Some(first) = seen.insert(name, &c.path) {
                 err(
                     p("name"),
-                    format!("duplicate check name `{name}` (also used by {first})"),
+                    format!(
+                        "duplicate check name `{}` (also used by {first})",
+                        name.escape_debug()
+                    ),
                 );
             }
             if c.common.threshold == 0 {

@@ -86,7 +86,7 @@ pub fn log(reply: &Reply, tz: &jiff::tz::TimeZone) {
                         .to_string()
                 })
                 .unwrap_or_else(|_| s.until.to_string());
-            tracing::info!(event = "silence_added", id = s.id, pattern = %s.pattern, reason = %s.reason, until = s.until, "Silence {} added: alerts of {} are not sent until {until} ({}).", s.id, s.pattern, s.reason);
+            tracing::info!(event = "silence_added", id = s.id, pattern = %s.pattern, reason = %s.reason, until = %until, until_ms = s.until, "Silence {} added: alerts of {} are not sent until {until} ({}).", s.id, s.pattern, s.reason);
         }
         Reply::Removed { id } => {
             tracing::info!(event = "silence_removed", id, "Silence {id} removed.")

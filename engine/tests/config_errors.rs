@@ -304,3 +304,14 @@ fn an_alias_bomb_is_refused_with_its_position() {
         "{err}"
     );
 }
+
+#[test]
+fn a_name_with_a_newline_or_nul_is_shown_escaped() {
+    let err = errors_of(
+        "checks:\n  - name: \"a\\nb\\u0000c\"\n    type: tcp\n    host: 127.0.0.1\n    port: 80\n",
+    );
+    assert_eq!(
+        err,
+        "config.yaml:2:11: checks[0].name: `a\\nb\\0c` is not a valid check name: use letters, digits, `_`, `-` and `.`"
+    );
+}

@@ -141,8 +141,9 @@ pub fn load_text(
                         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
                 {
                     return Err(format!(
-                        "{}: `{s}` is not a valid check name: use letters, digits, `_`, `-` and `.`",
-                        at("name")
+                        "{}: `{}` is not a valid check name: use letters, digits, `_`, `-` and `.`",
+                        at("name"),
+                        s.escape_debug()
                     ));
                 }
                 name = Some(s);

@@ -236,9 +236,19 @@ impl HttpCheck {
         let wants_body = self.body_contains.is_some() || self.body_regex.is_some();
         let (status, body) = match &self.via {
             Some(via) => self.fetch_reqwest(via, timeout, wants_body).await?,
-            None => tokio::time::timeout(timeout, self.fetch_direct(wants_body))
-                .await
-                .map_err(|_| format!("{} {}: timed out", self.method, self.url))??,
+            None => {
+                let seen = std::sync::atomic::AtomicU16::new(0);
+                tokio::time::timeout(timeout, self.fetch_direct(wants_body, &seen))
+                    .await
+                    .map_err(|_| match seen.load(std::sync::atomic::Ordering::Relaxed) {
+                        0 => format!("{} {}: timed out", self.method, self.url),
+                        status => format!(
+                            "HTTP {status} from {}, but its body was still arriving after {} (a slow body)",
+                            self.url,
+                            Dur(timeout)
+                        ),
+                    })??
+            }
         };
         let ms = ms_since(start);
         if !self.expect_status.accepts(status) {
@@ -296,7 +306,11 @@ impl HttpCheck {
         let status = resp.status().as_u16();
         let mut body = Vec::new();
         if wants_body {
-            while let Some(chunk) = resp.chunk().await.map_err(|e| self.describe_error(&e))? {
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| self.body_error(&e, status, timeout))?
+            {
                 body.extend_from_slice(&chunk);
                 if body.len() >= MAX_BODY {
                     break;
@@ -306,7 +320,11 @@ impl HttpCheck {
         Ok((status, body))
     }
 
-    async fn fetch_direct(&self, wants_body: bool) -> Result<(u16, Vec<u8>), String> {
+    async fn fetch_direct(
+        &self,
+        wants_body: bool,
+        seen: &std::sync::atomic::AtomicU16,
+    ) -> Result<(u16, Vec<u8>), String> {
         let fail = |what: String| format!("{} {}: {what}", self.method, self.url);
         let addr = match &self.target {
             Target::Addr(addr) => *addr,
@@ -317,9 +335,38 @@ impl HttpCheck {
             .await
             .map_err(|e| fail(crate::tcp::io_reason(&e)))?;
         let is_head = self.method == reqwest::Method::HEAD;
-        crate::http1::exchange(stream, &self.request[sent..], wants_body, is_head, MAX_BODY)
-            .await
-            .map_err(fail)
+        crate::http1::exchange(
+            stream,
+            &self.request[sent..],
+            wants_body,
+            is_head,
+            MAX_BODY,
+            seen,
+        )
+        .await
+        .map_err(fail)
+    }
+
+    /// The headers came, the body did not (in time, or whole).
+    fn body_error(&self, e: &reqwest::Error, status: u16, timeout: Duration) -> String {
+        let mut root = e.to_string();
+        let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+        while let Some(s) = source {
+            root = s.to_string();
+            source = s.source();
+        }
+        if e.is_timeout() || root.contains("timed out") {
+            format!(
+                "HTTP {status} from {}, but its body was still arriving after {} (a slow body)",
+                self.url,
+                Dur(timeout)
+            )
+        } else {
+            format!(
+                "HTTP {status} from {}, but the body broke off: {root}",
+                self.url
+            )
+        }
     }
 
     fn describe_error(&self, e: &reqwest::Error) -> String {
@@ -631,6 +678,47 @@ mod tests {
             o.message,
             format!("GET http://127.0.0.1:{port}/: timed out")
         );
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_is_called_slow() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello")
+                        .await;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                });
+            }
+        });
+        for extra in ["", "follow_redirects: true\n"] {
+            let c = build(&format!(
+                "url: http://127.0.0.1:{port}/\nbody_contains: hello\n{extra}"
+            ))
+            .unwrap();
+            let o = c
+                .run(RunContext {
+                    check: "web",
+                    timeout: Duration::from_millis(300),
+                })
+                .await;
+            assert!(!o.is_ok());
+            assert!(
+                o.message.contains("body was still arriving after")
+                    || o.message.contains("slow body"),
+                "{extra}: {}",
+                o.message
+            );
+        }
     }
 
     /// Answers with a chunked body, or a redirect to /ok for any other path.

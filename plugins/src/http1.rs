@@ -39,13 +39,15 @@ pub fn render_request(
 
 /// Sends `request` (what is left of it: the connect may have sent it) and reads the status; the body too (up to `max_body` bytes) when
 /// `wants_body`. Errors are short reasons ("connection refused", "not a valid HTTP
-/// response: ...").
+/// response: ..."). `seen` gets the status as soon as it is read, so that a caller that
+/// times out can tell a slow body from a server that never answered.
 pub async fn exchange(
     stream: TcpStream,
     request: &[u8],
     wants_body: bool,
     is_head: bool,
     max_body: usize,
+    seen: &std::sync::atomic::AtomicU16,
 ) -> Result<(u16, Vec<u8>), String> {
     let mut reader = BufReader::with_capacity(4096, stream);
     if !request.is_empty() {
@@ -61,6 +63,7 @@ pub async fn exchange(
         return Err("the connection closed before a complete response".into());
     }
     let status = parse_status_line(&line)?;
+    seen.store(status, std::sync::atomic::Ordering::Relaxed);
     let mut content_length: Option<usize> = None;
     let mut chunked = false;
     for n in 0.. {

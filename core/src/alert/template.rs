@@ -229,12 +229,17 @@ mod tests {
         let mut own = BTreeMap::new();
         own.insert(
             "failed".to_string(),
-            "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}".to_string(),
+            "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}"
+                .to_string(),
         );
         t.add_channel("console", Flavor::Text, &own).unwrap();
         let start = std::time::Instant::now();
         let (text, err) = t.render_checked("console", "failed", Flavor::Text, &ctx());
-        assert!(start.elapsed() < std::time::Duration::from_secs(1), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
         assert!(text.starts_with("ALERT FAILED web on shop-01"), "{text}");
         assert!(err.unwrap().contains("fuel"));
     }
