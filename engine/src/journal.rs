@@ -26,15 +26,51 @@ pub struct Journal {
     pub bus: Bus,
 }
 
+/// What could not be written yet (a full disk): kept, retried, and published only once
+/// it is durable, so that no alert goes out for a transition the store does not hold.
+#[derive(Default)]
+struct Pending {
+    ops: Vec<Op>,
+    transitions: Vec<CommittedTransition>,
+    failing_since: Option<std::time::Instant>,
+}
+
+impl Pending {
+    /// Adds a batch; a check's newer state replaces its older one.
+    fn add(&mut self, ops: Vec<Op>, transitions: Vec<CommittedTransition>) {
+        if self.ops.is_empty() {
+            self.ops = ops;
+        } else {
+            let newer: std::collections::HashSet<String> = ops
+                .iter()
+                .filter_map(|o| match o {
+                    Op::Check(name, _) => Some(name.clone()),
+                    _ => None,
+                })
+                .collect();
+            self.ops
+                .retain(|o| !matches!(o, Op::Check(name, _) if newer.contains(name)));
+            self.ops.extend(ops);
+        }
+        self.transitions.extend(transitions);
+    }
+}
+
 impl Journal {
     /// Runs until `stop`, then commits and publishes what is still queued. The caller
     /// stops the check tasks first, so nothing is queued after that.
     pub async fn run(self, mut rx: mpsc::Receiver<Observation>, stop: CancellationToken) {
         let mut batch: Vec<Observation> = Vec::new();
+        let mut pending = Pending::default();
         loop {
+            let retry = !pending.ops.is_empty();
             let first = tokio::select! {
                 biased;
                 o = rx.recv() => o,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)), if retry => {
+                    self.flush(&mut pending).await;
+                    continue;
+                }
                 _ = stop.cancelled() => None,
             };
             let Some(first) = first else { break };
@@ -45,20 +81,61 @@ impl Journal {
                     Err(_) => break,
                 }
             }
-            self.commit(&mut batch).await;
+            self.commit(&mut batch, &mut pending).await;
         }
         while let Ok(o) = rx.try_recv() {
             batch.push(o);
             if batch.len() == MAX_BATCH {
-                self.commit(&mut batch).await;
+                self.commit(&mut batch, &mut pending).await;
             }
         }
         if !batch.is_empty() {
-            self.commit(&mut batch).await;
+            self.commit(&mut batch, &mut pending).await;
+        }
+        if !pending.ops.is_empty() {
+            tracing::error!(event = "store_error", "Stopping with {} unsaved changes ({} transitions not alerted): the state store could not be written.", pending.ops.len(), pending.transitions.len());
         }
     }
 
-    async fn commit(&self, batch: &mut Vec<Observation>) {
+    /// Tries to write what is pending; publishes its transitions once it is durable.
+    async fn flush(&self, pending: &mut Pending) {
+        let store = self.store.clone();
+        let ops = pending.ops.clone();
+        let r = tokio::task::spawn_blocking(move || store.apply(&ops)).await;
+        match r {
+            Ok(Ok(())) => {
+                if let Some(t) = pending.failing_since.take() {
+                    tracing::info!(
+                        event = "store_recovered",
+                        "The state store can be written again after {}; {} held alerts go out now.",
+                        vigia_api::Dur(t.elapsed()),
+                        pending.transitions.len()
+                    );
+                }
+                pending.ops.clear();
+                let committed = std::mem::take(&mut pending.transitions);
+                let transitions = committed.len();
+                for t in committed {
+                    self.bus.publish(Committed::Transition(Arc::new(t))).await;
+                }
+                if transitions > 0 {
+                    self.bus.publish(Committed::Batch { transitions }).await;
+                }
+            }
+            Ok(Err(e)) => {
+                if pending.failing_since.is_none() {
+                    pending.failing_since = Some(std::time::Instant::now());
+                    tracing::error!(event = "store_error", "The state store cannot be written: {e}. Check states and alerts are kept in memory and go out once it can be written (trying every second).");
+                }
+            }
+            Err(e) => tracing::error!(
+                event = "store_error",
+                "Saving the state of checks failed: {e}."
+            ),
+        }
+    }
+
+    async fn commit(&self, batch: &mut Vec<Observation>, pending: &mut Pending) {
         let host = self.host.borrow().clone();
         let mut ops: Vec<Op> = batch
             .iter()
@@ -97,13 +174,7 @@ impl Journal {
                 remedy: o.spec.remedy.clone(),
             });
         }
-        crate::store::persist(&self.store, ops, "the state of checks").await;
-        let transitions = committed.len();
-        for t in committed {
-            self.bus.publish(Committed::Transition(Arc::new(t))).await;
-        }
-        if transitions > 0 {
-            self.bus.publish(Committed::Batch { transitions }).await;
-        }
+        pending.add(ops, committed);
+        self.flush(pending).await;
     }
 }

@@ -230,7 +230,9 @@ pub enum StoreError {
 }
 
 pub struct Store {
-    db: Database,
+    /// `None` only between a failed write and a successful reopen (redb refuses every
+    /// operation after an I/O error until the file is opened again).
+    db: std::sync::RwLock<Option<Database>>,
     path: PathBuf,
     /// The next sequence number for alert items and messages (never reused: the
     /// highest one used is kept in `meta`).
@@ -281,7 +283,7 @@ impl Store {
             Ok(Ok(x)) => x,
         };
         let store = Store {
-            db,
+            db: std::sync::RwLock::new(Some(db)),
             path: path.clone(),
             seq: std::sync::atomic::AtomicU64::new(1),
         };
@@ -360,7 +362,7 @@ impl Store {
     /// warning: it only costs that check its history.
     pub fn load_checks(&self) -> Result<HashMap<String, CheckState>, StoreError> {
         let err = self.io_err("reading check states");
-        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let tx = self.with_db(|db| db.begin_read().map_err(|e| err(e.into())))?;
         let table = tx.open_table(CHECKS).map_err(|e| err(e.into()))?;
         let mut out = HashMap::new();
         for item in table.iter().map_err(|e| err(e.into()))? {
@@ -394,7 +396,7 @@ impl Store {
 
     fn read_meta(&self, key: &str) -> Result<u64, StoreError> {
         let err = self.io_err("reading metadata");
-        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let tx = self.with_db(|db| db.begin_read().map_err(|e| err(e.into())))?;
         let table = tx.open_table(META).map_err(|e| err(e.into()))?;
         Ok(table
             .get(key)
@@ -405,8 +407,51 @@ impl Store {
 
     /// Applies changes in one durable transaction (fsync on commit).
     pub fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let r = self.apply_once(ops);
+        if r.is_err() {
+            // After an I/O error (a full disk) redb refuses everything until the file is
+            // opened again: reopen, so that the next attempt can succeed once there is
+            // room. The caller keeps what it could not write and tries again.
+            self.reopen();
+        }
+        r
+    }
+
+    /// Opens the file again (after a failed write).
+    fn reopen(&self) {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        drop(slot.take());
+        *slot = quietly(|| builder().create(&self.path))
+            .ok()
+            .and_then(|r| r.ok());
+    }
+
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let slot = self.db.read().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(db) => f(db),
+            None => {
+                drop(slot);
+                self.reopen();
+                let slot = self.db.read().unwrap_or_else(|p| p.into_inner());
+                match slot.as_ref() {
+                    Some(db) => f(db),
+                    None => Err(StoreError::Io {
+                        path: self.path.clone(),
+                        doing: "opening it again",
+                        reason: "it could not be opened".into(),
+                    }),
+                }
+            }
+        }
+    }
+
+    fn apply_once(&self, ops: &[Op]) -> Result<(), StoreError> {
         let err = self.io_err("writing");
-        let tx = self.db.begin_write().map_err(|e| err(e.into()))?;
+        let tx = self.with_db(|db| db.begin_write().map_err(|e| err(e.into())))?;
         {
             let mut checks = tx.open_table(CHECKS).map_err(|e| err(e.into()))?;
             let mut inbox = tx.open_table(INBOX).map_err(|e| err(e.into()))?;
@@ -471,7 +516,7 @@ impl Store {
 
     pub fn load_inbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let err = self.io_err("reading the alert inbox");
-        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let tx = self.with_db(|db| db.begin_read().map_err(|e| err(e.into())))?;
         let t = tx.open_table(INBOX).map_err(|e| err(e.into()))?;
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| err(e.into()))? {
@@ -483,7 +528,7 @@ impl Store {
 
     pub fn load_held(&self) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
         let err = self.io_err("reading held alerts");
-        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let tx = self.with_db(|db| db.begin_read().map_err(|e| err(e.into())))?;
         let t = tx.open_table(HELD).map_err(|e| err(e.into()))?;
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| err(e.into()))? {
@@ -497,7 +542,7 @@ impl Store {
     /// The oldest undelivered message of a target.
     pub fn first_outbox(&self, target: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         let err = self.io_err("reading the outbox");
-        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let tx = self.with_db(|db| db.begin_read().map_err(|e| err(e.into())))?;
         let t = tx.open_table(OUTBOX).map_err(|e| err(e.into()))?;
         let mut range = t
             .range((target, 0u64)..=(target, u64::MAX))
@@ -514,7 +559,7 @@ impl Store {
     /// How many messages each target has waiting.
     pub fn outbox_counts(&self) -> Result<HashMap<String, usize>, StoreError> {
         let err = self.io_err("reading the outbox");
-        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let tx = self.with_db(|db| db.begin_read().map_err(|e| err(e.into())))?;
         let t = tx.open_table(OUTBOX).map_err(|e| err(e.into()))?;
         let mut out: HashMap<String, usize> = HashMap::new();
         for item in t.iter().map_err(|e| err(e.into()))? {
@@ -526,7 +571,7 @@ impl Store {
 
     pub fn load_targets(&self) -> Result<HashMap<String, Vec<u8>>, StoreError> {
         let err = self.io_err("reading delivery counters");
-        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let tx = self.with_db(|db| db.begin_read().map_err(|e| err(e.into())))?;
         let t = tx.open_table(TARGETS).map_err(|e| err(e.into()))?;
         let mut out = HashMap::new();
         for item in t.iter().map_err(|e| err(e.into()))? {
@@ -538,7 +583,7 @@ impl Store {
 
     pub fn load_silences(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         let err = self.io_err("reading silences");
-        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let tx = self.with_db(|db| db.begin_read().map_err(|e| err(e.into())))?;
         let t = tx.open_table(SILENCES).map_err(|e| err(e.into()))?;
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| err(e.into()))? {
@@ -565,6 +610,52 @@ pub async fn persist(store: &std::sync::Arc<Store>, ops: Vec<Op>, what: &str) ->
         Err(e) => {
             tracing::error!(event = "store_error", "Saving {what} failed: {e}.");
             false
+        }
+    }
+}
+
+/// Writes `ops`, trying again every second until it succeeds or `stop` is cancelled
+/// (false then): for writes that must not be skipped, as going on without them could
+/// send a message twice. Says the first failure, and the recovery.
+pub async fn persist_until_ok(
+    store: &std::sync::Arc<Store>,
+    ops: Vec<Op>,
+    what: &str,
+    stop: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let mut failed_since: Option<std::time::Instant> = None;
+    loop {
+        let s = store.clone();
+        let batch = ops.clone();
+        let r = tokio::task::spawn_blocking(move || s.apply(&batch)).await;
+        match r {
+            Ok(Ok(())) => {
+                if let Some(t) = failed_since {
+                    tracing::info!(
+                        event = "store_recovered",
+                        "Saved {what} after {} of failures.",
+                        vigia_api::Dur(t.elapsed())
+                    );
+                }
+                return true;
+            }
+            Ok(Err(e)) => {
+                if failed_since.is_none() {
+                    tracing::error!(
+                        event = "store_error",
+                        "Could not save {what}: {e}. Kept in memory; trying again every second."
+                    );
+                    failed_since = Some(std::time::Instant::now());
+                }
+            }
+            Err(e) => {
+                tracing::error!(event = "store_error", "Saving {what} failed: {e}.");
+                return false;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return false,
         }
     }
 }

@@ -255,6 +255,7 @@ pub fn start(
         book,
         status,
         host: setup.host,
+        stop: stop.clone(),
     };
     let pipeline = tokio::spawn(p.run(inputs, inbox, stop));
     Ok(Handles {
@@ -274,6 +275,9 @@ struct Pipeline {
     book: Arc<StatusBook>,
     status: Arc<AlertStatus>,
     host: Arc<str>,
+    /// The stage's own stop: a write that waits for room on the disk gives up on it (the
+    /// item stays in the inbox and is taken again at the next start).
+    stop: CancellationToken,
 }
 
 impl Pipeline {
@@ -387,7 +391,7 @@ impl Pipeline {
     }
 
     async fn persist(&self, ops: Vec<Op>) -> bool {
-        crate::store::persist(&self.store, ops, "alerting's state").await
+        crate::store::persist_until_ok(&self.store, ops, "alerting's state", &self.stop).await
     }
 
     async fn accept(&mut self, seq: u64, item: Item) {
@@ -566,8 +570,11 @@ async fn sender(
                     Op::Outbox(key.clone(), seq, None),
                     Op::Target(key.clone(), serde_json::to_vec(&stats).unwrap_or_default()),
                 ];
-                let store = store.clone();
-                let _ = tokio::task::spawn_blocking(move || store.apply(&ops)).await;
+                // Recorded before the next message, or a restart would send it again.
+                if !crate::store::persist_until_ok(&store, ops, "a delivered message", &stop).await
+                {
+                    return;
+                }
             }
             Err(SendError::Transient {
                 reason,
@@ -610,8 +617,9 @@ async fn sender(
                     Op::Outbox(key.clone(), seq, None),
                     Op::Target(key.clone(), serde_json::to_vec(&stats).unwrap_or_default()),
                 ];
-                let store = store.clone();
-                let _ = tokio::task::spawn_blocking(move || store.apply(&ops)).await;
+                if !crate::store::persist_until_ok(&store, ops, "a dropped message", &stop).await {
+                    return;
+                }
             }
         }
     }
