@@ -523,13 +523,17 @@ impl Engine {
             }
         };
         let running_checks = self.scheduler.specs().count();
-        if config.checks.is_empty() && plan.checks.is_empty() && running_checks > 0 {
+        let blank = std::fs::read_to_string(&self.config_file).is_ok_and(|t| t.trim().is_empty());
+        let nothing_left =
+            config.checks.is_empty() && plan.checks.is_empty() && plan.broken.is_empty();
+        if running_checks > 0 && (nothing_left || blank) {
             // An editor that truncates the file and then writes it shows an empty file
             // for a moment; applied, it would stop every check.
             tracing::error!(
                 event = "reload_failed",
                 errors = "no checks",
-                "The new config has no checks at all (the running one has {running_checks}); it was not applied, the running config stays in force. To stop every check, stop the engine, or set `enabled: false` on the entries."
+                "The new config {} (the running one has {running_checks} checks); it was not applied, the running config stays in force. To stop every check, stop the engine, or set `enabled: false` on the entries.",
+                if blank { "file is empty" } else { "has no checks at all" }
             );
             return Ok(());
         }
