@@ -258,6 +258,8 @@ impl Scheduler {
             .count();
         let run_now = self.started && fresh <= RUN_AT_ONCE_MAX;
         self.started = true;
+        let base = Instant::now();
+        let grid_ms = grid_of(plan.checks.iter());
         for planned in &plan.checks {
             let old = self.running.remove(&planned.name);
             match old {
@@ -284,7 +286,11 @@ impl Scheduler {
                         self.shared.clone(),
                         cancel.clone(),
                         previous,
-                        run_now,
+                        Start {
+                            base,
+                            grid_ms,
+                            run_now,
+                        },
                     ));
                     next.insert(
                         spec.name.clone(),
@@ -337,21 +343,46 @@ impl Scheduler {
     }
 }
 
-/// Phases sit on a 50 ms grid: checks due in the same slot run in one wakeup of the
-/// runtime. Measured with 1 000 TCP checks/s, a 1 ms grid (every check alone in its
-/// wakeup) cost 41 µs of CPU per check, a 10 ms grid 33 µs; on a slower machine, 10 ms
-/// 47.5 µs and 50 ms 39.2 µs, with p99 lateness 2.5 → 3.6 ms (BENCHMARKS.md). A slot
-/// holds at most 1/20 of the checks of an interval of 1 s.
-const PHASE_GRID_MS: u64 = 50;
+/// Phases sit on a grid: checks due in the same slot run in one wakeup of the runtime,
+/// and a wakeup's cost is paid once for all of them (../shared/peer-bench/FLOOR.md: a
+/// bare C connector pays 27 µs per connect in a burst, 129 µs alone in its wakeup).
+/// The grid is the one that gives each wakeup about [`CHECKS_PER_WAKEUP`] checks at
+/// the plan's rate, between [`MIN_GRID_MS`] and [`MAX_GRID_MS`], and never coarser than
+/// a twentieth of a check's interval: an interval is never burst in a few slots.
+/// 1 000 checks every 10 s (100/s): 200 ms; 10 000 every 10 s or 1 000 every 1 s: 50 ms.
+pub const MIN_GRID_MS: u64 = 50;
+pub const MAX_GRID_MS: u64 = 1000;
+pub const CHECKS_PER_WAKEUP: f64 = 20.0;
 
-/// Where in its interval a check runs: a stable hash of its name (or group) on the grid,
-/// spread over the whole interval.
-pub fn phase(spec: &PlannedCheck) -> Duration {
+/// The grid for a plan's checks, in ms.
+pub fn grid_of<'a>(checks: impl IntoIterator<Item = &'a PlannedCheck>) -> u64 {
+    let rate: f64 = checks
+        .into_iter()
+        .map(|c| 1.0 / c.interval.as_secs_f64().max(0.001))
+        .sum();
+    if rate <= 0.0 {
+        return MIN_GRID_MS;
+    }
+    ((CHECKS_PER_WAKEUP / rate * 1000.0) as u64).clamp(MIN_GRID_MS, MAX_GRID_MS)
+}
+
+/// Where in its interval a check runs, on a grid of `grid_ms`: a stable hash of its
+/// name (or group), spread over the whole interval.
+pub fn phase(spec: &PlannedCheck, grid_ms: u64) -> Duration {
     let key = spec.group.as_deref().unwrap_or(&spec.name);
     let ms = (spec.interval.as_millis() as u64).max(1);
-    let grid = PHASE_GRID_MS.min(ms);
+    let grid = grid_ms.min((ms / 20).max(MIN_GRID_MS)).min(ms);
     let slots = (ms / grid).max(1);
     Duration::from_millis((fnv1a(key) % slots) * grid)
+}
+
+/// When a check task starts: the instant its phase counts from (one for every task
+/// that one `apply` starts, so the checks of a slot share one deadline exactly), the
+/// grid, and whether to run at once instead.
+struct Start {
+    base: Instant,
+    grid_ms: u64,
+    run_now: bool,
 }
 
 async fn check_loop(
@@ -359,7 +390,7 @@ async fn check_loop(
     shared: Arc<SchedulerShared>,
     cancel: CancellationToken,
     previous: Option<JoinHandle<()>>,
-    run_now: bool,
+    start: Start,
 ) {
     // A changed check waits for its old version's last run: never two at once.
     if let Some(h) = previous {
@@ -372,10 +403,10 @@ async fn check_loop(
         spec.check.restore_state(&state);
     }
     let interval = spec.interval;
-    let mut next = if run_now {
+    let mut next = if start.run_now {
         Instant::now()
     } else {
-        Instant::now() + phase(&spec)
+        start.base + phase(&spec, start.grid_ms)
     };
     loop {
         tokio::select! {

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use vigia_api::{CheckOutcome, Node, RunContext};
 use vigia_engine::book::StatusBook;
 use vigia_engine::config::{Plan, PlannedCheck};
-use vigia_engine::scheduler::{phase, Observation as Update, Scheduler, SchedulerShared};
+use vigia_engine::scheduler::{grid_of, phase, Observation as Update, Scheduler, SchedulerShared};
 use vigia_engine::status::Transition;
 
 /// A check that plays a script: '.' success, 'x' failure, 'p' panic; the last
@@ -132,7 +132,7 @@ async fn transitions_happen_at_the_threshold_and_ticks_do_not_drift() {
     let (mut s, mut rx) = setup(10);
     let check = Scripted::new("...xxxx...", Duration::from_millis(700));
     let spec = planned("web", check.clone(), 10, 5, 3, 1);
-    let first = Instant::now() + phase(&spec);
+    let first = Instant::now() + phase(&spec, grid_of([&spec]));
     s.apply(&plan(vec![spec]));
     // Runs 0..=9 start at first + 0s ..= first + 90s.
     tokio::time::sleep_until(first + Duration::from_secs(95)).await;
@@ -164,7 +164,7 @@ async fn a_hanging_check_times_out_as_a_failure_and_keeps_its_schedule() {
     let (mut s, mut rx) = setup(10);
     let hang = Scripted::new(".", Duration::from_secs(3600));
     let spec = planned("hang", hang.clone(), 10, 2, 1, 1);
-    let first = Instant::now() + phase(&spec);
+    let first = Instant::now() + phase(&spec, grid_of([&spec]));
     s.apply(&plan(vec![spec]));
     // Runs start at first + 0, 10, ..., 50s and each is cut off 2s later.
     tokio::time::sleep_until(first + Duration::from_secs(55)).await;
@@ -253,12 +253,45 @@ async fn the_global_concurrency_cap_holds() {
     assert_eq!(max.load(Ordering::SeqCst), 2);
 }
 
+/// The grid gives each wakeup about 20 checks at the plan's rate, within 50 ms..1 s,
+/// and never fewer than 20 slots an interval.
+#[test]
+fn the_grid_follows_the_rate() {
+    let check = Scripted::new(".", Duration::ZERO);
+    let many = |n: usize, every: u64| -> Vec<_> {
+        (0..n)
+            .map(|i| planned(&format!("c{i}"), check.clone(), every, 1, 3, 1))
+            .collect()
+    };
+    assert_eq!(grid_of(&many(1000, 10)), 200);
+    assert_eq!(grid_of(&many(10_000, 10)), 50);
+    assert_eq!(grid_of(&many(1000, 1)), 50);
+    assert_eq!(grid_of(&many(10, 10)), 1000);
+    assert_eq!(grid_of(&[]), 50);
+    // 1 000 checks every 10 s: 20 a slot, 50 slots an interval.
+    let plan = many(1000, 10);
+    let grid = grid_of(&plan);
+    let mut slots = std::collections::HashMap::new();
+    for c in &plan {
+        *slots.entry(phase(c, grid)).or_insert(0) += 1;
+    }
+    assert_eq!(slots.len(), 50);
+    assert!(slots.values().all(|n| *n < 45), "{slots:?}");
+    // A 1 s check beside them keeps 20 slots of 50 ms.
+    let fast = planned("fast", check.clone(), 1, 1, 3, 1);
+    assert_eq!(phase(&fast, 1000).as_millis() % 50, 0);
+    assert!(phase(&fast, 1000) < Duration::from_secs(1));
+}
+
 #[test]
 fn first_runs_are_spread_over_the_interval() {
     let check = Scripted::new(".", Duration::ZERO);
     let mut buckets = vec![0u32; 100];
     for i in 0..10_000 {
-        let p = phase(&planned(&format!("check-{i}"), check.clone(), 10, 5, 3, 1));
+        let p = phase(
+            &planned(&format!("check-{i}"), check.clone(), 10, 5, 3, 1),
+            50,
+        );
         buckets[(p.as_millis() / 100) as usize] += 1;
     }
     // 100 per 100 ms bucket on average; nowhere near all in one instant.
@@ -370,7 +403,7 @@ async fn table_of_thresholds_through_the_scheduler() {
         let check = Scripted::new(&format!("{script}."), Duration::ZERO);
         let mut spec = planned(&format!("row{row}"), check.clone(), 10, 5, threshold, 1);
         spec.recover_after = recover_after;
-        let first = Instant::now() + phase(&spec);
+        let first = Instant::now() + phase(&spec, grid_of([&spec]));
         s.apply(&plan(vec![spec]));
         // Exactly the scripted runs: run k starts at first + 10k s.
         let runs = script.len() as u64;
@@ -409,8 +442,8 @@ async fn after_a_reload_new_and_changed_checks_run_at_once() {
     let name = (0..)
         .map(|i| format!("late-{i}"))
         .find(|n| {
-            phase(&planned(n, Scripted::new(".", Duration::ZERO), 60, 5, 3, 1))
-                > Duration::from_secs(30)
+            let p = planned(n, Scripted::new(".", Duration::ZERO), 60, 5, 3, 1);
+            phase(&p, grid_of([&p])) > Duration::from_secs(30)
         })
         .unwrap();
     let first = Scripted::new(".", Duration::ZERO);
