@@ -581,7 +581,12 @@ mod size_tests {
             remedy: None,
             fingerprint: 0,
         });
-        let f = check_loop(spec, shared, CancellationToken::new(), None, false);
+        let start = Start {
+            base: Instant::now(),
+            grid_ms: MIN_GRID_MS,
+            run_now: false,
+        };
+        let f = check_loop(spec, shared, CancellationToken::new(), None, start);
         let size = std::mem::size_of_val(&f);
         assert!(size <= 400, "the check task future grew to {size} bytes");
     }
