@@ -36,8 +36,10 @@ fn time(lua: &Lua) -> (f64, i64) {
 
 fn main() {
     let c = Lua::new();
-    c.set_global_hook(HookTriggers::new().every_nth_instruction(1000), |_, _| Ok(VmState::Continue))
-        .unwrap();
+    c.set_global_hook(HookTriggers::new().every_nth_instruction(1000), |_, _| {
+        Ok(VmState::Continue)
+    })
+    .unwrap();
     let env = Arc::new(HostEnv {
         hostname: "bench".into(),
         commands: Arc::default(),
@@ -54,5 +56,8 @@ fn main() {
     }
     println!("pattern work per iteration (find plain, 2 match, gsub, gmatch over 9 words, anchored find):");
     println!("  Lua's C string library: {best_c:.0} ns");
-    println!("  Vigia's matcher:        {best_v:.0} ns ({:+.0} %)", (best_v / best_c - 1.0) * 100.0);
+    println!(
+        "  Vigia's matcher:        {best_v:.0} ns ({:+.0} %)",
+        (best_v / best_c - 1.0) * 100.0
+    );
 }
