@@ -172,10 +172,7 @@ fn an_emptied_config_is_refused_and_a_check_put_back_resumes_its_state() {
             .any(|x| x["event"] == "reload_failed" && x["errors"] == "no checks")
     });
     // The entry removed, then put back: it resumes, still down, not alerted again.
-    write_checks(
-        &file,
-        &both.split("  - name: down").next().unwrap().to_string(),
-    );
+    write_checks(&file, both.split("  - name: down").next().unwrap());
     engine.signal(libc::SIGHUP);
     engine.wait_for("the removal", Duration::from_secs(10), |e| {
         reloaded(e).iter().any(|r| r["removed"] == "down")

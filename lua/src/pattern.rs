@@ -91,15 +91,12 @@ pub fn no_specials(pat: &[u8]) -> bool {
     !pat.iter().any(|b| b"^$*+?.([%-".contains(b))
 }
 
-/// Where `needle` first occurs in `hay` at or after `from`.
+/// Where `needle` first occurs in `hay` at or after `from` (in linear time).
 pub fn find_plain(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     if needle.is_empty() {
         return Some(from);
     }
-    hay.get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|i| i + from)
+    memchr::memmem::find(hay.get(from..)?, needle).map(|i| i + from)
 }
 
 impl<'a, E, F: FnMut() -> Result<(), E>> Matcher<'a, E, F> {

@@ -18,7 +18,9 @@ pub const MATCH_SLICE: Duration = Duration::from_millis(200);
 /// errors are raised as Lua's own are: a plain message without a position, or the very
 /// value a `gsub` function raised.
 const WRAP: &str = r#"
-local string, error, tonumber, tointeger, rfind, rmatch, rgmatch, rgsub = ...
+local string, error, tonumber, tointeger, rfind, rmatch, rgmatch, rgsub, rcost, limit = ...
+local cfind, cmatch, cgmatch, cgsub = string.find, string.match, string.gmatch, string.gsub
+local type = type
 -- `false, error, level`: level 2 puts the script's line in front of a message, as Lua's
 -- own string functions do (this function is tail-called in place of the wrapper).
 local function pass(ok, ...)
@@ -26,18 +28,59 @@ local function pass(ok, ...)
   local e, level = ...
   error(e, level)
 end
-string.find = function(...) return pass(rfind(...)) end
-string.match = function(...) return pass(rmatch(...)) end
-string.gsub = function(...) return pass(rgsub(...)) end
-string.gmatch = function(...)
-  local it = pass(rgmatch(...))
+-- Lua's own C matcher where its worst case is small: (#s + 1) ^ (quantifiers + 1)
+-- * (#p + 1) steps at most. Every other call goes to the step-counted matcher.
+local costs, ncosts = {}, 0
+local function small(s, p, plain)
+  if type(s) ~= "string" or type(p) ~= "string" then return false end
+  local q
+  if plain then
+    q = 0
+  else
+    q = costs[p]
+    if q == nil then
+      q = rcost(p)
+      if ncosts >= 1024 then costs, ncosts = {}, 0 end
+      costs[p], ncosts = q, ncosts + 1
+    end
+  end
+  return q >= 0 and (#s + 1) ^ (q + 1) * (#p + 1) <= limit
+end
+local pcall = pcall
+-- Lua's own gsub, called through pcall from here, raises its errors without a position:
+-- put the script's line in front, as a direct call would. An error that only passes
+-- through (raised by a gsub function, so with its own position, or not a string) goes
+-- on untouched.
+local function cpass(ok, ...)
+  if ok then return ... end
+  local e = ...
+  if type(e) == "string" and not cfind(e, "^[^\n]-:%d+: ") then error(e, 2) end
+  error(e, 0)
+end
+-- Patterns that are not well formed never reach Lua's functions (rcost says so), so
+-- their errors come from ours, with the script's line; what Lua's gsub can still raise
+-- is about a replacement, hence its pcall.
+string.find = function(s, p, init, plain)
+  if small(s, p, plain) then return cfind(s, p, init, plain) end
+  return pass(rfind(s, p, init, plain))
+end
+string.match = function(s, p, init)
+  if small(s, p) then return cmatch(s, p, init) end
+  return pass(rmatch(s, p, init))
+end
+string.gsub = function(s, p, repl, n)
+  if small(s, p) then return cpass(pcall(cgsub, s, p, repl, n)) end
+  return pass(rgsub(s, p, repl, n))
+end
+string.gmatch = function(s, p, init)
+  if small(s, p) then return cgmatch(s, p, init) end
+  local it = pass(rgmatch(s, p, init))
   return function() return pass(it()) end
 end
 local rep = string.rep
-local pcall, type = pcall, type
 local function rep_result(ok, r)
   if ok then return true, r end
-  if type(r) == "string" then return false, (r:gsub("^vigia:%d+: ", "")), 2 end
+  if type(r) == "string" then return false, (cgsub(r, "^vigia:%d+: ", "")), 2 end
   return false, r, 0
 end
 -- Lua's own loop copies nothing n times for an empty string: for ever, for a huge n.
@@ -47,6 +90,10 @@ string.rep = function(s, n, sep)
   return pass(rep_result(pcall(rep, s, n, sep)))
 end
 "#;
+
+/// The largest worst case left to Lua's own matcher, in steps (tens of ms at most,
+/// under the 200 ms a script may go without a break).
+pub const C_MATCHER_LIMIT: f64 = 1e7;
 
 /// A failure of one of these functions: an error for Lua to raise, or one of the
 /// engine's own (a runaway) to pass on as it is.
@@ -167,6 +214,12 @@ fn truthy(v: Option<&Value>) -> bool {
 }
 
 pub fn install(lua: &Lua, budget: Arc<Budget>) -> mlua::Result<()> {
+    install_with(lua, budget, C_MATCHER_LIMIT)
+}
+
+/// As [`install`], with the largest worst case left to Lua's matcher (0: none, for the
+/// tests that compare the two).
+pub(crate) fn install_with(lua: &Lua, budget: Arc<Budget>, c_limit: f64) -> mlua::Result<()> {
     let string: Table = lua.globals().get("string")?;
     // The unwrapped pcall: a `gsub` function's error comes back as its own value.
     let pcall: Function = lua.globals().get("pcall")?;
@@ -211,6 +264,15 @@ pub fn install(lua: &Lua, budget: Arc<Budget>) -> mlua::Result<()> {
         })();
         answer(lua, r)
     })?;
+    let rcost = lua.create_function(|_, p: LuaString| {
+        let p = p.as_bytes();
+        // Not well formed: never Lua's matcher, whose errors would not name the line.
+        Ok(if well_formed(&p) {
+            i64::from(quantifiers(&p))
+        } else {
+            -1
+        })
+    })?;
     lua.load(WRAP).set_name("=vigia").call::<()>((
         string,
         lua.globals().get::<Function>("error")?,
@@ -222,7 +284,130 @@ pub fn install(lua: &Lua, budget: Arc<Budget>) -> mlua::Result<()> {
         rmatch,
         rgmatch,
         rgsub,
+        rcost,
+        c_limit,
     ))
+}
+
+/// Whether a pattern is well formed as a whole (every class closed, every capture
+/// closed and referred to only once closed, `%b` and `%f` complete). Conservative: a
+/// pattern it refuses goes to this module's matcher, which answers exactly as Lua would.
+fn well_formed(p: &[u8]) -> bool {
+    let mut open: Vec<usize> = Vec::new();
+    let mut closed = [false; crate::pattern::MAX_CAPTURES];
+    let mut level = 0;
+    let mut i = usize::from(p.first() == Some(&b'^'));
+    while i < p.len() {
+        match p[i] {
+            b'(' => {
+                if level >= crate::pattern::MAX_CAPTURES {
+                    return false;
+                }
+                open.push(level);
+                level += 1;
+                i += if p.get(i + 1) == Some(&b')') {
+                    // A position capture is closed at once.
+                    if let Some(l) = open.pop() {
+                        closed[l] = true;
+                    }
+                    2
+                } else {
+                    1
+                };
+                continue;
+            }
+            b')' => {
+                let Some(l) = open.pop() else { return false };
+                closed[l] = true;
+                i += 1;
+                continue;
+            }
+            b'%' => match p.get(i + 1) {
+                None => return false,
+                Some(b'b') => {
+                    if p.len() < i + 4 {
+                        return false;
+                    }
+                    i += 4;
+                    continue;
+                }
+                Some(b'f') => {
+                    if p.get(i + 2) != Some(&b'[') {
+                        return false;
+                    }
+                    match set_end(p, i + 2) {
+                        Some(e) => i = e,
+                        None => return false,
+                    }
+                    continue;
+                }
+                Some(d) if d.is_ascii_digit() => {
+                    let l = (d - b'0') as usize;
+                    if l == 0 || l > level || !closed[l - 1] {
+                        return false;
+                    }
+                    i += 2;
+                    continue;
+                }
+                Some(_) => i += 2,
+            },
+            b'[' => match set_end(p, i) {
+                Some(e) => i = e,
+                None => return false,
+            },
+            _ => i += 1,
+        }
+        // A quantifier after a single class.
+        if matches!(p.get(i), Some(b'*' | b'+' | b'-' | b'?')) {
+            i += 1;
+        }
+    }
+    open.is_empty()
+}
+
+/// The end (one past `]`) of the set that starts at `p[at] == b'['`, as Lua reads it.
+fn set_end(p: &[u8], at: usize) -> Option<usize> {
+    let mut i = at + 1;
+    if p.get(i) == Some(&b'^') {
+        i += 1;
+    }
+    loop {
+        if i >= p.len() {
+            return None;
+        }
+        let c = p[i];
+        i += 1;
+        if c == b'%' {
+            if i >= p.len() {
+                return None;
+            }
+            i += 1;
+        }
+        if p.get(i) == Some(&b']') {
+            return Some(i + 1);
+        }
+    }
+}
+
+/// The pattern items that make Lua's matcher backtrack or scan (`*`, `+`, `-`, `?`,
+/// `%b`), counted generously: each multiplies the worst case by the subject's length.
+fn quantifiers(p: &[u8]) -> u32 {
+    let mut n = 0;
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            b'%' => {
+                if p.get(i + 1) == Some(&b'b') {
+                    n += 1;
+                }
+                i += 1;
+            }
+            b'*' | b'+' | b'-' | b'?' => n += 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    n
 }
 
 /// The tick of one call: stops it at the run's deadline, or after [`MATCH_SLICE`].
@@ -627,6 +812,14 @@ return table.concat(out, "\n")
 
     #[test]
     fn patterns_answer_as_lua_does() {
+        // Every call through this module's matcher; then as scripts get it, the small
+        // cases left to Lua's own.
+        for limit in [0.0, C_MATCHER_LIMIT] {
+            compare(limit);
+        }
+    }
+
+    fn compare(limit: f64) {
         let lua = Lua::new();
         let string: Table = lua.globals().get("string").unwrap();
         for f in ["find", "match", "gmatch", "gsub", "rep"] {
@@ -635,7 +828,7 @@ return table.concat(out, "\n")
         }
         let guard = lua.create_table().unwrap();
         let budget = Arc::new(Budget::new("t.lua", 16 << 20, guard));
-        install(&lua, budget).unwrap();
+        install_with(&lua, budget, limit).unwrap();
         let diffs: String = lua.load(CASES).eval().unwrap();
         let n = diffs.lines().count();
         assert!(
