@@ -1,8 +1,10 @@
-//! A run's budget: its clock, deadline and memory limit, and the [`Runaway`] error the
-//! instruction hook raises past the deadline. Its own module so that the host API
-//! (`host.rs`, `mysql.rs`) and the state constructor (`vm.rs`) both use it without
-//! importing each other.
+//! A run's budget: its clock, deadline and memory limit, the [`Runaway`] error the
+//! instruction hook raises past the deadline, and what stops a run there
+//! ([`past_deadline`], with the script's line). Its own module so that the host API
+//! (`host.rs`, `mysql.rs`), the string functions (`strings.rs`) and the state
+//! constructor (`vm.rs`) all use it without importing each other.
 
+use mlua::Lua;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -170,4 +172,54 @@ impl Budget {
     pub fn allowed(&self) -> Duration {
         Duration::from_millis(self.allowed_ms.load(Ordering::Relaxed))
     }
+}
+
+/// Past the run's deadline: records where the run was stopped (once) and tells the
+/// sandbox's pcall & co. to let every error through; the error that stops it.
+pub fn past_deadline(lua: &Lua, budget: &Budget) -> Option<mlua::Error> {
+    if budget.now() < budget.deadline.load(Ordering::Relaxed) {
+        return None;
+    }
+    let msg = if budget.in_run() {
+        format!(
+            "{}: stopped at its timeout of {}: the script was still running (an endless loop?)",
+            script_position(lua),
+            vigia_api::Dur(budget.allowed())
+        )
+    } else {
+        format!(
+            "{}: stopped after {}: a script's top level must finish quickly when it loads (an endless loop?)",
+            script_position(lua),
+            vigia_api::Dur(budget.allowed())
+        )
+    };
+    let mut stopped = budget.stopped.lock().unwrap_or_else(|p| p.into_inner());
+    if stopped.is_none() {
+        *stopped = Some(msg.clone());
+        let _ = budget.guard.raw_set("stop", true);
+    }
+    Some(mlua::Error::external(Runaway(msg)))
+}
+
+/// `checks/x.lua:12`: the innermost frame of the script itself (not Vigia's wrappers).
+pub fn script_position(lua: &Lua) -> String {
+    for level in 0..64 {
+        let frame = lua.inspect_stack(level, |d| {
+            let src = d.source();
+            (
+                src.source.map(|s| s.to_string()).unwrap_or_default(),
+                src.short_src.map(|s| s.to_string()).unwrap_or_default(),
+                d.current_line(),
+            )
+        });
+        let Some((source, short, line)) = frame else {
+            break;
+        };
+        if source.starts_with('@') {
+            if let Some(line) = line {
+                return format!("{short}:{line}");
+            }
+        }
+    }
+    "the script".into()
 }

@@ -418,14 +418,14 @@ fn ticker<'a>(
 ) -> impl FnMut() -> Result<(), mlua::Error> + 'a {
     let started = Instant::now();
     move || {
-        if let Some(e) = crate::vm::past_deadline(lua, budget) {
+        if let Some(e) = crate::budget::past_deadline(lua, budget) {
             return Err(e);
         }
         if started.elapsed() >= MATCH_SLICE {
             return Err(mlua::Error::external(Runaway(format!(
                 "{}: stopped: string.{name} matched for {} without a break (a pattern that \
                  backtracks, such as several `.-` or `.*`, on a long text?)",
-                crate::vm::script_position(lua),
+                crate::budget::script_position(lua),
                 vigia_api::Dur(MATCH_SLICE)
             ))));
         }

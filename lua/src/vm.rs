@@ -30,8 +30,8 @@ use std::time::Duration;
 use mlua::{HookTriggers, Lua, LuaOptions, StdLib, VmState};
 
 pub use crate::budget::{
-    runaway_of, Budget, Resumed, Runaway, DEFAULT_MEMORY_LIMIT, HOOK_EVERY, LOAD_BUDGET, SLICE,
-    UNBROKEN,
+    past_deadline, runaway_of, script_position, Budget, Resumed, Runaway, DEFAULT_MEMORY_LIMIT,
+    HOOK_EVERY, LOAD_BUDGET, SLICE, UNBROKEN,
 };
 use crate::host::{self, HostEnv};
 
@@ -190,54 +190,4 @@ fn install_hook(lua: &Lua, budget: Arc<Budget>) -> mlua::Result<()> {
             Ok(VmState::Continue)
         },
     )
-}
-
-/// Past the run's deadline: records where the run was stopped (once) and tells the
-/// sandbox's pcall & co. to let every error through; the error that stops it.
-pub(crate) fn past_deadline(lua: &Lua, budget: &Budget) -> Option<mlua::Error> {
-    if budget.now() < budget.deadline.load(Ordering::Relaxed) {
-        return None;
-    }
-    let msg = if budget.in_run() {
-        format!(
-            "{}: stopped at its timeout of {}: the script was still running (an endless loop?)",
-            script_position(lua),
-            vigia_api::Dur(budget.allowed())
-        )
-    } else {
-        format!(
-            "{}: stopped after {}: a script's top level must finish quickly when it loads (an endless loop?)",
-            script_position(lua),
-            vigia_api::Dur(budget.allowed())
-        )
-    };
-    let mut stopped = budget.stopped.lock().unwrap_or_else(|p| p.into_inner());
-    if stopped.is_none() {
-        *stopped = Some(msg.clone());
-        let _ = budget.guard.raw_set("stop", true);
-    }
-    Some(mlua::Error::external(Runaway(msg)))
-}
-
-/// `checks/x.lua:12`: the innermost frame of the script itself (not Vigia's wrappers).
-pub(crate) fn script_position(lua: &Lua) -> String {
-    for level in 0..64 {
-        let frame = lua.inspect_stack(level, |d| {
-            let src = d.source();
-            (
-                src.source.map(|s| s.to_string()).unwrap_or_default(),
-                src.short_src.map(|s| s.to_string()).unwrap_or_default(),
-                d.current_line(),
-            )
-        });
-        let Some((source, short, line)) = frame else {
-            break;
-        };
-        if source.starts_with('@') {
-            if let Some(line) = line {
-                return format!("{short}:{line}");
-            }
-        }
-    }
-    "the script".into()
 }
