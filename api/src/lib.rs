@@ -9,12 +9,14 @@
 //!
 //! Plugins know nothing of the scheduler, the status map, alerting or Lua.
 
+pub mod bytes;
 pub mod check;
 pub mod duration;
 pub mod error;
 pub mod hash;
 pub mod yaml;
 
+pub use bytes::Bytes;
 pub use check::{
     BrokenFile, BuildContext, Built, BuiltCheck, Check, CheckFactory, CheckOutcome, RunContext,
     Settings, Severity,

@@ -266,6 +266,9 @@ pub struct Config {
     pub alerting: crate::alerting::AlertingSetup,
     /// `remediation:` and `actions:`.
     pub remediation: crate::remediation::RemediationSetup,
+    /// The file held no YAML at all (empty, or only comments and blanks): an editor
+    /// that truncates before it writes shows this for a moment.
+    pub blank: bool,
     root: Node,
 }
 
@@ -440,6 +443,7 @@ impl Config {
             commands,
             alerting,
             remediation,
+            blank: matches!(root.value, vigia_api::yaml::Value::Null),
             root,
         };
         errors.extend(config.semantic_errors());

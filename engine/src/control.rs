@@ -147,13 +147,14 @@ pub fn serve(
                 // Beyond the cap: a short answer, and the descriptor is freed at once.
                 tokio::spawn(async move {
                     let mut stream = stream;
-                    let mut bytes = serde_json::to_vec(&Reply::error(format!(
+                    let busy = Reply::error(format!(
                         "the engine is busy: {MAX_CONNECTIONS} control connections are open; try again"
-                    )))
-                    .unwrap_or_default();
-                    bytes.push(b'\n');
-                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&bytes))
-                        .await;
+                    ));
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        stream.write_all(&line_of(&busy)),
+                    )
+                    .await;
                 });
                 continue;
             };
@@ -191,18 +192,23 @@ async fn answer(stream: UnixStream, door: &Door) -> std::io::Result<()> {
         )),
         Ok(Err(e)) => Reply::error(format!("bad request: {e}")),
         Ok(Ok(_)) if line.len() as u64 > MAX_REQUEST => Reply::error(format!(
-            "request too large: at most {} KiB",
-            MAX_REQUEST >> 10
+            "request too large: at most {}",
+            vigia_api::Bytes(MAX_REQUEST as usize)
         )),
         Ok(Ok(_)) => match serde_json::from_str::<Command>(&line) {
             Ok(cmd) => door.execute(cmd).await,
             Err(e) => Reply::error(format!("bad request: {e}")),
         },
     };
-    let mut bytes = serde_json::to_vec(&reply).unwrap_or_default();
-    bytes.push(b'\n');
-    w.write_all(&bytes).await?;
+    w.write_all(&line_of(&reply)).await?;
     w.shutdown().await
+}
+
+/// A reply as the protocol sends it: one JSON line.
+fn line_of(reply: &Reply) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(reply).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@ pub mod book;
 pub mod bus;
 pub mod clock;
 pub mod control;
+pub mod fds;
 pub mod journal;
 pub mod logging;
 pub mod remediation;

@@ -156,32 +156,8 @@ fn main() -> ExitCode {
     })
 }
 
-/// Every running check holds a socket: raise the soft open-files limit to the hard one
-/// (systemd's default soft limit, 1024, is too low for thousands of checks).
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a stack struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            let wanted = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
-                tracing::warn!(
-                    "Could not raise the open-files limit from {}.",
-                    lim.rlim_cur
-                );
-            }
-        }
-    }
-}
-
 async fn cmd_run(config: &Path, console: bool) -> ExitCode {
-    raise_fd_limit();
+    vigia_engine::fds::raise();
     match engine::run(RunOptions {
         config: config.to_path_buf(),
         console,

@@ -106,20 +106,6 @@ pub struct Stats {
     pub lateness: Histogram,
 }
 
-/// The soft limit of open files.
-fn fd_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a plain syscall on a stack struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur
-    } else {
-        0
-    }
-}
-
 /// Whether a check failed because the process had no file descriptor left.
 fn out_of_fds(o: &CheckOutcome) -> bool {
     !o.is_ok() && (o.message.contains("Too many open files") || o.message.contains("os error 24"))
@@ -133,7 +119,7 @@ impl Stats {
             timeouts: self.timeouts.load(Ordering::Relaxed),
             panics: self.panics.load(Ordering::Relaxed),
             out_of_fds: self.out_of_fds.load(Ordering::Relaxed),
-            fd_limit: fd_limit(),
+            fd_limit: crate::fds::limit(),
             lateness_p50_ms: self.lateness.quantile_ms(0.5),
             lateness_p99_ms: self.lateness.quantile_ms(0.99),
             lateness_max_ms: self.lateness.quantile_ms(1.0),
@@ -497,12 +483,16 @@ pub async fn run_once(spec: &PlannedCheck, stats: &Stats) -> CheckOutcome {
 }
 
 fn crashed(panic: Box<dyn std::any::Any + Send>) -> CheckOutcome {
-    let what = panic
+    CheckOutcome::unknown(format!("the check crashed: {}", panic_message(&*panic)))
+}
+
+/// What a caught panic said.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into());
-    CheckOutcome::unknown(format!("the check crashed: {what}"))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 async fn record(

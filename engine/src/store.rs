@@ -136,41 +136,18 @@ fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     QUIET.with(|q| q.set(false));
     r.map_err(|p| {
-        let what = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unreadable".into());
-        format!("reading it failed: {what}")
+        format!(
+            "reading it failed: {}",
+            crate::scheduler::panic_message(&*p)
+        )
     })
 }
 
-fn is_corruption(e: &StoreError) -> bool {
-    let text = e.to_string().to_lowercase();
-    text.contains("corrupt") || text.contains("invalid") || text.contains("checksum")
-}
-
-/// `20261201T131904Z`.
-fn chrono_like_stamp(unix_ms: u64) -> String {
-    let secs = (unix_ms / 1000) as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+/// `20261201T131904Z`: when a damaged store was moved aside, in UTC.
+fn utc_stamp(unix_ms: u64) -> String {
+    jiff::Timestamp::from_millisecond(unix_ms as i64)
+        .map(|t| t.strftime("%Y%m%dT%H%M%SZ").to_string())
+        .unwrap_or_else(|_| unix_ms.to_string())
 }
 
 /// The saved check states, read by another process than the engine (`vigia status`
@@ -304,9 +281,6 @@ impl Store {
         });
         let last = match read_all {
             Err(panic) => return Err(damaged(panic)),
-            Ok(Err(e @ StoreError::Io { .. })) if is_corruption(&e) => {
-                return Err(damaged(e.to_string()))
-            }
             Ok(r) => r?,
         };
         store
@@ -322,7 +296,7 @@ impl Store {
     pub fn open_or_move_aside(state_dir: &Path) -> Result<(Store, Option<String>), StoreError> {
         match Store::open(state_dir) {
             Err(StoreError::Damaged { path, reason }) => {
-                let stamp = chrono_like_stamp(crate::clock::unix_ms());
+                let stamp = utc_stamp(crate::clock::unix_ms());
                 let aside = path.with_file_name(format!("{STORE_FILE}.damaged-{stamp}"));
                 std::fs::rename(&path, &aside).map_err(|e| StoreError::Open {
                     path: path.clone(),
@@ -351,10 +325,23 @@ impl Store {
     }
 
     fn io_err(&self, doing: &'static str) -> impl Fn(redb::Error) -> StoreError + '_ {
-        move |e| StoreError::Io {
-            path: self.path.clone(),
-            doing,
-            reason: e.to_string(),
+        move |e| match e {
+            // What redb found inconsistent in the file: the file's fault, not the disk's.
+            redb::Error::Corrupted(_) => StoreError::Damaged {
+                path: self.path.clone(),
+                reason: format!("{e} while {doing}"),
+            },
+            redb::Error::Io(ref io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                StoreError::Damaged {
+                    path: self.path.clone(),
+                    reason: format!("{e} while {doing}"),
+                }
+            }
+            _ => StoreError::Io {
+                path: self.path.clone(),
+                doing,
+                reason: e.to_string(),
+            },
         }
     }
 
@@ -837,8 +824,8 @@ mod tests {
 
     #[test]
     fn the_stamp_is_utc_civil_time() {
-        assert_eq!(chrono_like_stamp(1_796_130_000_000), "20261201T130000Z");
-        assert_eq!(chrono_like_stamp(0), "19700101T000000Z");
+        assert_eq!(utc_stamp(1_796_130_000_000), "20261201T130000Z");
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
     }
 
     #[test]

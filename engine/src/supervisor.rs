@@ -523,7 +523,7 @@ impl Engine {
             }
         };
         let running_checks = self.scheduler.specs().count();
-        let blank = std::fs::read_to_string(&self.config_file).is_ok_and(|t| t.trim().is_empty());
+        let blank = config.blank;
         let nothing_left =
             config.checks.is_empty() && plan.checks.is_empty() && plan.broken.is_empty();
         if running_checks > 0 && (nothing_left || blank) {

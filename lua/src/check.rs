@@ -403,7 +403,7 @@ impl LuaCheck {
             return format!(
                 "{}: the script went over its memory limit of {}",
                 self.script,
-                crate::script::mib(self.budget.memory_limit)
+                vigia_api::Bytes(self.budget.memory_limit)
             );
         }
         if msg.starts_with(&self.script) {

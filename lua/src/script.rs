@@ -244,7 +244,7 @@ pub(crate) fn run_top_level(
         } else if is_out_of_memory(&msg) {
             format!(
                 "{display}: the script went over its memory limit of {} while it was loaded",
-                mib(budget.memory_limit)
+                vigia_api::Bytes(budget.memory_limit)
             )
         } else {
             msg
@@ -256,17 +256,6 @@ pub(crate) fn run_top_level(
 /// position Lua put in front).
 pub(crate) fn is_out_of_memory(msg: &str) -> bool {
     msg.ends_with("not enough memory") || msg == "the script went over its memory limit"
-}
-
-/// `16 MiB`, `512 KiB`.
-pub(crate) fn mib(bytes: usize) -> String {
-    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
-        format!("{} MiB", bytes >> 20)
-    } else if bytes >= 1 << 20 {
-        format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
-    } else {
-        format!("{} KiB", bytes >> 10)
-    }
 }
 
 /// The message of a Lua error as an operator should read it.

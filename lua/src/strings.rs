@@ -213,6 +213,21 @@ fn truthy(v: Option<&Value>) -> bool {
     !matches!(v, None | Some(Value::Nil) | Some(Value::Boolean(false)))
 }
 
+/// The Rust side of one of the functions: the subject and the pattern read as Lua reads
+/// them, the other arguments to `f`; the answer in the form the wrapper expects.
+fn entry(
+    lua: &Lua,
+    name: &'static str,
+    f: impl Fn(&Lua, LuaString, LuaString, &[Value]) -> FR<Vec<Value>> + Send + 'static,
+) -> mlua::Result<Function> {
+    lua.create_function(move |lua, args: Variadic<Value>| {
+        let r = arg_str(lua, &args, 0, name)
+            .and_then(|s| Ok((s, arg_str(lua, &args, 1, name)?)))
+            .and_then(|(s, p)| f(lua, s, p, &args));
+        answer(lua, r)
+    })
+}
+
 pub fn install(lua: &Lua, budget: Arc<Budget>) -> mlua::Result<()> {
     install_with(lua, budget, C_MATCHER_LIMIT)
 }
@@ -224,45 +239,25 @@ pub(crate) fn install_with(lua: &Lua, budget: Arc<Budget>, c_limit: f64) -> mlua
     // The unwrapped pcall: a `gsub` function's error comes back as its own value.
     let pcall: Function = lua.globals().get("pcall")?;
     let b = budget.clone();
-    let rfind = lua.create_function(move |lua, args: Variadic<Value>| {
-        let r = (|| {
-            let s = arg_str(lua, &args, 0, "find")?;
-            let p = arg_str(lua, &args, 1, "find")?;
-            let init = arg_int(lua, &args, 2, "find")?;
-            find(lua, &b, "find", &s, &p, init, truthy(args.get(3)), true)
-        })();
-        answer(lua, r)
+    let rfind = entry(lua, "find", move |lua, s, p, args| {
+        let init = arg_int(lua, args, 2, "find")?;
+        find(lua, &b, "find", &s, &p, init, truthy(args.get(3)), true)
     })?;
     let b = budget.clone();
-    let rmatch = lua.create_function(move |lua, args: Variadic<Value>| {
-        let r = (|| {
-            let s = arg_str(lua, &args, 0, "match")?;
-            let p = arg_str(lua, &args, 1, "match")?;
-            let init = arg_int(lua, &args, 2, "match")?;
-            find(lua, &b, "match", &s, &p, init, false, false)
-        })();
-        answer(lua, r)
+    let rmatch = entry(lua, "match", move |lua, s, p, args| {
+        let init = arg_int(lua, args, 2, "match")?;
+        find(lua, &b, "match", &s, &p, init, false, false)
     })?;
     let b = budget.clone();
-    let rgmatch = lua.create_function(move |lua, args: Variadic<Value>| {
-        let r = (|| {
-            let s = arg_str(lua, &args, 0, "gmatch")?;
-            let p = arg_str(lua, &args, 1, "gmatch")?;
-            let init = arg_int(lua, &args, 2, "gmatch")?;
-            Ok(vec![Value::Function(gmatch(lua, b.clone(), s, p, init)?)])
-        })();
-        answer(lua, r)
+    let rgmatch = entry(lua, "gmatch", move |lua, s, p, args| {
+        let init = arg_int(lua, args, 2, "gmatch")?;
+        Ok(vec![Value::Function(gmatch(lua, b.clone(), s, p, init)?)])
     })?;
     let b = budget;
-    let rgsub = lua.create_function(move |lua, args: Variadic<Value>| {
-        let r = (|| {
-            let s = arg_str(lua, &args, 0, "gsub")?;
-            let p = arg_str(lua, &args, 1, "gsub")?;
-            let repl = args.get(2).cloned().unwrap_or(Value::Nil);
-            let n = arg_int(lua, &args, 3, "gsub")?;
-            gsub(lua, &b, &pcall, &s, &p, repl, n)
-        })();
-        answer(lua, r)
+    let rgsub = entry(lua, "gsub", move |lua, s, p, args| {
+        let repl = args.get(2).cloned().unwrap_or(Value::Nil);
+        let n = arg_int(lua, args, 3, "gsub")?;
+        gsub(lua, &b, &pcall, &s, &p, repl, n)
     })?;
     let rcost = lua.create_function(|_, p: LuaString| {
         let p = p.as_bytes();

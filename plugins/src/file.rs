@@ -38,17 +38,9 @@ pub fn read_regular(path: &Path, cap: usize) -> Result<String, String> {
         .read_to_end(&mut bytes)
         .map_err(|e| describe(&e))?;
     if bytes.len() > cap {
-        return Err(format!("is larger than {}", size(cap)));
+        return Err(format!("is larger than {}", vigia_api::Bytes(cap)));
     }
     String::from_utf8(bytes).map_err(|_| "is not text (UTF-8)".to_string())
-}
-
-fn size(n: usize) -> String {
-    if n >= 1 << 20 {
-        format!("{} MiB", n >> 20)
-    } else {
-        format!("{} KiB", n >> 10)
-    }
 }
 
 /// "no such file", "permission denied": the kind, as a phrase.

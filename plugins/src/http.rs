@@ -242,11 +242,7 @@ impl HttpCheck {
                     .await
                     .map_err(|_| match seen.load(std::sync::atomic::Ordering::Relaxed) {
                         0 => format!("{} {}: timed out", self.method, self.url),
-                        status => format!(
-                            "HTTP {status} from {}, but its body was still arriving after {} (a slow body)",
-                            self.url,
-                            Dur(timeout)
-                        ),
+                        status => self.slow_body(status, timeout),
                     })??
             }
         };
@@ -349,18 +345,9 @@ impl HttpCheck {
 
     /// The headers came, the body did not (in time, or whole).
     fn body_error(&self, e: &reqwest::Error, status: u16, timeout: Duration) -> String {
-        let mut root = e.to_string();
-        let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
-        while let Some(s) = source {
-            root = s.to_string();
-            source = s.source();
-        }
+        let root = root_cause(e).unwrap_or_else(|| e.to_string());
         if e.is_timeout() || root.contains("timed out") {
-            format!(
-                "HTTP {status} from {}, but its body was still arriving after {} (a slow body)",
-                self.url,
-                Dur(timeout)
-            )
+            self.slow_body(status, timeout)
         } else {
             format!(
                 "HTTP {status} from {}, but the body broke off: {root}",
@@ -369,13 +356,17 @@ impl HttpCheck {
         }
     }
 
+    /// The headers came in time, the whole body did not.
+    fn slow_body(&self, status: u16, timeout: Duration) -> String {
+        format!(
+            "HTTP {status} from {}, but its body was still arriving after {} (a slow body)",
+            self.url,
+            Dur(timeout)
+        )
+    }
+
     fn describe_error(&self, e: &reqwest::Error) -> String {
-        let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
-        let mut root = None;
-        while let Some(s) = source {
-            root = Some(s.to_string());
-            source = s.source();
-        }
+        let root = root_cause(e);
         let what = if e.is_timeout() {
             "timed out".to_string()
         } else if e.is_connect() {
@@ -389,6 +380,17 @@ impl HttpCheck {
         };
         format!("{} {}: {what}", self.method, self.url)
     }
+}
+
+/// The innermost error of a chain (hyper's, the OS's): what actually went wrong.
+fn root_cause(e: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut root = None;
+    while let Some(s) = source {
+        root = Some(s.to_string());
+        source = s.source();
+    }
+    root
 }
 
 impl Check for HttpCheck {
