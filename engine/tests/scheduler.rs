@@ -486,3 +486,56 @@ async fn after_a_reload_new_and_changed_checks_run_at_once() {
         .count();
     assert!(ran < 10, "{ran} of 101 ran at once");
 }
+
+/// A check changed while it runs: its new version starts only once the old version's
+/// run has ended, and then at once (never two runs of one check at a time).
+#[tokio::test(start_paused = true)]
+async fn a_changed_check_waits_for_its_old_versions_run() {
+    let (mut s, _rx) = setup(10);
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max = Arc::new(AtomicUsize::new(0));
+    let old = Scripted::sharing(".", Duration::from_secs(20), in_flight.clone(), max.clone());
+    s.apply(&plan(vec![planned("c", old.clone(), 60, 30, 3, 1)]));
+    let deadline = Instant::now() + Duration::from_secs(61);
+    while old.in_flight.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the old version never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let changed_at = Instant::now();
+    let new = Scripted::sharing(".", Duration::from_secs(1), in_flight.clone(), max.clone());
+    s.apply(&plan(vec![planned("c", new.clone(), 60, 30, 3, 2)]));
+    while new.runs.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < changed_at + Duration::from_secs(30), "the new version never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = new.starts.lock().unwrap()[0];
+    let old_started = old.starts.lock().unwrap()[0];
+    assert!(
+        started >= old_started + Duration::from_secs(20),
+        "the new version started {:?} after the old one, during its run",
+        started - old_started
+    );
+    assert_eq!(max.load(Ordering::SeqCst), 1);
+    assert_eq!(old.runs.load(Ordering::SeqCst), 1, "the old version does not run again");
+}
+
+/// A run that takes 2.5 intervals: the tick during it is owed and runs as soon as it
+/// ends; the one after that is skipped and counted.
+#[tokio::test(start_paused = true)]
+async fn ticks_missed_by_a_whole_interval_are_skipped_and_counted() {
+    let (mut s, _rx) = setup(10);
+    let slow = Scripted::new(".", Duration::from_secs(25));
+    s.apply(&plan(vec![planned("slow", slow.clone(), 10, 30, 3, 1)]));
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    let stats = s.shared().stats.snapshot();
+    let runs = slow.runs.load(Ordering::SeqCst) as u64;
+    // Every 25 s one run, back to back; the ticks in between are either owed (one per
+    // run) or skipped.
+    assert!((7..=9).contains(&runs), "{runs} runs in 200 s");
+    assert!(stats.skipped >= runs - 2, "{stats:?} after {runs} runs");
+    let starts = slow.starts.lock().unwrap().clone();
+    for w in starts.windows(2) {
+        assert_eq!(w[1] - w[0], Duration::from_secs(25), "runs follow each other at once");
+    }
+    assert_eq!(slow.max_in_flight.load(Ordering::SeqCst), 1);
+}
