@@ -430,13 +430,16 @@ impl Builder {
                     None
                 }
                 Event::SequenceEnd => match stack.pop() {
-                    Some(Frame::Seq(anchor, p, items)) => {
+                    Some(Frame::Seq(anchor, p, mut items)) => {
+                        // A config's tree is held whole while it is checked: no slack.
+                        items.shrink_to_fit();
                         Some((Node::new(Value::Seq(items), p), anchor))
                     }
                     _ => return Err(ConfigError::at(pos, "", "invalid YAML: unbalanced list")),
                 },
                 Event::MappingEnd => match stack.pop() {
-                    Some(Frame::Map(anchor, p, entries, _)) => {
+                    Some(Frame::Map(anchor, p, mut entries, _)) => {
+                        entries.shrink_to_fit();
                         Some((Node::new(Value::Map(entries), p), anchor))
                     }
                     _ => return Err(ConfigError::at(pos, "", "invalid YAML: unbalanced mapping")),

@@ -341,9 +341,9 @@ impl Config {
     /// otherwise the entries that parsed, and the problems of the others.
     pub fn parse_partial(text: &str, file: &Path) -> Result<(Config, ConfigErrors), ConfigErrors> {
         let (root, mut errors) = Node::parse_lenient(text)?;
-        let top = match &root.value {
-            vigia_api::yaml::Value::Map(m) => m.clone(),
-            vigia_api::yaml::Value::Null => Vec::new(),
+        let top: &[(Node, Node)] = match &root.value {
+            vigia_api::yaml::Value::Map(m) => m,
+            vigia_api::yaml::Value::Null => &[],
             _ => {
                 return Err(ConfigError::at(
                     root.pos,
@@ -356,7 +356,7 @@ impl Config {
                 .into())
             }
         };
-        for (k, _) in &top {
+        for (k, _) in top {
             let key = k.as_str().unwrap_or_default();
             if !TOP_KEYS.contains(&key) {
                 errors.push(ConfigError::at(
@@ -378,7 +378,7 @@ impl Config {
             }
             _ => EngineConfig::default(),
         };
-        let mut checks = Vec::new();
+        let mut checks = Vec::with_capacity(root.get("checks").and_then(Node::as_seq).map_or(0, <[Node]>::len));
         match root.get("checks").map(|n| (&n.value, n)) {
             None | Some((vigia_api::yaml::Value::Null, _)) => {}
             Some((vigia_api::yaml::Value::Seq(items), _)) => {
@@ -628,7 +628,7 @@ impl Config {
         ctx.commands = self.commands.clone();
         let mut errors = ConfigErrors::default();
         let mut warnings = Vec::new();
-        let mut checks = Vec::new();
+        let mut checks = Vec::with_capacity(self.checks.len());
         let mut files = Vec::new();
         let mut broken = Vec::new();
         let mut names: HashSet<String> = HashSet::new();
