@@ -233,13 +233,7 @@ mod tests {
                 .to_string(),
         );
         t.add_channel("console", Flavor::Text, &own).unwrap();
-        let start = std::time::Instant::now();
         let (text, err) = t.render_checked("console", "failed", Flavor::Text, &ctx());
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(1),
-            "{:?}",
-            start.elapsed()
-        );
         assert!(text.starts_with("ALERT FAILED web on shop-01"), "{text}");
         assert!(err.unwrap().contains("fuel"));
     }

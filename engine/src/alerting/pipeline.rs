@@ -434,26 +434,63 @@ impl Pipeline {
             .iter()
             .map(|(ch, h)| Op::Held(ch.to_string(), h.seq, serde_json::to_vec(h).ok()))
             .collect();
-        let mut woken = Vec::new();
         for m in &messages {
             for seq in &m.seqs {
                 ops.push(Op::Held(m.channel.to_string(), *seq, None));
             }
-            if m.kind == "none" {
-                continue;
+        }
+        // Rendering runs on the blocking pool: a template that takes its whole fuel
+        // holds a thread of its own, never a worker that checks run on.
+        let jobs: Vec<(usize, usize)> = messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.kind != "none")
+            .flat_map(|(mi, m)| {
+                self.targets
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, t)| t.channel == m.channel)
+                    .map(move |(ti, _)| (mi, ti))
+            })
+            .collect();
+        if jobs.is_empty() {
+            self.persist(ops).await;
+            return;
+        }
+        let looks: Vec<Look> = self.targets.iter().map(Target::look).collect();
+        let templates = self.templates.clone();
+        let host = self.host.clone();
+        let jobs_for_render = jobs.clone();
+        let rendered = tokio::task::spawn_blocking(move || {
+            jobs_for_render
+                .iter()
+                .map(|&(mi, ti)| render(&templates, &host, &looks[ti], &messages[mi]))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let rendered = match rendered {
+            Ok(r) => r,
+            Err(e) => {
+                // Only when the runtime shuts down (render catches what a template can
+                // throw). Nothing is stored: the held entries are still in the store
+                // and are sent after the restart.
+                tracing::error!(event = "template_error", "Rendering alerts failed ({e}); they stay held and are sent after a restart.");
+                return;
             }
-            for t in self.targets.iter().filter(|t| t.channel == m.channel) {
-                for stored in self.render(t, m) {
-                    let seq = self.store.next_seq();
-                    ops.push(Op::Outbox(
-                        t.key.clone(),
-                        seq,
-                        serde_json::to_vec(&stored).ok(),
-                    ));
-                    self.status.update(&t.key, |s| s.pending += 1);
-                }
-                woken.push(t.wake.clone());
+        };
+        let mut woken = Vec::new();
+        for (&(_, ti), stored) in jobs.iter().zip(rendered) {
+            let t = &self.targets[ti];
+            for stored in stored {
+                let seq = self.store.next_seq();
+                ops.push(Op::Outbox(
+                    t.key.clone(),
+                    seq,
+                    serde_json::to_vec(&stored).ok(),
+                ));
+                self.status.update(&t.key, |s| s.pending += 1);
             }
+            woken.push(t.wake.clone());
         }
         if self.persist(ops).await {
             for w in woken {
@@ -461,43 +498,65 @@ impl Pipeline {
             }
         }
     }
+}
 
-    fn render(&self, t: &Target, m: &Message) -> Vec<Stored> {
-        let (text, error) = self
-            .templates
-            .render_checked(&t.channel, m.kind, t.flavor, &m.ctx);
-        if let Some(e) = error {
-            tracing::warn!(event = "template_error", channel = %t.channel, kind = %m.kind, "The {} template of channel {} failed ({e}); the default text is sent.", m.kind, t.channel);
+/// What rendering needs of a target, to take to the blocking pool.
+struct Look {
+    channel: Arc<str>,
+    flavor: Flavor,
+    split: bool,
+}
+
+impl Target {
+    fn look(&self) -> Look {
+        Look {
+            channel: self.channel.clone(),
+            flavor: self.flavor,
+            split: self.split,
         }
-        let now = unix_ms();
-        let document = serde_json::json!({
-            "kind": m.kind,
-            "host": &*self.host,
-            "channel": &*t.channel,
-            "text": if t.flavor == Flavor::Text { text.clone() } else { String::new() },
-            "check": m.ctx.check,
-            "status": m.ctx.status,
-            "message": m.ctx.message,
-            "comment": m.ctx.comment,
-            "items": m.items,
-            "at": now,
-        })
-        .to_string();
-        let parts = if t.split {
-            split_html(&text, TELEGRAM_LIMIT)
-        } else {
-            vec![text]
-        };
-        parts
-            .into_iter()
-            .map(|text| Stored {
-                kind: m.kind.to_string(),
-                text,
-                document: document.clone(),
-                created_at: now,
-            })
-            .collect()
     }
+}
+
+/// One message as one target stores it (Telegram: split at its length limit).
+fn render(templates: &Templates, host: &str, t: &Look, m: &Message) -> Vec<Stored> {
+    let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        templates.render_checked(&t.channel, m.kind, t.flavor, &m.ctx)
+    }));
+    let (text, error) = rendered.unwrap_or_else(|panic| {
+        let why = crate::scheduler::panic_message(&*panic);
+        (m.ctx.message.clone(), Some(format!("it crashed: {why}")))
+    });
+    if let Some(e) = error {
+        tracing::warn!(event = "template_error", channel = %t.channel, kind = %m.kind, "The {} template of channel {} failed ({e}); the default text is sent.", m.kind, t.channel);
+    }
+    let now = unix_ms();
+    let document = serde_json::json!({
+        "kind": m.kind,
+        "host": host,
+        "channel": &*t.channel,
+        "text": if t.flavor == Flavor::Text { text.clone() } else { String::new() },
+        "check": m.ctx.check,
+        "status": m.ctx.status,
+        "message": m.ctx.message,
+        "comment": m.ctx.comment,
+        "items": m.items,
+        "at": now,
+    })
+    .to_string();
+    let parts = if t.split {
+        split_html(&text, TELEGRAM_LIMIT)
+    } else {
+        vec![text]
+    };
+    parts
+        .into_iter()
+        .map(|text| Stored {
+            kind: m.kind.to_string(),
+            text,
+            document: document.clone(),
+            created_at: now,
+        })
+        .collect()
 }
 
 async fn sleep_until_ms(deadline: Option<u64>) {
