@@ -325,7 +325,7 @@ async fn tcp(lua: &Lua, v: Value, budget: &Budget) -> HostResult {
         .unwrap_or(Duration::from_secs(2));
     let _call = InCall::new(budget, format!("net.tcp to {host}:{port}"));
     let check = TcpCheck {
-        host: host.clone(),
+        host: vigia_plugins::net::Host::new(host.clone()),
         port,
         send,
         expect: expect.map(Expect::Contains),

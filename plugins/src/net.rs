@@ -57,6 +57,35 @@ pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
     }
 }
 
+/// A host name or address from the config, with the address parsed once when it is
+/// one (a check that runs every second need not parse "10.0.0.7" every second).
+#[derive(Clone, Debug)]
+pub struct Host {
+    name: String,
+    ip: Option<IpAddr>,
+}
+
+impl Host {
+    pub fn new(name: String) -> Host {
+        let ip = name.parse().ok();
+        Host { name, ip }
+    }
+
+    /// The address to connect to: the literal one, or the first the resolver gives.
+    pub async fn addr(&self, port: u16) -> Result<SocketAddr, String> {
+        match self.ip {
+            Some(ip) => Ok(SocketAddr::new(ip, port)),
+            None => resolve(&self.name, port).await,
+        }
+    }
+}
+
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
 /// Milliseconds since `start`, as a float with µs precision.
 pub fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
@@ -187,8 +216,11 @@ fn start_connect(addr: SocketAddr) -> std::io::Result<(socket2::Socket, bool)> {
     // SAFETY: one pollfd for a socket we own, zero timeout.
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
     if n == 1 && pfd.revents != 0 {
-        if let Some(e) = socket.take_error()? {
-            return Err(e);
+        // Writable and nothing else: connected, no need to ask SO_ERROR.
+        if pfd.revents & !libc::POLLOUT != 0 {
+            if let Some(e) = socket.take_error()? {
+                return Err(e);
+            }
         }
         return Ok((socket, true));
     }

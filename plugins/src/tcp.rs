@@ -21,7 +21,7 @@ use vigia_api::{
     BuildContext, Built, Check, CheckFactory, CheckOutcome, ConfigErrors, Dur, Node, RunContext,
 };
 
-use crate::net::{check_port, host_problem, ms_since, quote_reply, resolve, Ms};
+use crate::net::{check_port, host_problem, ms_since, quote_reply, Host, Ms};
 
 /// How much of a reply is read at most while looking for the expected text.
 const MAX_REPLY: usize = 64 * 1024;
@@ -98,7 +98,7 @@ impl Expect {
 }
 
 pub struct TcpCheck {
-    pub host: String,
+    pub host: Host,
     pub port: u16,
     pub send: Option<Vec<u8>>,
     pub expect: Option<Expect>,
@@ -117,7 +117,7 @@ impl TcpCheck {
     /// Connects, sends, reads until the expectation is met, EOF, or `read_timeout`.
     /// The caller's timeout bounds the whole thing.
     pub async fn exchange(&self) -> Result<Exchange, String> {
-        let addr = resolve(&self.host, self.port).await?;
+        let addr = self.host.addr(self.port).await?;
         let start = Instant::now();
         if self.send.is_none() && self.expect.is_none() {
             crate::net::tcp_probe(addr)
@@ -268,7 +268,7 @@ impl CheckFactory for TcpFactory {
             (None, None) => None,
         };
         let check = TcpCheck {
-            host: cfg.host,
+            host: Host::new(cfg.host),
             port: cfg.port as u16,
             send: cfg.send.map(String::into_bytes),
             expect,
