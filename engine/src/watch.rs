@@ -76,12 +76,16 @@ impl Watch {
     fn arm(&mut self) {
         use notify::Watcher;
         let tx = self.tx.clone();
+        // Filtered here, on notify's thread: a log written beside config.yaml is a
+        // stream of events that would otherwise each wake the engine (and queue up
+        // without bound while it reloads).
+        let set = self.set.clone();
         let made = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(event) = res {
                 if matches!(event.kind, notify::EventKind::Access(_)) {
                     return;
                 }
-                for p in event.paths {
+                for p in event.paths.into_iter().filter(|p| set.matters(p)) {
                     let _ = tx.send(p);
                 }
             }
@@ -130,5 +134,43 @@ impl Watch {
             }
         }
         changed.iter().map(|p| p.display().to_string()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log written beside config.yaml never reaches the engine; the config does.
+    #[tokio::test]
+    async fn only_the_files_that_matter_wake_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = std::path::absolute(dir.path()).unwrap();
+        let config = dir.join("config.yaml");
+        std::fs::write(&config, "checks: []\n").unwrap();
+        let set = WatchSet {
+            dirs: [dir.clone()].into_iter().collect(),
+            files: [config.clone()].into_iter().collect(),
+            scripts_dir: dir.join("checks"),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut w = Watch {
+            set,
+            watcher: None,
+            rx,
+            tx,
+        };
+        w.arm();
+        assert!(w.watcher.is_some());
+        let log = dir.join("vigia.log");
+        for i in 0..200 {
+            std::fs::write(&log, format!("line {i}\n")).unwrap();
+        }
+        std::fs::write(&config, "checks: []\n# saved\n").unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), w.rx.recv())
+            .await
+            .expect("the config's change arrives")
+            .unwrap();
+        assert_eq!(first, config, "nothing else came before it");
     }
 }
