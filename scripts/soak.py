@@ -63,6 +63,14 @@ class Targets:
     async def _conn(self, reader, writer):
         writer.close()
 
+    async def reopen(self):
+        for port, srv in list(self.servers.items()):
+            if srv is None:
+                try:
+                    self.servers[port] = await asyncio.start_server(self._conn, "127.0.0.1", port)
+                except OSError:
+                    pass
+
     async def flap(self, stop):
         flappers = self.ports[: PORTS // 10]
         while not stop.is_set():
@@ -170,8 +178,20 @@ async def main():
     finally:
         stop.set()
         await flapper
-        # Let the last transitions be delivered, then stop the engine.
-        await asyncio.sleep(15)
+        # Every target up again, then wait for quiet: the last transitions come up to
+        # threshold x interval after the flapping stops, and their alerts group_wait
+        # later. Stopped earlier, the engine keeps them in its outbox for its next
+        # start, and this count would call them missing.
+        await targets.reopen()
+        log_path = os.path.join(work, "vigia.log")
+        size, quiet_since, give_up = -1, time.time(), time.time() + 120
+        while time.time() < give_up:
+            now_size = os.path.getsize(log_path)
+            if now_size != size:
+                size, quiet_since = now_size, time.time()
+            elif time.time() - quiet_since >= 15:
+                break
+            await asyncio.sleep(1)
         engine.send_signal(signal.SIGTERM)
         engine.wait(timeout=60)
         log.close()
