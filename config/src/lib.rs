@@ -378,7 +378,11 @@ impl Config {
             }
             _ => EngineConfig::default(),
         };
-        let mut checks = Vec::with_capacity(root.get("checks").and_then(Node::as_seq).map_or(0, <[Node]>::len));
+        let mut checks = Vec::with_capacity(
+            root.get("checks")
+                .and_then(Node::as_seq)
+                .map_or(0, <[Node]>::len),
+        );
         match root.get("checks").map(|n| (&n.value, n)) {
             None | Some((vigia_api::yaml::Value::Null, _)) => {}
             Some((vigia_api::yaml::Value::Seq(items), _)) => {

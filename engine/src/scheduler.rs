@@ -15,9 +15,9 @@
 //! - The scheduler knows nothing of alert channels or the store: a changed state goes,
 //!   as an [`Observation`], to the journal (`journal.rs`), and the check moves on.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -503,7 +503,12 @@ fn insert(map: &mut BTreeMap<Instant, Vec<Arc<Slot>>>, at: Instant, mut slots: V
 
 /// Fires every due tick: one wakeup for all the checks of a grid slot, which then run
 /// as tasks of their own (so no check delays another). Ends when the scheduler stops.
-async fn ticker(timeline: Arc<Timeline>, shared: Arc<SchedulerShared>, runs: TaskTracker, epoch: Instant) {
+async fn ticker(
+    timeline: Arc<Timeline>,
+    shared: Arc<SchedulerShared>,
+    runs: TaskTracker,
+    epoch: Instant,
+) {
     loop {
         let now = Instant::now();
         let next = timeline.advance(now, |at, slot| {
@@ -514,7 +519,10 @@ async fn ticker(timeline: Arc<Timeline>, shared: Arc<SchedulerShared>, runs: Tas
             // those ticks are skipped and counted, not fired in a burst.
             if next + interval <= now {
                 let missed = (now.duration_since(next).as_nanos() / interval.as_nanos()) as u32;
-                shared.stats.skipped.fetch_add(u64::from(missed), Ordering::Relaxed);
+                shared
+                    .stats
+                    .skipped
+                    .fetch_add(u64::from(missed), Ordering::Relaxed);
                 next += interval * missed;
             }
             next
@@ -536,10 +544,19 @@ async fn ticker(timeline: Arc<Timeline>, shared: Arc<SchedulerShared>, runs: Tas
 
 /// Starts a run of `slot` due at `at`, unless one is in progress: then it owes one more,
 /// which starts, late, as soon as the current one ends (a check never overlaps itself).
-fn fire(slot: &Arc<Slot>, at: Instant, shared: &Arc<SchedulerShared>, runs: &TaskTracker, epoch: Instant) {
+fn fire(
+    slot: &Arc<Slot>,
+    at: Instant,
+    shared: &Arc<SchedulerShared>,
+    runs: &TaskTracker,
+    epoch: Instant,
+) {
     let at_ns = at.saturating_duration_since(epoch).as_nanos() as u64;
     loop {
-        match slot.state.compare_exchange(IDLE, RUNNING, Ordering::AcqRel, Ordering::Acquire) {
+        match slot
+            .state
+            .compare_exchange(IDLE, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => {
                 runs.spawn(run(slot.clone(), shared.clone(), at, epoch));
                 return;

@@ -505,7 +505,10 @@ async fn a_changed_check_waits_for_its_old_versions_run() {
     let new = Scripted::sharing(".", Duration::from_secs(1), in_flight.clone(), max.clone());
     s.apply(&plan(vec![planned("c", new.clone(), 60, 30, 3, 2)]));
     while new.runs.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < changed_at + Duration::from_secs(30), "the new version never ran");
+        assert!(
+            Instant::now() < changed_at + Duration::from_secs(30),
+            "the new version never ran"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let started = new.starts.lock().unwrap()[0];
@@ -516,7 +519,11 @@ async fn a_changed_check_waits_for_its_old_versions_run() {
         started - old_started
     );
     assert_eq!(max.load(Ordering::SeqCst), 1);
-    assert_eq!(old.runs.load(Ordering::SeqCst), 1, "the old version does not run again");
+    assert_eq!(
+        old.runs.load(Ordering::SeqCst),
+        1,
+        "the old version does not run again"
+    );
 }
 
 /// A run that takes 2.5 intervals: the tick during it is owed and runs as soon as it
@@ -535,7 +542,11 @@ async fn ticks_missed_by_a_whole_interval_are_skipped_and_counted() {
     assert!(stats.skipped >= runs - 2, "{stats:?} after {runs} runs");
     let starts = slow.starts.lock().unwrap().clone();
     for w in starts.windows(2) {
-        assert_eq!(w[1] - w[0], Duration::from_secs(25), "runs follow each other at once");
+        assert_eq!(
+            w[1] - w[0],
+            Duration::from_secs(25),
+            "runs follow each other at once"
+        );
     }
     assert_eq!(slow.max_in_flight.load(Ordering::SeqCst), 1);
 }
@@ -557,5 +568,8 @@ async fn a_removed_check_is_let_go_at_once() {
     drain(&mut rx);
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(Arc::strong_count(&hourly), 1, "only the test holds it now");
-    assert!(Arc::strong_count(&other) > 1, "the kept check is still scheduled");
+    assert!(
+        Arc::strong_count(&other) > 1,
+        "the kept check is still scheduled"
+    );
 }

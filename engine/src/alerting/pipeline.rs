@@ -474,7 +474,10 @@ impl Pipeline {
                 // Only when the runtime shuts down (render catches what a template can
                 // throw). Nothing is stored: the held entries are still in the store
                 // and are sent after the restart.
-                tracing::error!(event = "template_error", "Rendering alerts failed ({e}); they stay held and are sent after a restart.");
+                tracing::error!(
+                    event = "template_error",
+                    "Rendering alerts failed ({e}); they stay held and are sent after a restart."
+                );
                 return;
             }
         };
