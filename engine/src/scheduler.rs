@@ -383,10 +383,16 @@ struct Slot {
     retired: AtomicBool,
     /// When the run owed by [`OWED`] was due, in ns since the scheduler's epoch.
     owed_due: AtomicU64,
-    /// Until the first run: the version this one replaces, whose last run it waits for.
-    first: std::sync::Mutex<Option<Option<Arc<Slot>>>>,
+    /// Taken by the first run.
+    first: std::sync::Mutex<Option<FirstRun>>,
     /// Woken when a run ends and the slot is idle.
     idle: Notify,
+}
+
+/// What a check's first run does before it runs: wait for the version it replaces,
+/// then take up the state the last run left.
+struct FirstRun {
+    previous: Option<Arc<Slot>>,
 }
 
 /// No run in progress.
@@ -403,7 +409,7 @@ impl Slot {
             state: AtomicU8::new(IDLE),
             retired: AtomicBool::new(false),
             owed_due: AtomicU64::new(0),
-            first: std::sync::Mutex::new(Some(previous)),
+            first: std::sync::Mutex::new(Some(FirstRun { previous })),
             idle: Notify::new(),
         })
     }
@@ -586,7 +592,7 @@ fn fire(
 /// One started run of a check, and the late ones it owes.
 async fn run(slot: Arc<Slot>, shared: Arc<SchedulerShared>, mut due: Instant, epoch: Instant) {
     let first = slot.first.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(previous) = first {
+    if let Some(FirstRun { previous }) = first {
         // A changed check waits for its old version's last run: never two at once.
         if let Some(p) = previous {
             p.wait_idle().await;

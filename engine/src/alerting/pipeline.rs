@@ -419,6 +419,36 @@ impl Pipeline {
 
     /// Stores what the policy released: held entries out, messages into the outbox,
     /// in one transaction; then wakes the senders.
+    /// Renders each (message, target) job on the blocking pool: a template that takes
+    /// its whole fuel holds a thread of its own, never a worker that checks run on.
+    /// Returns each job's target and what it stores.
+    async fn render_all(
+        &self,
+        messages: Vec<Message>,
+        jobs: Vec<(usize, usize)>,
+    ) -> Option<Vec<(usize, Vec<Stored>)>> {
+        if jobs.is_empty() {
+            return Some(Vec::new());
+        }
+        let looks: Vec<Look> = self.targets.iter().map(Target::look).collect();
+        let templates = self.templates.clone();
+        let host = self.host.clone();
+        let rendered = tokio::task::spawn_blocking(move || {
+            jobs.iter()
+                .map(|&(mi, ti)| (ti, render(&templates, &host, &looks[ti], &messages[mi])))
+                .collect()
+        })
+        .await;
+        rendered
+            .inspect_err(|e| {
+                tracing::error!(
+                    event = "template_error",
+                    "Rendering alerts failed ({e}); they stay held and are sent after a restart."
+                )
+            })
+            .ok()
+    }
+
     async fn flush(&mut self) {
         let store = self.store.clone();
         let book = self.book.clone();
@@ -439,8 +469,6 @@ impl Pipeline {
                 ops.push(Op::Held(m.channel.to_string(), *seq, None));
             }
         }
-        // Rendering runs on the blocking pool: a template that takes its whole fuel
-        // holds a thread of its own, never a worker that checks run on.
         let jobs: Vec<(usize, usize)> = messages
             .iter()
             .enumerate()
@@ -453,36 +481,14 @@ impl Pipeline {
                     .map(move |(ti, _)| (mi, ti))
             })
             .collect();
-        if jobs.is_empty() {
-            self.persist(ops).await;
+        let Some(rendered) = self.render_all(messages, jobs).await else {
+            // Only when the runtime shuts down (render catches what a template can
+            // throw). Nothing is stored: the held entries are still in the store and
+            // are sent after the restart.
             return;
-        }
-        let looks: Vec<Look> = self.targets.iter().map(Target::look).collect();
-        let templates = self.templates.clone();
-        let host = self.host.clone();
-        let jobs_for_render = jobs.clone();
-        let rendered = tokio::task::spawn_blocking(move || {
-            jobs_for_render
-                .iter()
-                .map(|&(mi, ti)| render(&templates, &host, &looks[ti], &messages[mi]))
-                .collect::<Vec<_>>()
-        })
-        .await;
-        let rendered = match rendered {
-            Ok(r) => r,
-            Err(e) => {
-                // Only when the runtime shuts down (render catches what a template can
-                // throw). Nothing is stored: the held entries are still in the store
-                // and are sent after the restart.
-                tracing::error!(
-                    event = "template_error",
-                    "Rendering alerts failed ({e}); they stay held and are sent after a restart."
-                );
-                return;
-            }
         };
         let mut woken = Vec::new();
-        for (&(_, ti), stored) in jobs.iter().zip(rendered) {
+        for (ti, stored) in rendered {
             let t = &self.targets[ti];
             for stored in stored {
                 let seq = self.store.next_seq();
