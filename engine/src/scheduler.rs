@@ -343,13 +343,15 @@ impl Scheduler {
 /// bare C connector pays 27 µs per connect in a burst, 129 µs alone in its wakeup).
 /// The grid is the one that gives each wakeup about [`CHECKS_PER_WAKEUP`] checks at
 /// the plan's rate, between [`MIN_GRID_MS`] and [`MAX_GRID_MS`], and never coarser than
-/// a twentieth of a check's interval: an interval is never burst in a few slots.
-/// 1 000 checks every 10 s (100/s): 500 ms; 10 000 every 10 s or 1 000 every 1 s: 50 ms.
-/// 50 and not 20 a wakeup: at 1 000 tcp checks every 10 s, a 500 ms grid used 36 µs of
-/// CPU per check against 45 µs for 200 ms (peer harness, BENCHMARKS.md).
+/// a [`MIN_SLOTS_PER_INTERVAL`]th of a check's interval: an interval is never burst in
+/// a few slots. 1 000 checks every 10 s (100/s): 1 s, 100 a wakeup; 10 000 every 10 s
+/// (1 000/s): 500 ms, 500 a wakeup; 1 000 every 1 s: 100 ms; 10 000 every 1 s: 50 ms.
+/// 500 and not 50 a wakeup: at 10 000 tcp checks every 10 s, a 500 ms grid used 32.5 µs
+/// of CPU per check against 41 µs for 50 ms (BENCHMARKS.md, "grid").
 pub const MIN_GRID_MS: u64 = 50;
 pub const MAX_GRID_MS: u64 = 1000;
-pub const CHECKS_PER_WAKEUP: f64 = 50.0;
+pub const CHECKS_PER_WAKEUP: f64 = 500.0;
+pub const MIN_SLOTS_PER_INTERVAL: u64 = 10;
 
 /// The grid for a plan's checks, in ms.
 pub fn grid_of<'a>(checks: impl IntoIterator<Item = &'a PlannedCheck>) -> u64 {
@@ -360,7 +362,7 @@ pub fn grid_of<'a>(checks: impl IntoIterator<Item = &'a PlannedCheck>) -> u64 {
     if rate <= 0.0 {
         return MIN_GRID_MS;
     }
-    ((CHECKS_PER_WAKEUP / rate * 1000.0) as u64).clamp(MIN_GRID_MS, MAX_GRID_MS)
+    ((CHECKS_PER_WAKEUP / rate * 1000.0).round() as u64).clamp(MIN_GRID_MS, MAX_GRID_MS)
 }
 
 /// Where in its interval a check runs, on a grid of `grid_ms`: a stable hash of its
@@ -368,7 +370,9 @@ pub fn grid_of<'a>(checks: impl IntoIterator<Item = &'a PlannedCheck>) -> u64 {
 pub fn phase(spec: &PlannedCheck, grid_ms: u64) -> Duration {
     let key = spec.group.as_deref().unwrap_or(&spec.name);
     let ms = (spec.interval.as_millis() as u64).max(1);
-    let grid = grid_ms.min((ms / 20).max(MIN_GRID_MS)).min(ms);
+    let grid = grid_ms
+        .min((ms / MIN_SLOTS_PER_INTERVAL).max(MIN_GRID_MS))
+        .min(ms);
     let slots = (ms / grid).max(1);
     Duration::from_millis((fnv1a(key) % slots) * grid)
 }

@@ -263,23 +263,32 @@ fn the_grid_follows_the_rate() {
             .map(|i| planned(&format!("c{i}"), check.clone(), every, 1, 3, 1))
             .collect()
     };
-    assert_eq!(grid_of(&many(1000, 10)), 500);
-    assert_eq!(grid_of(&many(10_000, 10)), 50);
-    assert_eq!(grid_of(&many(1000, 1)), 50);
+    assert_eq!(grid_of(&many(1000, 10)), 1000);
+    assert_eq!(grid_of(&many(10_000, 10)), 500);
+    assert_eq!(grid_of(&many(10_000, 1)), 50);
     assert_eq!(grid_of(&many(10, 10)), 1000);
     assert_eq!(grid_of(&[]), 50);
-    // 1 000 checks every 10 s: 50 a slot, 20 slots an interval.
+    // 1 000 checks every 1 s: the grid wants 500 ms, the interval allows 100 ms.
+    let plan = many(1000, 1);
+    assert_eq!(grid_of(&plan), 500);
+    let mut slots = std::collections::HashMap::new();
+    for c in &plan {
+        *slots.entry(phase(c, grid_of(&plan))).or_insert(0) += 1;
+    }
+    assert_eq!(slots.len(), 10);
+    assert!(slots.keys().all(|p| p.as_millis() % 100 == 0), "{slots:?}");
+    // 1 000 checks every 10 s: 100 a slot, 10 slots an interval.
     let plan = many(1000, 10);
     let grid = grid_of(&plan);
     let mut slots = std::collections::HashMap::new();
     for c in &plan {
         *slots.entry(phase(c, grid)).or_insert(0) += 1;
     }
-    assert_eq!(slots.len(), 20);
-    assert!(slots.values().all(|n| *n < 80), "{slots:?}");
-    // A 1 s check beside them keeps 20 slots of 50 ms.
+    assert_eq!(slots.len(), 10);
+    assert!(slots.values().all(|n| *n < 150), "{slots:?}");
+    // A 1 s check beside them keeps 10 slots of 100 ms.
     let fast = planned("fast", check.clone(), 1, 1, 3, 1);
-    assert_eq!(phase(&fast, 1000).as_millis() % 50, 0);
+    assert_eq!(phase(&fast, 1000).as_millis() % 100, 0);
     assert!(phase(&fast, 1000) < Duration::from_secs(1));
 }
 
