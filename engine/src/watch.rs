@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -51,7 +52,10 @@ impl WatchSet {
 /// Watches config.yaml, the files it names and the scripts directory (inotify through
 /// notify); `changed` resolves once saves have settled for [`DEBOUNCE`].
 pub struct Watch {
-    set: WatchSet,
+    /// Shared with notify's thread, which filters with it; a reload changes it in
+    /// place, so the watcher is never rebuilt (a rebuilt one misses what changes while
+    /// it has no inotify watch: a script deleted just after the reload that added it).
+    set: Arc<RwLock<WatchSet>>,
     watcher: Option<notify::RecommendedWatcher>,
     rx: mpsc::UnboundedReceiver<PathBuf>,
     tx: mpsc::UnboundedSender<PathBuf>,
@@ -64,7 +68,7 @@ impl Watch {
     pub fn start(config_file: &Path, config: &Config, plan: &Plan) -> Watch {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut w = Watch {
-            set: WatchSet::of(config_file, config, plan),
+            set: Arc::new(RwLock::new(WatchSet::of(config_file, config, plan))),
             watcher: None,
             rx,
             tx,
@@ -74,7 +78,6 @@ impl Watch {
     }
 
     fn arm(&mut self) {
-        use notify::Watcher;
         let tx = self.tx.clone();
         // Filtered here, on notify's thread: a log written beside config.yaml is a
         // stream of events that would otherwise each wake the engine (and queue up
@@ -85,6 +88,7 @@ impl Watch {
                 if matches!(event.kind, notify::EventKind::Access(_)) {
                     return;
                 }
+                let set = set.read().unwrap_or_else(|p| p.into_inner());
                 for p in event.paths.into_iter().filter(|p| set.matters(p)) {
                     let _ = tx.send(p);
                 }
@@ -100,19 +104,43 @@ impl Watch {
                 return;
             }
         };
-        for dir in &self.set.dirs {
-            if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
-                tracing::warn!(event = "watch", dir = %dir.display(), "Cannot watch {} for changes ({e}); reload with SIGHUP.", dir.display());
-            }
+        let dirs = self.set().dirs;
+        for dir in &dirs {
+            watch_dir(&mut watcher, dir);
         }
         self.watcher = Some(watcher);
     }
 
+    fn matters(&self, p: &Path) -> bool {
+        self.set
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .matters(p)
+    }
+
+    fn set(&self) -> WatchSet {
+        self.set.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A reload's new set: new directories are watched before the set changes, and
+    /// those no longer needed let go after, so nothing is missed in between.
     pub fn rewatch(&mut self, set: WatchSet) {
-        if set != self.set {
-            self.set = set;
-            self.watcher = None;
-            self.arm();
+        use notify::Watcher;
+        let old = self.set();
+        if set == old {
+            return;
+        }
+        if let Some(w) = self.watcher.as_mut() {
+            for dir in set.dirs.difference(&old.dirs) {
+                watch_dir(w, dir);
+            }
+        }
+        let gone: Vec<PathBuf> = old.dirs.difference(&set.dirs).cloned().collect();
+        *self.set.write().unwrap_or_else(|p| p.into_inner()) = set;
+        if let Some(w) = self.watcher.as_mut() {
+            for dir in gone {
+                let _ = w.unwatch(&dir);
+            }
         }
     }
 
@@ -123,17 +151,24 @@ impl Watch {
             let Some(p) = self.rx.recv().await else {
                 return std::future::pending().await;
             };
-            if self.set.matters(&p) {
+            if self.matters(&p) {
                 changed.insert(p);
                 break;
             }
         }
         while let Ok(Some(p)) = tokio::time::timeout(DEBOUNCE, self.rx.recv()).await {
-            if self.set.matters(&p) {
+            if self.matters(&p) {
                 changed.insert(p);
             }
         }
         changed.iter().map(|p| p.display().to_string()).collect()
+    }
+}
+
+fn watch_dir(w: &mut notify::RecommendedWatcher, dir: &Path) {
+    use notify::Watcher;
+    if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(event = "watch", dir = %dir.display(), "Cannot watch {} for changes ({e}); reload with SIGHUP.", dir.display());
     }
 }
 
@@ -155,7 +190,7 @@ mod tests {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let mut w = Watch {
-            set,
+            set: Arc::new(RwLock::new(set)),
             watcher: None,
             rx,
             tx,
