@@ -345,12 +345,15 @@ impl Scheduler {
 /// the plan's rate, between [`MIN_GRID_MS`] and [`MAX_GRID_MS`], and never coarser than
 /// a [`MIN_SLOTS_PER_INTERVAL`]th of a check's interval: an interval is never burst in
 /// a few slots. 1 000 checks every 10 s (100/s): 1 s, 100 a wakeup; 10 000 every 10 s
-/// (1 000/s): 500 ms, 500 a wakeup; 1 000 every 1 s: 100 ms; 10 000 every 1 s: 50 ms.
-/// 500 and not 50 a wakeup: at 10 000 tcp checks every 10 s, a 500 ms grid used 32.5 µs
-/// of CPU per check against 41 µs for 50 ms (BENCHMARKS.md, "grid").
-pub const MIN_GRID_MS: u64 = 50;
+/// (1 000/s): 250 ms; 1 000 every 1 s: 100 ms; 10 000 every 1 s: 25 ms.
+/// Why 250: the runs of a wakeup start one after another on the worker (~40 µs of CPU
+/// each, most of it the kernel's connect and close), so a wakeup is ~10 ms of work and
+/// its last run starts that late: 500 a wakeup gave p99 lateness 28 ms at 10 000
+/// checks/s, 250 gives 17 ms, 200 gives 12–14 ms; at 1 000 tcp checks/s, 50 a wakeup
+/// used 41 µs of CPU per check, 200 35.5 and 500 32.5 (BENCHMARKS.md, "grid").
+pub const MIN_GRID_MS: u64 = 10;
 pub const MAX_GRID_MS: u64 = 1000;
-pub const CHECKS_PER_WAKEUP: f64 = 500.0;
+pub const CHECKS_PER_WAKEUP: f64 = 250.0;
 pub const MIN_SLOTS_PER_INTERVAL: u64 = 10;
 
 /// The grid for a plan's checks, in ms.

@@ -253,8 +253,8 @@ async fn the_global_concurrency_cap_holds() {
     assert_eq!(max.load(Ordering::SeqCst), 2);
 }
 
-/// The grid gives each wakeup about 50 checks at the plan's rate, within 50 ms..1 s,
-/// and never fewer than 20 slots an interval.
+/// The grid gives each wakeup about 250 checks at the plan's rate, within 10 ms..1 s,
+/// and never fewer than 10 slots an interval.
 #[test]
 fn the_grid_follows_the_rate() {
     let check = Scripted::new(".", Duration::ZERO);
@@ -264,13 +264,14 @@ fn the_grid_follows_the_rate() {
             .collect()
     };
     assert_eq!(grid_of(&many(1000, 10)), 1000);
-    assert_eq!(grid_of(&many(10_000, 10)), 500);
-    assert_eq!(grid_of(&many(10_000, 1)), 50);
+    assert_eq!(grid_of(&many(10_000, 10)), 250);
+    assert_eq!(grid_of(&many(10_000, 1)), 25);
+    assert_eq!(grid_of(&many(100_000, 1)), 10);
     assert_eq!(grid_of(&many(10, 10)), 1000);
-    assert_eq!(grid_of(&[]), 50);
-    // 1 000 checks every 1 s: the grid wants 500 ms, the interval allows 100 ms.
+    assert_eq!(grid_of(&[]), 10);
+    // 1 000 checks every 1 s: the grid wants 250 ms, the interval allows 100 ms.
     let plan = many(1000, 1);
-    assert_eq!(grid_of(&plan), 500);
+    assert_eq!(grid_of(&plan), 250);
     let mut slots = std::collections::HashMap::new();
     for c in &plan {
         *slots.entry(phase(c, grid_of(&plan))).or_insert(0) += 1;
