@@ -14,9 +14,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "demo: cargo is missing: install a Rust toolchain (https://rustup.rs)" >&2
   exit 1
 fi
-for port in 18080 17000 18099 18081; do
+for port in 18080 17000 18099 18081 2813; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "demo: port $port is already in use; stop what listens there (the demo's mocks need 18080, 17000, 18099, 18081)" >&2
+    echo "demo: port $port is already in use; stop what listens there (the demo's mocks need 18080, 17000, 18099, 18081; the engine's HTTP API 2813)" >&2
     exit 1
   fi
 done
@@ -67,6 +67,14 @@ wait_for 'ALERT.* web.*failed\|ALERT FAILED web' "$WORK/alerts.txt" 30
 sleep 3
 grep "ALERT" "$WORK/alerts.txt"
 "$BIN/vigia" status -c config.yaml
+
+say "The same from outside: the HTTP API on http://127.0.0.1:2813/ (README: HTTP API and /metrics)"
+echo "GET /api/v1/checks/web:"
+python3 -c 'import json, urllib.request
+c = json.load(urllib.request.urlopen("http://127.0.0.1:2813/api/v1/checks/web"))
+print("  status: %s, failures %s/%s, last: %s" % ("up" if c["status"] else "DOWN", c["failures"], c["threshold"], c["last"]["message"]))'
+echo "GET /metrics (Prometheus), the web check's line:"
+python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:2813/metrics").read().decode())' | grep '^vigia_check_up{check="web"'
 
 say "Healing it: vigia-mock set http healthy"
 "$BIN/vigia-mock" set http healthy

@@ -34,6 +34,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get -o DPkg::Lock::Timeout=600 update -q
   DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
 fi
+# promtool (engine/tests/http_api.rs lints a real /metrics scrape) from Debian's
+# prometheus package, unpacked into the project's own folder: the server is not installed.
+PROMTOOL_DIR="${PROMTOOL_DIR:-/var/cache/vigia-tools/prometheus}"
+if [ ! -x "$PROMTOOL_DIR/usr/bin/promtool" ]; then
+  echo "Fetching promtool (Debian package prometheus, unpacked into $PROMTOOL_DIR) ..."
+  mkdir -p "$PROMTOOL_DIR"
+  tmp=$(mktemp -d)
+  ( cd "$tmp" && apt-get -o DPkg::Lock::Timeout=600 download prometheus 2>/dev/null \
+      || { apt-get -o DPkg::Lock::Timeout=600 update -q && apt-get -o DPkg::Lock::Timeout=600 download prometheus; } )
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$PROMTOOL_DIR"
+  rm -rf "$tmp"
+fi
+export VIGIA_PROMTOOL="$PROMTOOL_DIR/usr/bin/promtool"
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "scripts/test.sh: cargo is missing: install a Rust toolchain (https://rustup.rs)" >&2
   exit 1

@@ -5,7 +5,8 @@
 //!   [`RESTART_KEYS`] wait for a restart, every other one is applied live.
 //! - `channels:` + `windows:` + `alerting:` are one unit (the alert stage is rebuilt
 //!   when any of them changed), and so are `remediation:` + `actions:` + `runbooks:` +
-//!   `commands:` (the remediation stage).
+//!   `commands:` (the remediation stage). `http:` is one unit too (the server takes
+//!   its new settings; a new `listen` binds before the old listener closes).
 //! - Checks are compared by name and fingerprint by the scheduler as it applies the
 //!   new plan (`PlannedCheck::same_as`): it holds the running set, so no second copy
 //!   of 10 000 names is kept for this.
@@ -29,6 +30,8 @@ pub struct ConfigDiff {
     pub alerting: bool,
     /// `remediation:`, `actions:`, `runbooks:` or `commands:` changed.
     pub remediation: bool,
+    /// `http:` changed.
+    pub http: bool,
 }
 
 /// What a running engine remembers of the config in force, to diff the next one with.
@@ -37,6 +40,7 @@ pub struct Running {
     pub engine: EngineConfig,
     pub alerting: u64,
     pub remediation: u64,
+    pub http: crate::http::HttpConfig,
 }
 
 impl Running {
@@ -45,6 +49,7 @@ impl Running {
             engine: config.engine.clone(),
             alerting: config.alerting.fingerprint,
             remediation: config.remediation.fingerprint,
+            http: config.http.clone(),
         }
     }
 
@@ -56,6 +61,7 @@ impl Running {
             needs_restart,
             alerting: self.alerting != new.alerting.fingerprint,
             remediation: self.remediation != new.remediation.fingerprint,
+            http: self.http != new.http,
         }
     }
 }

@@ -26,6 +26,7 @@ use vigia_api::{
 
 pub mod alerting;
 pub mod diff;
+pub mod http;
 pub mod remediation;
 
 pub use vigia_core::alert::policy::CheckAlerting;
@@ -266,6 +267,8 @@ pub struct Config {
     pub alerting: crate::alerting::AlertingSetup,
     /// `remediation:` and `actions:`.
     pub remediation: crate::remediation::RemediationSetup,
+    /// `http:`: the API, `/metrics` and the status page.
+    pub http: crate::http::HttpConfig,
     /// The file held no YAML at all (empty, or only comments and blanks): an editor
     /// that truncates before it writes shows this for a moment.
     pub blank: bool,
@@ -281,6 +284,7 @@ const TOP_KEYS: &[&str] = &[
     "runbooks",
     "actions",
     "commands",
+    "http",
     "checks",
 ];
 
@@ -440,6 +444,7 @@ impl Config {
         let alerting = crate::alerting::parse(&root, &config_dir, &mut errors);
         let commands = Arc::new(commands);
         let remediation = crate::remediation::parse(&root, &config_dir, &commands, &mut errors);
+        let http = crate::http::parse(&root, &config_dir, &mut errors);
         let config = Config {
             file: file.to_path_buf(),
             engine,
@@ -447,6 +452,7 @@ impl Config {
             commands,
             alerting,
             remediation,
+            http,
             blank: matches!(root.value, vigia_api::yaml::Value::Null),
             root,
         };
@@ -646,6 +652,13 @@ impl Config {
                 ));
             }
         }
+        if let Some(w) = crate::http::token_file_warning(&self.http) {
+            warnings.push(ConfigError::at(
+                self.pos_of("http.token_file"),
+                "http.token_file",
+                w,
+            ));
+        }
         for (i, entry) in self.checks.iter().enumerate() {
             let Some(factory) = registry.get(&entry.common.kind) else {
                 let path = join_path(&entry.path, "type");
@@ -738,6 +751,7 @@ impl Config {
                         let planned = PlannedCheck {
                             name: b.name.into(),
                             group: b.group.map(Into::into),
+                            kind: factory.kind(),
                             check: b.check,
                             interval,
                             timeout,
@@ -807,6 +821,7 @@ impl Config {
                     fingerprint: b.version ^ fnv1a(&schedule) ^ fnv1a(b.check.target()),
                     name: b.name.into(),
                     group: None,
+                    kind: "lua",
                     check: b.check,
                     interval,
                     timeout,
@@ -911,6 +926,8 @@ impl Registry {
 pub struct PlannedCheck {
     pub name: Arc<str>,
     pub group: Option<Arc<str>>,
+    /// Its `type:` (`tcp`, `lua`, ...).
+    pub kind: &'static str,
     pub check: Arc<dyn Check>,
     pub interval: Duration,
     pub timeout: Duration,

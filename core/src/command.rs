@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::silence::Silence;
-use crate::snapshot::{StatsSnapshot, StatusSnapshot};
+use crate::snapshot::{CheckSnapshot, StatsSnapshot, StatusSnapshot};
 
 /// What can be asked of a running engine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +30,10 @@ pub enum Command {
     SilenceRemove {
         id: u64,
     },
+    /// Run a check now, outside its schedule; the outcome is recorded like any run.
+    RunNow {
+        name: String,
+    },
 }
 
 /// The answer to a [`Command`].
@@ -44,6 +48,10 @@ pub enum Reply {
     },
     Removed {
         id: u64,
+    },
+    /// A check after the run asked for.
+    Ran {
+        check: Box<CheckSnapshot>,
     },
     /// The command was understood and refused, or could not be carried out.
     Error {

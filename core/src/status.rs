@@ -54,6 +54,34 @@ pub struct CheckState {
     pub last: Option<LastRun>,
     /// State the check keeps between runs (a Lua script's `ctx.state`), as JSON.
     pub state: Option<String>,
+    /// Runs and transitions since the engine started (for `/metrics`; not stored).
+    pub counts: RunCounts,
+}
+
+/// What a check did since the engine started: Prometheus counters, so they start at 0
+/// with the process and are never stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunCounts {
+    /// Runs by severity: ok, warning, critical, unknown (u32: 136 years of runs a
+    /// second; it saturates rather than wraps).
+    pub runs: [u32; 4],
+    pub failed: u32,
+    pub recovered: u32,
+}
+
+impl RunCounts {
+    /// The label of each `runs` slot, in order.
+    pub const OUTCOMES: [&'static str; 4] = ["ok", "warning", "critical", "unknown"];
+
+    pub fn count(&mut self, severity: Severity) {
+        let i = match severity {
+            Severity::Ok => 0,
+            Severity::Warning => 1,
+            Severity::Critical => 2,
+            Severity::Unknown => 3,
+        };
+        self.runs[i] = self.runs[i].saturating_add(1);
+    }
 }
 
 impl CheckState {
@@ -66,6 +94,7 @@ impl CheckState {
             failed_message: None,
             last: None,
             state: None,
+            counts: RunCounts::default(),
         }
     }
 
@@ -83,6 +112,7 @@ impl CheckState {
             if !self.status && self.successes >= recover_after {
                 self.status = true;
                 self.changed_at = now_ms;
+                self.counts.recovered = self.counts.recovered.saturating_add(1);
                 return Some(Transition::Recovered);
             }
         } else {
@@ -91,6 +121,7 @@ impl CheckState {
             if self.status && self.failures >= threshold {
                 self.status = false;
                 self.changed_at = now_ms;
+                self.counts.failed = self.counts.failed.saturating_add(1);
                 return Some(Transition::Failed);
             }
         }

@@ -72,6 +72,7 @@ fn planned(factory: &LuaFactory, file: &Path, ctx: &BuildContext, name: &str) ->
         .unwrap();
     PlannedCheck {
         name: name.into(),
+        kind: "test",
         group: None,
         check: b.check,
         interval: Duration::from_secs(10),

@@ -120,6 +120,13 @@ impl StatusBook {
             .map(|s| CheckSnapshot::of_state(name, &s))
     }
 
+    /// One check's state without its messages (for `/metrics`).
+    pub fn check_without_texts(&self, name: &str) -> Option<CheckSnapshot> {
+        self.map
+            .get(name)
+            .map(|s| CheckSnapshot::of_state_without_texts(name, &s))
+    }
+
     /// Whether a check is known and down.
     pub fn is_down(&self, name: &str) -> bool {
         self.map.get(name).is_some_and(|s| !s.status)

@@ -32,33 +32,33 @@ pub struct Door {
     pub checks: RwLock<Vec<Arc<PlannedCheck>>>,
     pub alerts: Arc<AlertStatus>,
     pub alert_tx: mpsc::Sender<AlertInput>,
+    /// Whether the journal can write the store.
+    pub store: Arc<crate::journal::StoreHealth>,
 }
 
 impl Door {
     /// The status map and the engine's counters, as one snapshot.
     pub fn snapshot(&self) -> StatusSnapshot {
+        self.snapshot_of(Texts::All)
+    }
+
+    /// The snapshot with or without its texts (targets, comments, messages): `/metrics`
+    /// and badges need only names, states and counts.
+    pub fn snapshot_of(&self, texts: Texts) -> StatusSnapshot {
         let now = crate::clock::unix_ms();
         let checks = self
             .checks
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|c| {
-                let state = self.tasks.book.check(&c.name).unwrap_or(CheckSnapshot {
-                    status: true,
-                    changed_at: now,
-                    ..Default::default()
-                });
-                CheckSnapshot {
-                    name: c.name.to_string(),
-                    group: c.group.as_deref().map(str::to_string),
-                    target: c.check.target(),
-                    interval_ms: c.interval.as_millis() as u64,
-                    threshold: c.threshold,
-                    recover_after: c.recover_after,
-                    comment: c.comment.to_string(),
-                    ..state
-                }
+            .map(|c| match texts {
+                Texts::All => self.view(c, now),
+                Texts::None => schedule_view(
+                    c,
+                    self.tasks.book.check_without_texts(&c.name),
+                    now,
+                    Texts::None,
+                ),
             })
             .collect();
         StatusSnapshot {
@@ -73,6 +73,30 @@ impl Door {
         }
     }
 
+    /// One scheduled check, as the snapshot has it; `Err` holds the scheduled names, for
+    /// a did-you-mean.
+    pub fn check(&self, name: &str) -> Result<CheckSnapshot, Vec<String>> {
+        let checks = self.checks.read().unwrap_or_else(|p| p.into_inner());
+        match checks.iter().find(|c| &*c.name == name) {
+            Some(c) => Ok(self.view(c, crate::clock::unix_ms())),
+            None => Err(checks.iter().map(|c| c.name.to_string()).collect()),
+        }
+    }
+
+    /// Why the engine is not healthy, if it is not: the store cannot be written.
+    pub fn unhealthy(&self) -> Option<String> {
+        self.store.failing().map(|(since, why)| {
+            format!(
+                "the state store cannot be written since {} ago: {why}",
+                vigia_core::alert::human_duration(crate::clock::unix_ms().saturating_sub(since))
+            )
+        })
+    }
+
+    fn view(&self, c: &PlannedCheck, now: u64) -> CheckSnapshot {
+        schedule_view(c, self.tasks.book.check(&c.name), now, Texts::All)
+    }
+
     /// Carries out a command.
     pub async fn execute(&self, cmd: Command) -> Reply {
         match cmd {
@@ -82,6 +106,20 @@ impl Door {
                 self.tasks.stats.reset();
                 Reply::Stats(self.tasks.stats.snapshot())
             }
+            Command::RunNow { name } => match self.check(&name) {
+                Err(names) => {
+                    let hint = vigia_api::yaml::did_you_mean(&name, names.iter().map(String::as_str))
+                        .map(|b| format!(" (did you mean `{b}`?)"))
+                        .unwrap_or_default();
+                    Reply::error(format!("no check is named `{name}`{hint}"))
+                }
+                Ok(before) => match self.tasks.run_now(&name).await {
+                    Some(state) => Reply::Ran {
+                        check: Box::new(merge(before, state)),
+                    },
+                    None => Reply::error("the engine is stopping, or the check left the config"),
+                },
+            },
             cmd @ (Command::SilenceAdd { .. }
             | Command::SilenceList
             | Command::SilenceRemove { .. }) => {
@@ -99,6 +137,61 @@ impl Door {
             }
         }
     }
+}
+
+
+/// The state part of `state`, the schedule part of `schedule`.
+fn merge(schedule: CheckSnapshot, state: CheckSnapshot) -> CheckSnapshot {
+    CheckSnapshot {
+        name: schedule.name,
+        group: schedule.group,
+        kind: schedule.kind,
+        target: schedule.target,
+        interval_ms: schedule.interval_ms,
+        threshold: schedule.threshold,
+        recover_after: schedule.recover_after,
+        comment: schedule.comment,
+        ..state
+    }
+}
+
+/// A scheduled check and its state (a check that has not run yet is up since `now`).
+fn schedule_view(
+    c: &PlannedCheck,
+    state: Option<CheckSnapshot>,
+    now: u64,
+    texts: Texts,
+) -> CheckSnapshot {
+    let state = state.unwrap_or(CheckSnapshot {
+        status: true,
+        changed_at: now,
+        ..Default::default()
+    });
+    CheckSnapshot {
+        name: c.name.to_string(),
+        group: c.group.as_deref().map(str::to_string),
+        kind: c.kind.to_string(),
+        target: match texts {
+            Texts::All => c.check.target(),
+            Texts::None => String::new(),
+        },
+        interval_ms: c.interval.as_millis() as u64,
+        threshold: c.threshold,
+        recover_after: c.recover_after,
+        comment: match texts {
+            Texts::All => c.comment.to_string(),
+            Texts::None => String::new(),
+        },
+        ..state
+    }
+}
+
+/// Whether a snapshot carries the checks' texts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Texts {
+    All,
+    /// No targets, comments or messages.
+    None,
 }
 
 /// Binds the socket (replacing a stale one left by a crash) and serves it until `stop`.

@@ -24,6 +24,28 @@ pub struct Journal {
     /// `engine.hostname`, which a reload may change.
     pub host: watch::Receiver<Arc<str>>,
     pub bus: Bus,
+    /// Whether the last write failed: what `/healthz` says.
+    pub health: Arc<StoreHealth>,
+}
+
+/// Whether the store can be written, as the journal last found it.
+#[derive(Default)]
+pub struct StoreHealth {
+    /// Since when (unix ms) and why writes fail; `None` while they succeed.
+    failing: std::sync::Mutex<Option<(u64, String)>>,
+}
+
+impl StoreHealth {
+    pub fn failing(&self) -> Option<(u64, String)> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set(&self, v: Option<(u64, String)>) {
+        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
 }
 
 /// What could not be written yet (a full disk): kept, retried, and published only once
@@ -105,6 +127,7 @@ impl Journal {
         match r {
             Ok(Ok(())) => {
                 if let Some(t) = pending.failing_since.take() {
+                    self.health.set(None);
                     tracing::info!(
                         event = "store_recovered",
                         "The state store can be written again after {}; {} held alerts go out now.",
@@ -125,6 +148,8 @@ impl Journal {
             Ok(Err(e)) => {
                 if pending.failing_since.is_none() {
                     pending.failing_since = Some(std::time::Instant::now());
+                    self.health
+                        .set(Some((crate::clock::unix_ms(), e.to_string())));
                     tracing::error!(event = "store_error", "The state store cannot be written: {e}. Check states and alerts are kept in memory and go out once it can be written (trying every second).");
                 }
             }

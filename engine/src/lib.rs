@@ -11,6 +11,8 @@ pub mod bus;
 pub mod clock;
 pub mod control;
 pub mod fds;
+pub mod feed;
+pub mod http;
 pub mod journal;
 pub mod logging;
 pub mod remediation;

@@ -41,14 +41,18 @@ pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_env("VIGIA_LOG")
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+    // The feed sees info and above whatever the log level, and nothing below: no
+    // per-run debug event is built for it.
+    let feed = crate::feed::FeedLayer.with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let registry = tracing_subscriber::registry().with(feed);
     let result = match format {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .fmt_fields(JsonFields::new())
                     .event_format(JsonLines)
-                    .with_writer(std::io::stdout),
+                    .with_writer(std::io::stdout)
+                    .with_filter(filter),
             )
             .try_init(),
         LogFormat::Text => registry
@@ -56,7 +60,8 @@ pub fn init(format: LogFormat, level: &str) {
                 tracing_subscriber::fmt::layer()
                     .with_target(false)
                     .with_ansi(std::io::stdout().is_terminal())
-                    .with_writer(std::io::stdout),
+                    .with_writer(std::io::stdout)
+                    .with_filter(filter),
             )
             .try_init(),
     };
@@ -105,7 +110,7 @@ where
     }
 }
 
-struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+pub(crate) struct JsonVisitor<'a>(pub(crate) &'a mut Map<String, Value>);
 
 impl JsonVisitor<'_> {
     fn put(&mut self, field: &Field, v: Value) {

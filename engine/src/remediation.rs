@@ -84,6 +84,29 @@ fn atomic_write(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, file)
 }
 
+/// Remediation runs since the engine started, by action (a runbook is
+/// `runbook:NAME`) and result (`ok`, `failed`, `dry_run`): `/metrics` reads them.
+/// Action names come from the config, so the set is bounded.
+static RUNS: std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn count_run(action: &str, result: &'static str) {
+    *RUNS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry((action.to_string(), result))
+        .or_default() += 1;
+}
+
+/// Every (action, result, runs) so far.
+pub fn run_counts() -> Vec<(String, &'static str, u64)> {
+    RUNS.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|((a, r), n)| (a.clone(), *r, *n))
+        .collect()
+}
+
 /// Runs an action (or says what it would run). Every outcome is an `action` event.
 pub async fn run_action(action: &Action, check: &str, dry_run: bool) -> ActionResult {
     let started = Instant::now();
@@ -94,6 +117,7 @@ pub async fn run_action(action: &Action, check: &str, dry_run: bool) -> ActionRe
         }
     };
     if dry_run || action.dry_run {
+        count_run(&action.name, "dry_run");
         tracing::info!(event = "action", action = %action.name, check = %check, dry_run = true, argv = %describe, "Dry run: would run {}: {describe}", action.name);
         return ActionResult {
             ok: true,
@@ -196,6 +220,7 @@ fn finish(
     started: Instant,
 ) -> ActionResult {
     let secs = started.elapsed().as_secs_f64();
+    count_run(&action.name, if ok { "ok" } else { "failed" });
     if ok {
         tracing::info!(event = "action", action = %action.name, check = %check, argv = %describe, exit_code = code, duration_ms = secs * 1000.0, output = %output, "Action {} for {check} done: {describe} ({detail}).", action.name);
     } else {
@@ -491,6 +516,14 @@ impl Remediator {
             },
         };
         let last = out.transcript.last().cloned().unwrap_or_default();
+        count_run(
+            &format!("runbook:{name}"),
+            match (out.ok, self.setup.dry_run) {
+                (_, true) => "dry_run",
+                (true, false) => "ok",
+                (false, false) => "failed",
+            },
+        );
         if out.ok {
             tracing::info!(event = "runbook_done", runbook = %name, check = %check, transition = event.transition.as_str(), ok = true, "Runbook {name} for {check}: {last}");
         } else {

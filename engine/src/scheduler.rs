@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use vigia_api::{fnv1a, CheckOutcome, Dur, RunContext};
 
 use vigia_config::{Plan, PlannedCheck};
-use vigia_core::snapshot::StatsSnapshot;
+use vigia_core::snapshot::{CheckSnapshot, StatsSnapshot};
 use vigia_core::status::{CheckState, LastRun, Transition};
 
 use crate::book::StatusBook;
@@ -50,6 +50,8 @@ pub struct Observation {
 /// Lateness of check starts versus their schedule, in 100 µs buckets up to 1 s.
 pub struct Histogram {
     buckets: Vec<AtomicU64>,
+    /// The sum of the recorded values, in µs.
+    sum_us: AtomicU64,
 }
 
 const BUCKET_US: u64 = 100;
@@ -59,14 +61,40 @@ impl Default for Histogram {
     fn default() -> Self {
         Histogram {
             buckets: (0..N_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
         }
     }
 }
 
 impl Histogram {
     pub fn record(&self, d: Duration) {
-        let i = ((d.as_micros() as u64) / BUCKET_US).min(N_BUCKETS as u64 - 1) as usize;
+        let us = d.as_micros() as u64;
+        let i = (us / BUCKET_US).min(N_BUCKETS as u64 - 1) as usize;
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// For each upper bound (in µs, ascending), how many values were at most it
+    /// (to the bucket: 100 µs), then the count of all and their sum in µs: a
+    /// Prometheus histogram.
+    pub fn cumulative(&self, bounds_us: &[u64]) -> (Vec<u64>, u64, u64) {
+        let mut out = Vec::with_capacity(bounds_us.len());
+        let mut seen = 0u64;
+        let mut i = 0usize;
+        for &b in bounds_us {
+            // Bucket i holds [i·100 µs, (i+1)·100 µs): it is under b when its top is.
+            let last = ((b / BUCKET_US) as usize).min(N_BUCKETS);
+            while i < last {
+                seen += self.buckets[i].load(Ordering::Relaxed);
+                i += 1;
+            }
+            out.push(seen);
+        }
+        while i < N_BUCKETS {
+            seen += self.buckets[i].load(Ordering::Relaxed);
+            i += 1;
+        }
+        (out, seen, self.sum_us.load(Ordering::Relaxed))
     }
 
     /// The q-quantile in ms (upper edge of its bucket); 0 when empty.
@@ -95,6 +123,7 @@ impl Histogram {
         for b in &self.buckets {
             b.store(0, Ordering::Relaxed);
         }
+        self.sum_us.store(0, Ordering::Relaxed);
     }
 }
 
@@ -152,6 +181,9 @@ pub struct SchedulerShared {
     stop: CancellationToken,
     /// Shutdown after the grace period: runs in progress are cut short.
     abort: CancellationToken,
+    /// The scheduled checks by name (written by [`Scheduler::apply`] alone; read by
+    /// [`SchedulerShared::run_now`]).
+    running: std::sync::RwLock<HashMap<Arc<str>, Arc<Slot>>>,
 }
 
 impl SchedulerShared {
@@ -169,7 +201,41 @@ impl SchedulerShared {
             permits: std::sync::Mutex::new(n),
             stop: CancellationToken::new(),
             abort: CancellationToken::new(),
+            running: Default::default(),
         })
+    }
+
+    /// Runs `name` now, outside its schedule, and records the outcome like any run:
+    /// its snapshot after the run. A run of it in progress ends first (a check never
+    /// overlaps itself); a tick that comes during this run is skipped, as the check
+    /// has just run. `None`: no such check is scheduled, or the engine is stopping.
+    pub async fn run_now(&self, name: &str) -> Option<CheckSnapshot> {
+        let slot = self
+            .running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()?;
+        loop {
+            if slot.is_retired() || self.stop.is_cancelled() {
+                return None;
+            }
+            if slot
+                .state
+                .compare_exchange(IDLE, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                break;
+            }
+            slot.wait_idle().await;
+        }
+        prepare(&slot, self).await;
+        let ran = one_run(&slot, self, None).await;
+        if slot.state.swap(IDLE, Ordering::AcqRel) == OWED {
+            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        slot.idle.notify_waiters();
+        ran.then(|| self.book.check(name)).flatten()
     }
 
     /// A reload changed `engine.max_concurrent_checks`: more permits at once; fewer as
@@ -205,7 +271,6 @@ pub struct ApplySummary {
 
 pub struct Scheduler {
     shared: Arc<SchedulerShared>,
-    running: HashMap<Arc<str>, Arc<Slot>>,
     timeline: Arc<Timeline>,
     /// The runs in progress, for the grace period at shutdown.
     runs: TaskTracker,
@@ -223,7 +288,6 @@ impl Scheduler {
     pub fn new(shared: Arc<SchedulerShared>) -> Self {
         Scheduler {
             shared,
-            running: HashMap::new(),
             timeline: Arc::default(),
             runs: TaskTracker::new(),
             started: false,
@@ -234,9 +298,28 @@ impl Scheduler {
         &self.shared
     }
 
+    /// How many checks are scheduled.
+    pub fn len(&self) -> usize {
+        self.shared
+            .running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The checks currently scheduled.
-    pub fn specs(&self) -> impl Iterator<Item = &Arc<PlannedCheck>> {
-        self.running.values().map(|s| &s.spec)
+    pub fn specs(&self) -> Vec<Arc<PlannedCheck>> {
+        self.shared
+            .running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|s| s.spec.clone())
+            .collect()
     }
 
     /// Makes the running set match `plan`: unchanged checks keep running untouched,
@@ -244,12 +327,14 @@ impl Scheduler {
     /// removed ones stop and leave the status map (their state is kept a while, see
     /// [`crate::book::RETAIN_REMOVED_MS`]).
     pub fn apply(&mut self, plan: &Plan) -> ApplySummary {
+        let shared = self.shared.clone();
+        let mut running = shared.running.write().unwrap_or_else(|p| p.into_inner());
         let mut summary = ApplySummary::default();
         let mut next: HashMap<Arc<str>, Arc<Slot>> = HashMap::new();
         let fresh = plan
             .checks
             .iter()
-            .filter(|p| !self.running.get(&p.name).is_some_and(|s| s.spec.same_as(p)))
+            .filter(|p| !running.get(&p.name).is_some_and(|s| s.spec.same_as(p)))
             .count();
         let run_now = self.started && fresh <= RUN_AT_ONCE_MAX;
         let base = Instant::now();
@@ -269,7 +354,7 @@ impl Scheduler {
             .unwrap_or_else(|| grid_of(plan.checks.iter()));
         let mut ticks = Vec::new();
         for planned in &plan.checks {
-            match self.running.remove(&planned.name) {
+            match running.remove(&planned.name) {
                 Some(s) if s.spec.same_as(planned) => {
                     summary.kept += 1;
                     next.insert(planned.name.clone(), s);
@@ -296,7 +381,7 @@ impl Scheduler {
                 }
             }
         }
-        for (name, s) in self.running.drain() {
+        for (name, s) in running.drain() {
             let broken = s
                 .spec
                 .source
@@ -312,7 +397,8 @@ impl Scheduler {
             summary.removed.push(name);
         }
         summary.removed.sort();
-        self.running = next;
+        *running = next;
+        drop(running);
         if summary.changed > 0 || !summary.removed.is_empty() {
             self.timeline.drop_retired();
         }
@@ -323,10 +409,13 @@ impl Scheduler {
     /// Stops scheduling; waits up to `grace` for running checks to finish, then stops
     /// what is left. Returns how many runs were stopped.
     pub async fn shutdown(&mut self, grace: Duration) -> usize {
-        for s in self.running.values() {
-            s.retire();
+        {
+            let mut running = self.shared.running.write().unwrap_or_else(|p| p.into_inner());
+            for s in running.values() {
+                s.retire();
+            }
+            running.clear();
         }
-        self.running.clear();
         self.shared.stop.cancel();
         self.runs.close();
         let mut aborted = 0;
@@ -598,20 +687,9 @@ fn fire(
 
 /// One started run of a check, and the late ones it owes.
 async fn run(slot: Arc<Slot>, shared: Arc<SchedulerShared>, mut due: Instant, epoch: Instant) {
-    let first = slot.first.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(FirstRun { previous }) = first {
-        // A changed check waits for its old version's last run: never two at once.
-        if let Some(p) = previous {
-            p.wait_idle().await;
-        }
-        // A script's ctx.state outlives restarts and new versions: the new check starts
-        // from what the last run of the old one (or the store) left.
-        if let Some(state) = shared.book.saved_state(&slot.spec.name) {
-            slot.spec.check.restore_state(&state);
-        }
-    }
+    prepare(&slot, &shared).await;
     loop {
-        if slot.is_retired() || !one_run(&slot, &shared, due).await {
+        if slot.is_retired() || !one_run(&slot, &shared, Some(due)).await {
             break;
         }
         match slot
@@ -632,9 +710,26 @@ async fn run(slot: Arc<Slot>, shared: Arc<SchedulerShared>, mut due: Instant, ep
     slot.idle.notify_waiters();
 }
 
+/// Before a check's first run: wait for the version it replaces, take up its state.
+async fn prepare(slot: &Slot, shared: &SchedulerShared) {
+    let first = slot.first.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(FirstRun { previous }) = first {
+        // A changed check waits for its old version's last run: never two at once.
+        if let Some(p) = previous {
+            p.wait_idle().await;
+        }
+        // A script's ctx.state outlives restarts and new versions: the new check starts
+        // from what the last run of the old one (or the store) left.
+        if let Some(state) = shared.book.saved_state(&slot.spec.name) {
+            slot.spec.check.restore_state(&state);
+        }
+    }
+}
+
 /// Waits for a concurrency slot, runs the check once and records the outcome. False if
-/// the scheduler stopped (or the check left the plan) before it could run.
-async fn one_run(slot: &Slot, shared: &SchedulerShared, due: Instant) -> bool {
+/// the scheduler stopped (or the check left the plan) before it could run. `due`: when
+/// the schedule wanted it (its lateness is counted); `None` for a run asked for now.
+async fn one_run(slot: &Slot, shared: &SchedulerShared, due: Option<Instant>) -> bool {
     let permit = tokio::select! {
         biased;
         _ = shared.stop.cancelled() => return false,
@@ -645,10 +740,12 @@ async fn one_run(slot: &Slot, shared: &SchedulerShared, due: Instant) -> bool {
     }
     let spec = &slot.spec;
     let started = Instant::now();
-    shared
-        .stats
-        .lateness
-        .record(started.saturating_duration_since(due));
+    if let Some(due) = due {
+        shared
+            .stats
+            .lateness
+            .record(started.saturating_duration_since(due));
+    }
     let outcome = tokio::select! {
         biased;
         _ = shared.abort.cancelled() => return false,
@@ -722,6 +819,7 @@ fn record(
             let before = entry.durable_part();
             let previous_change = entry.changed_at;
             let transition = entry.record(ok, spec.threshold, spec.recover_after, now);
+            entry.counts.count(outcome.severity);
             let state_changed = match spec.check.take_state() {
                 Some(state) => {
                     entry.state = Some(state);
@@ -796,6 +894,7 @@ mod size_tests {
         let shared = SchedulerShared::new(1, StatusBook::new(), tx);
         let spec = Arc::new(PlannedCheck {
             name: "x".into(),
+            kind: "test",
             group: None,
             check: Arc::new(Nop),
             interval: Duration::from_secs(1),

@@ -176,6 +176,7 @@ struct Engine {
     script_errors: ScriptErrors,
     watcher: Option<Watch>,
     running: Running,
+    http: Option<crate::http::HttpServer>,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -242,11 +243,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     let logger = start_logger(&book, &host_rx, &config, log_events);
     let journal_stop = CancellationToken::new();
+    let store_health = Arc::new(crate::journal::StoreHealth::default());
     let journal = tokio::spawn(
         Journal {
             store: store.clone(),
             host: host_rx.clone(),
             bus,
+            health: store_health.clone(),
         }
         .run(observations_rx, journal_stop.clone()),
     );
@@ -259,6 +262,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         checks: Default::default(),
         alerts: alert_status.clone(),
         alert_tx: alert_tx.clone(),
+        store: store_health,
     });
     let socket_path = state_dir.join(control::SOCKET_FILE);
     let control_stop = CancellationToken::new();
@@ -289,8 +293,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .watch
             .then(|| Watch::start(&opts.config, &config, &plan)),
         running: Running::of(&config),
+        http: None,
     };
     engine.refresh_door();
+    if config.http.enabled {
+        // After the first plan: `/healthz` answers 200 from its first request.
+        engine.http = Some(
+            crate::http::HttpServer::start(&config.http, engine.door.clone())
+                .map_err(|e| anyhow::anyhow!("the HTTP API cannot start: {e}"))?,
+        );
+    }
     engine
         .script_errors
         .report(&plan, &engine.scheduler, &config, &host)
@@ -371,6 +383,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     control_stop.cancel();
     let _ = control.await;
+    if let Some(h) = engine.http.take() {
+        h.stop().await;
+    }
     watchdog_stop.cancel();
     if let Some(w) = watchdog {
         let _ = w.await;
@@ -498,13 +513,39 @@ fn start_logger(
 
 impl Engine {
     fn refresh_door(&self) {
-        let mut specs: Vec<_> = self.scheduler.specs().cloned().collect();
+        let mut specs = self.scheduler.specs();
         specs.sort_by(|a, b| a.name.cmp(&b.name));
         *self.door.checks.write().unwrap_or_else(|p| p.into_inner()) = specs;
     }
 
     fn host(&self) -> Arc<str> {
         self.host.borrow().clone()
+    }
+
+    /// A reloaded `http:` section: started, stopped, or handed to the running server.
+    async fn apply_http(&mut self, http: &vigia_config::http::HttpConfig) -> Result<(), String> {
+        match (self.http.take(), http.enabled) {
+            (None, false) => Ok(()),
+            (Some(old), false) => {
+                old.stop().await;
+                tracing::info!(event = "http_stopped", "The HTTP API is off (`http.enabled: false`).");
+                Ok(())
+            }
+            (None, true) => {
+                self.http = Some(crate::http::HttpServer::start(http, self.door.clone())?);
+                Ok(())
+            }
+            (Some(old), true) => match old.update(http).await {
+                Ok(server) => {
+                    self.http = Some(server);
+                    Ok(())
+                }
+                Err((server, e)) => {
+                    self.http = Some(server);
+                    Err(e)
+                }
+            },
+        }
     }
 
     /// SIGHUP or a saved file: build the new config aside; apply it only if it is
@@ -522,7 +563,7 @@ impl Engine {
                 return Ok(());
             }
         };
-        let running_checks = self.scheduler.specs().count();
+        let running_checks = self.scheduler.len();
         let blank = config.blank;
         let nothing_left =
             config.checks.is_empty() && plan.checks.is_empty() && plan.broken.is_empty();
@@ -618,6 +659,12 @@ impl Engine {
             let host_rx = self.host.subscribe();
             self.logger = Some(start_logger(&self.book, &host_rx, &config, events));
         }
+        if diff.http {
+            if let Err(err) = self.apply_http(&config.http).await {
+                applied.http = false;
+                tracing::error!(event = "reload_failed", "The new `http:` section cannot be used ({err}); the HTTP API keeps its running settings.");
+            }
+        }
         match (&mut self.watcher, e.watch) {
             (Some(w), true) => w.rewatch(WatchSet::of(&self.config_file, &config, &plan)),
             (None, true) => self.watcher = Some(Watch::start(&self.config_file, &config, &plan)),
@@ -647,6 +694,9 @@ impl Engine {
         if !applied.alerting && diff.alerting {
             running.alerting = self.running.alerting;
         }
+        if !applied.http && diff.http {
+            running.http = self.running.http.clone();
+        }
         self.running = running;
         drop(config);
         drop(plan);
@@ -670,6 +720,9 @@ fn log_reload(diff: &ConfigDiff, summary: &crate::scheduler::ApplySummary) {
     }
     if diff.remediation {
         live.push("actions/remediation/runbooks/commands".into());
+    }
+    if diff.http {
+        live.push("http".into());
     }
     let removed: Vec<&str> = summary.removed.iter().map(|n| &**n).collect();
     let resumed: Vec<&str> = summary.resumed.iter().map(|n| &**n).collect();
@@ -780,6 +833,7 @@ impl ScriptErrors {
             }
             let kept = scheduler
                 .specs()
+                .iter()
                 .any(|s| s.source.as_deref() == Some(b.file.as_path()));
             let file = vigia_lua::display_path(&b.file, dir);
             tracing::error!(event = "script_error", file = %file, kept_previous = kept, "{}", b.error);

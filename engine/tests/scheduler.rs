@@ -87,6 +87,7 @@ fn planned(
 ) -> PlannedCheck {
     PlannedCheck {
         name: name.into(),
+        kind: "test",
         group: None,
         check,
         interval: Duration::from_secs(interval),

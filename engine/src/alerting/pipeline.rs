@@ -643,6 +643,7 @@ async fn sender(
                 {
                     return;
                 }
+                tracing::info!(event = "delivered", target = %key, kind = %msg.kind, "A {} message was delivered to {}.", msg.kind, sink.describe());
             }
             Err(SendError::Transient {
                 reason,

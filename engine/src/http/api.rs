@@ -1,0 +1,417 @@
+//! The JSON endpoints, the badge and the event stream. Every answer is built from the
+//! status snapshot, every change is a typed [`Command`] through the door.
+
+use std::convert::Infallible;
+
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use vigia_core::command::{Command, Reply};
+use vigia_core::snapshot::{CheckSnapshot, StatusSnapshot};
+
+use super::{AppState, Viewer};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/checks", get(status))
+        .route("/api/v1/checks/{*name}", get(check).post(check_action))
+        .route(
+            "/api/v1/silences",
+            get(silences).post(silence_add).delete(silence_remove_query),
+        )
+        .route("/api/v1/silences/{id}", axum::routing::delete(silence_remove))
+        .route("/badge/{*file}", get(badge))
+}
+
+/// Routes that answer for as long as the client listens: outside the request timeout.
+pub fn streams() -> Router<AppState> {
+    Router::new().route("/api/v1/events", get(events))
+}
+
+/// `{"error": "..."}` with `status`.
+pub fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no such endpoint: {}; see GET / for the list",
+            uri.path()
+        ),
+    )
+}
+
+/// The endpoints, for a person or a script that starts at the root.
+async fn index() -> Response {
+    Json(json!({
+        "endpoints": [
+            "GET /healthz",
+            "GET /metrics",
+            "GET /api/v1/status",
+            "GET /api/v1/checks/{name}",
+            "POST /api/v1/checks/{name}/run",
+            "GET /api/v1/silences",
+            "POST /api/v1/silences {\"pattern\": \"web\", \"for\": \"2h\", \"reason\": \"...\"}",
+            "DELETE /api/v1/silences/{id}",
+            "GET /api/v1/events (Server-Sent Events)",
+            "GET /badge/{name}.svg",
+        ]
+    }))
+    .into_response()
+}
+
+async fn healthz(State(s): State<AppState>) -> Response {
+    match s.door.unhealthy() {
+        None => Json(json!({
+            "status": "ok",
+            "checks": s.door.checks.read().map(|c| c.len()).unwrap_or(0),
+        }))
+        .into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "reason": why })),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    // Prometheus asks for gzip: 10 000 checks are ~3 MB of text, ~15 times less zipped.
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    // Off the worker that runs checks: 10 000 checks are ~15 ms of rendering, which
+    // would make that many runs late.
+    let door = s.door.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        let snapshot = door.snapshot_of(crate::control::Texts::None);
+        let text = super::metrics::render(&snapshot, &door.tasks.stats);
+        match gzip {
+            true => gzipped(text.as_bytes()).ok_or(text),
+            false => Err(text),
+        }
+    })
+    .await;
+    let kind = (
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    match body {
+        Ok(Ok(zipped)) => (
+            [
+                kind,
+                (header::CONTENT_ENCODING, HeaderValue::from_static("gzip")),
+                (header::VARY, HeaderValue::from_static("Accept-Encoding")),
+            ],
+            zipped,
+        )
+            .into_response(),
+        Ok(Err(text)) => ([kind], text).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering the metrics failed: {e}"),
+        ),
+    }
+}
+
+fn gzipped(bytes: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let mut z = flate2::write::GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 8),
+        flate2::Compression::fast(),
+    );
+    z.write_all(bytes).ok()?;
+    z.finish().ok()
+}
+
+/// What a reader without the token may see of a check: its name, status and counts.
+fn redact(c: &mut CheckSnapshot) {
+    c.target.clear();
+    c.comment.clear();
+    c.failed_message = None;
+    if let Some(l) = &mut c.last {
+        l.message.clear();
+        l.value = None;
+    }
+}
+
+fn redact_all(s: &mut StatusSnapshot) {
+    s.config.clear();
+    s.channels.clear();
+    s.pid = 0;
+    s.checks.iter_mut().for_each(redact);
+}
+
+async fn status(State(s): State<AppState>, Extension(viewer): Extension<Viewer>) -> Response {
+    // Off the worker that runs checks, like /metrics.
+    let door = s.door.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        let mut snapshot = door.snapshot();
+        if viewer == Viewer::Public {
+            redact_all(&mut snapshot);
+        }
+        serde_json::to_vec(&snapshot)
+    })
+    .await;
+    match body {
+        Ok(Ok(bytes)) => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            bytes,
+        )
+            .into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn unknown_check(name: &str, names: Vec<String>) -> Response {
+    let hint = vigia_api::yaml::did_you_mean(name, names.iter().map(String::as_str))
+        .map(|b| format!(" (did you mean `{b}`?)"))
+        .unwrap_or_default();
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no check is named `{name}`{hint}"),
+    )
+}
+
+async fn check(
+    State(s): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
+    Path(name): Path<String>,
+) -> Response {
+    match s.door.check(&name) {
+        Ok(mut c) => {
+            if viewer == Viewer::Public {
+                redact(&mut c);
+            }
+            let next_run = c
+                .last
+                .as_ref()
+                .map(|l| l.at.saturating_sub(l.duration_ms as u64) + c.interval_ms);
+            let mut v = serde_json::to_value(&c).unwrap_or_default();
+            if let (Some(m), Some(n)) = (v.as_object_mut(), next_run) {
+                m.insert("next_run_about".into(), json!(n));
+            }
+            Json(v).into_response()
+        }
+        Err(names) => unknown_check(&name, names),
+    }
+}
+
+/// `POST /api/v1/checks/{name}/run`.
+async fn check_action(State(s): State<AppState>, Path(rest): Path<String>) -> Response {
+    let Some(name) = rest.strip_suffix("/run") else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no such action: POST /api/v1/checks/{rest}; the action is POST /api/v1/checks/{{name}}/run"),
+        );
+    };
+    if let Err(names) = s.door.check(name) {
+        return unknown_check(name, names);
+    }
+    reply(
+        s.door
+            .execute(Command::RunNow {
+                name: name.to_string(),
+            })
+            .await,
+    )
+}
+
+async fn silences(State(s): State<AppState>, Extension(viewer): Extension<Viewer>) -> Response {
+    let r = s.door.execute(Command::SilenceList).await;
+    match (viewer, r) {
+        (Viewer::Public, Reply::Silences { mut silences }) => {
+            silences.iter_mut().for_each(|s| s.reason.clear());
+            Json(json!({ "silences": silences })).into_response()
+        }
+        (_, r) => reply(r),
+    }
+}
+
+/// The body of `POST /api/v1/silences`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSilence {
+    /// A check name or a pattern with `*`.
+    pattern: String,
+    /// `2h`, `30m`.
+    #[serde(rename = "for")]
+    duration: vigia_api::Dur,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn silence_add(State(s): State<AppState>, body: Bytes) -> Response {
+    let new: NewSilence = match parse_body(&body) {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let r = s
+        .door
+        .execute(Command::SilenceAdd {
+            pattern: new.pattern,
+            for_ms: new.duration.get().as_millis() as u64,
+            reason: new.reason,
+        })
+        .await;
+    match r {
+        Reply::Silence(silence) => (StatusCode::CREATED, Json(silence)).into_response(),
+        r => reply(r),
+    }
+}
+
+#[derive(Deserialize)]
+struct IdQuery {
+    id: Option<String>,
+}
+
+async fn silence_remove_query(State(s): State<AppState>, Query(q): Query<IdQuery>) -> Response {
+    match q.id {
+        Some(id) => remove(&s, &id).await,
+        None => error(
+            StatusCode::BAD_REQUEST,
+            "say which silence: DELETE /api/v1/silences/{id} (or ?id=), ids as in GET /api/v1/silences".into(),
+        ),
+    }
+}
+
+async fn silence_remove(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    remove(&s, &id).await
+}
+
+async fn remove(s: &AppState, id: &str) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`{id}` is not a silence id (a number, as in GET /api/v1/silences)"),
+        );
+    };
+    reply(s.door.execute(Command::SilenceRemove { id }).await)
+}
+
+/// A reply as an answer: refusals are 4xx with the engine's own sentence.
+fn reply(r: Reply) -> Response {
+    match r {
+        Reply::Error { error: e } => {
+            let status = if e.contains("no silence") || e.contains("no check") {
+                StatusCode::NOT_FOUND
+            } else if e.contains("stopped") {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            error(status, e)
+        }
+        r => Json(r).into_response(),
+    }
+}
+
+/// JSON with the field that is wrong named: `for: invalid duration "2x"...`.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    if body.is_empty() {
+        return Err("the request has no body: send a JSON object".into());
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        match field.as_str() {
+            "." | "" => format!("the body is not what was expected: {inner}"),
+            f => format!("field `{f}`: {inner}"),
+        }
+    })
+}
+
+/// `GET /badge/{name}.svg`: the check's status as a small SVG.
+async fn badge(State(s): State<AppState>, Path(file): Path<String>) -> Response {
+    let name = file.strip_suffix(".svg").unwrap_or(&file);
+    let (label, color) = match s.door.check(name) {
+        Ok(c) if c.status => ("up", "#2e7d32"),
+        Ok(_) => ("down", "#c62828"),
+        Err(names) => return unknown_check(name, names),
+    };
+    let svg = badge_svg(name, label, color);
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("image/svg+xml")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache, max-age=0")),
+        ],
+        svg,
+    )
+        .into_response()
+}
+
+/// A two-part badge, sized by the text (about 7 px a character in 11 px Verdana).
+pub fn badge_svg(left: &str, right: &str, color: &str) -> String {
+    let esc = |t: &str| {
+        t.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let w = |t: &str| 10 + 7 * t.chars().count();
+    let (lw, rw) = (w(left), w(right));
+    let total = lw + rw;
+    let (l, r) = (esc(left), esc(right));
+    format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="20" role="img" aria-label="{l}: {r}"><title>{l}: {r}</title><rect width="{lw}" height="20" fill="#555"/><rect x="{lw}" width="{rw}" height="20" fill="{color}"/><g fill="#fff" text-anchor="middle" font-family="Verdana,DejaVu Sans,sans-serif" font-size="11"><text x="{lx}" y="14">{l}</text><text x="{rx}" y="14">{r}</text></g></svg>"##,
+        lx = lw / 2,
+        rx = lw + rw / 2,
+    )
+}
+
+/// `GET /api/v1/events`: every feed event as `event: <kind>`, `data: <the log's JSON>`.
+async fn events(Extension(viewer): Extension<Viewer>) -> Response {
+    let rx = crate::feed::subscribe();
+    let stream = futures::stream::unfold(rx, move |mut rx| async move {
+        let ev = match rx.recv().await {
+            Ok(line) => {
+                let kind = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("event").and_then(|e| e.as_str()).map(str::to_string))
+                    .unwrap_or_else(|| "event".into());
+                let data = match viewer {
+                    Viewer::Full => line.to_string(),
+                    Viewer::Public => public_event(&line),
+                };
+                Event::default().event(kind).data(data)
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Event::default()
+                .event("lagged")
+                .data(json!({ "missed": n }).to_string()),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, Infallible>(ev), rx))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response()
+}
+
+/// An event without what an anonymous reader may not see.
+fn public_event(line: &str) -> String {
+    let Ok(serde_json::Value::Object(mut m)) = serde_json::from_str(line) else {
+        return "{}".into();
+    };
+    for k in [
+        "message", "comment", "target", "output", "argv", "reason", "errors", "files", "config",
+        "state_dir", "transcript",
+    ] {
+        m.remove(k);
+    }
+    serde_json::Value::Object(m).to_string()
+}
