@@ -127,7 +127,11 @@ pub fn parse(root: &Node, config_dir: &Path, errors: &mut ConfigErrors) -> HttpC
             Ok(t) if t.trim().is_empty() => errors.push(ConfigError::at(
                 at("token_file"),
                 "http.token_file",
-                format!("{} is empty: put a long random token in it (`openssl rand -hex 32 > {}`)", f.display(), f.display()),
+                format!(
+                    "{} is empty: put a long random token in it (`openssl rand -hex 32 > {}`)",
+                    f.display(),
+                    f.display()
+                ),
             )),
             Ok(_) => {}
             Err(e) => errors.push(ConfigError::at(
@@ -138,7 +142,11 @@ pub fn parse(root: &Node, config_dir: &Path, errors: &mut ConfigErrors) -> HttpC
         }
     }
     for (i, origin) in section.frame_ancestors.iter().enumerate() {
-        if origin.is_empty() || origin.chars().any(|c| c.is_whitespace() || c == ';' || c == ',') {
+        if origin.is_empty()
+            || origin
+                .chars()
+                .any(|c| c.is_whitespace() || c == ';' || c == ',')
+        {
             errors.push(ConfigError::at(
                 node.get("frame_ancestors").map_or(node.pos, |n| n.pos),
                 &join_path("http.frame_ancestors", &format!("[{i}]")),
@@ -190,7 +198,8 @@ pub fn token_file_warning(http: &HttpConfig) -> Option<String> {
 
 /// Reads the token from its file: its first line, trimmed.
 pub fn read_token(f: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+    let text =
+        std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
     let token = text.lines().next().unwrap_or_default().trim().to_string();
     if token.is_empty() {
         return Err(format!("{} is empty", f.display()));
@@ -206,7 +215,14 @@ mod tests {
         let root = Node::parse(text).unwrap();
         let mut errors = ConfigErrors::default();
         let http = parse(&root, Path::new("/nonexistent"), &mut errors);
-        (http, errors.0.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect())
+        (
+            http,
+            errors
+                .0
+                .into_iter()
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect(),
+        )
     }
 
     #[test]
@@ -221,20 +237,27 @@ mod tests {
     fn open_listener_needs_a_token() {
         let (_, errors) = parse_text("http: { listen: 0.0.0.0:2813 }\n");
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].starts_with("http.listen: 0.0.0.0:2813 is reachable"), "{errors:?}");
+        assert!(
+            errors[0].starts_with("http.listen: 0.0.0.0:2813 is reachable"),
+            "{errors:?}"
+        );
         let (http, errors) = parse_text("http: { listen: 0.0.0.0:2813, enabled: false }\n");
         assert!(errors.is_empty() && !http.enabled);
     }
 
     #[test]
     fn bad_values_are_named() {
-        let (_, errors) = parse_text("http: { listen: 'nowhere', refresh: 100ms, frame_ancestors: ['a b'] }\n");
+        let (_, errors) =
+            parse_text("http: { listen: 'nowhere', refresh: 100ms, frame_ancestors: ['a b'] }\n");
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors[0].contains("`nowhere` is not an address and port"));
         assert!(errors[1].starts_with("http.refresh:"));
         assert!(errors[2].starts_with("http.frame_ancestors[0]:"));
         let (_, errors) = parse_text("http: { token_file: missing.token }\n");
-        assert!(errors[0].starts_with("http.token_file: cannot read /nonexistent/missing.token"), "{errors:?}");
+        assert!(
+            errors[0].starts_with("http.token_file: cannot read /nonexistent/missing.token"),
+            "{errors:?}"
+        );
         let (_, errors) = parse_text("http: { port: 80 }\n");
         assert!(errors[0].contains("port"), "{errors:?}");
     }

@@ -33,7 +33,10 @@ fn args() -> Args {
         requests: 20,
         window: Duration::from_secs(30),
     };
-    let argv: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let argv: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let mut it = argv.iter();
     while let Some(k) = it.next() {
         let v = it.next().map(String::as_str).unwrap_or_default();
@@ -66,16 +69,29 @@ fn config(dir: &Path, n: usize, tcp: u16, http: u16) -> std::path::PathBuf {
 async fn get(addr: &str, path: &str, gzip: bool) -> (u16, usize, Duration) {
     let started = Instant::now();
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let enc = if gzip { "Accept-Encoding: gzip\r\n" } else { "" };
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{enc}Connection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let enc = if gzip {
+        "Accept-Encoding: gzip\r\n"
+    } else {
+        ""
+    };
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{enc}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.unwrap();
     let took = started.elapsed();
-    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(raw.len());
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
     let head = String::from_utf8_lossy(&raw[..head_end]);
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (status, raw.len().saturating_sub(head_end + 4), took)
 }
 
@@ -118,7 +134,9 @@ async fn burst(pid: u32, addr: &str, path: &str, gzip: bool, n: usize, base: f64
 
 /// A client that follows the event stream until the process ends.
 async fn follow_events(addr: String) {
-    let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await else { return };
+    let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await else {
+        return;
+    };
     let _ = s
         .write_all(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
         .await;
@@ -136,14 +154,30 @@ async fn main() {
     let bin = std::env::var("VIGIA_BIN")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/vigia"));
-    assert!(bin.exists(), "{} is missing: cargo build --release -p vigia", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo build --release -p vigia",
+        bin.display()
+    );
     let targets = start_targets().await;
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{http_port}");
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), a.checks, targets.tcp, http_port);
     let child = Command::new(&bin)
-        .args(["run", "--no-console", "--log-format", "json", "--log-level", "warn", "-c"])
+        .args([
+            "run",
+            "--no-console",
+            "--log-format",
+            "json",
+            "--log-level",
+            "warn",
+            "-c",
+        ])
         .arg(&cfg)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -153,13 +187,19 @@ async fn main() {
     let _guard = Guard(child);
     let start = Instant::now();
     while get_ok(&addr).await.is_none() {
-        assert!(start.elapsed() < Duration::from_secs(60), "the engine did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the engine did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Every check has run (first runs are spread over one interval).
     tokio::time::sleep(Duration::from_secs(12)).await;
     let rate = a.checks as f64 / 10.0;
-    println!("vigia: {} tcp checks every 10 s ({rate:.0} runs/s), {} requests each", a.checks, a.requests);
+    println!(
+        "vigia: {} tcp checks every 10 s ({rate:.0} runs/s), {} requests each",
+        a.checks, a.requests
+    );
     println!();
     println!("| request | engine CPU per request | wall p50 / max | body |");
     println!("|---|---|---|---|");
@@ -216,8 +256,12 @@ async fn main() {
 
 async fn get_ok(addr: &str) -> Option<()> {
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.ok()?;
-    String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200").then_some(())
+    String::from_utf8_lossy(&raw)
+        .starts_with("HTTP/1.1 200")
+        .then_some(())
 }

@@ -34,6 +34,8 @@ pub struct Door {
     pub alert_tx: mpsc::Sender<AlertInput>,
     /// Whether the journal can write the store.
     pub store: Arc<crate::journal::StoreHealth>,
+    /// Remediation's counts (and what else outlives its stage).
+    pub remediation: Arc<crate::remediation::RemediationMemory>,
 }
 
 impl Door {
@@ -108,9 +110,10 @@ impl Door {
             }
             Command::RunNow { name } => match self.check(&name) {
                 Err(names) => {
-                    let hint = vigia_api::yaml::did_you_mean(&name, names.iter().map(String::as_str))
-                        .map(|b| format!(" (did you mean `{b}`?)"))
-                        .unwrap_or_default();
+                    let hint =
+                        vigia_api::yaml::did_you_mean(&name, names.iter().map(String::as_str))
+                            .map(|b| format!(" (did you mean `{b}`?)"))
+                            .unwrap_or_default();
                     Reply::error(format!("no check is named `{name}`{hint}"))
                 }
                 Ok(before) => match self.tasks.run_now(&name).await {
@@ -138,7 +141,6 @@ impl Door {
         }
     }
 }
-
 
 /// The state part of `state`, the schedule part of `schedule`.
 fn merge(schedule: CheckSnapshot, state: CheckSnapshot) -> CheckSnapshot {

@@ -84,31 +84,25 @@ fn atomic_write(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, file)
 }
 
-/// Remediation runs since the engine started, by action (a runbook is
-/// `runbook:NAME`) and result (`ok`, `failed`, `dry_run`): `/metrics` reads them.
-/// Action names come from the config, so the set is bounded.
-static RUNS: std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), u64>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
-
-fn count_run(action: &str, result: &'static str) {
-    *RUNS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry((action.to_string(), result))
-        .or_default() += 1;
-}
-
-/// Every (action, result, runs) so far.
-pub fn run_counts() -> Vec<(String, &'static str, u64)> {
-    RUNS.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|((a, r), n)| (a.clone(), *r, *n))
-        .collect()
-}
-
 /// Runs an action (or says what it would run). Every outcome is an `action` event.
-pub async fn run_action(action: &Action, check: &str, dry_run: bool) -> ActionResult {
+pub async fn run_action(
+    action: &Action,
+    check: &str,
+    dry_run: bool,
+    memory: &RemediationMemory,
+) -> ActionResult {
+    let dry = dry_run || action.dry_run;
+    let r = execute(action, check, dry).await;
+    let result = match (dry, r.ok) {
+        (true, _) => "dry_run",
+        (false, true) => "ok",
+        (false, false) => "failed",
+    };
+    memory.count_run(&action.name, result);
+    r
+}
+
+async fn execute(action: &Action, check: &str, dry_run: bool) -> ActionResult {
     let started = Instant::now();
     let describe = match &action.kind {
         ActionKind::Command(argv) => argv.join(" "),
@@ -116,8 +110,7 @@ pub async fn run_action(action: &Action, check: &str, dry_run: bool) -> ActionRe
             format!("switch {} to {}", file.display(), to.display())
         }
     };
-    if dry_run || action.dry_run {
-        count_run(&action.name, "dry_run");
+    if dry_run {
         tracing::info!(event = "action", action = %action.name, check = %check, dry_run = true, argv = %describe, "Dry run: would run {}: {describe}", action.name);
         return ActionResult {
             ok: true,
@@ -220,7 +213,6 @@ fn finish(
     started: Instant,
 ) -> ActionResult {
     let secs = started.elapsed().as_secs_f64();
-    count_run(&action.name, if ok { "ok" } else { "failed" });
     if ok {
         tracing::info!(event = "action", action = %action.name, check = %check, argv = %describe, exit_code = code, duration_ms = secs * 1000.0, output = %output, "Action {} for {check} done: {describe} ({detail}).", action.name);
     } else {
@@ -241,6 +233,31 @@ pub struct RemediationMemory {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The last text of each runbook that loaded: a broken edit does not stop remediation.
     texts: Mutex<HashMap<String, Vec<u8>>>,
+    /// Runs since the engine started, by action (a runbook is `runbook:NAME`) and
+    /// result (`ok`, `failed`, `dry_run`), for `/metrics`. Action names come from the
+    /// config, so the set is bounded.
+    runs: Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
+}
+
+impl RemediationMemory {
+    fn count_run(&self, action: &str, result: &'static str) {
+        *self
+            .runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((action.to_string(), result))
+            .or_default() += 1;
+    }
+
+    /// Every (action, result, runs) so far.
+    pub fn run_counts(&self) -> Vec<(String, &'static str, u64)> {
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((a, r), n)| (a.clone(), *r, *n))
+            .collect()
+    }
 }
 
 /// Runs remediation for transitions, then hands them to alerting.
@@ -260,6 +277,7 @@ struct RunbookHost {
     /// Actions started (dry runs included): a run that started none is not counted
     /// against cooldown and max_runs.
     acted: Arc<std::sync::atomic::AtomicU32>,
+    memory: Arc<RemediationMemory>,
 }
 
 impl vigia_lua::runbook::RunbookHost for RunbookHost {
@@ -272,8 +290,9 @@ impl vigia_lua::runbook::RunbookHost for RunbookHost {
         self.acted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (check, dry_run) = (self.check.clone(), self.setup.dry_run);
+        let memory = self.memory.clone();
         Box::pin(async move {
-            let r = run_action(&action, &check, dry_run).await;
+            let r = run_action(&action, &check, dry_run, &memory).await;
             Ok((r.ok, r.line))
         })
     }
@@ -410,7 +429,8 @@ impl Remediator {
                             let Some(action) = self.setup.actions.get(name) else {
                                 continue;
                             };
-                            let r = run_action(action, &check, self.setup.dry_run).await;
+                            let r =
+                                run_action(action, &check, self.setup.dry_run, &self.memory).await;
                             let failed = !r.ok;
                             lines.push(r.line);
                             if failed {
@@ -498,6 +518,7 @@ impl Remediator {
             check: check.clone(),
             book: self.book.clone(),
             acted: acted.clone(),
+            memory: self.memory.clone(),
         });
         tracing::info!(event = "runbook", runbook = %name, check = %check, transition = event.transition.as_str(), dry_run = self.setup.dry_run, "Runbook {name}: on_{} for {check}.", event.transition.as_str());
         let call = vigia_lua::runbook::Call {
@@ -516,7 +537,7 @@ impl Remediator {
             },
         };
         let last = out.transcript.last().cloned().unwrap_or_default();
-        count_run(
+        self.memory.count_run(
             &format!("runbook:{name}"),
             match (out.ok, self.setup.dry_run) {
                 (_, true) => "dry_run",

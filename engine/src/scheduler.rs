@@ -410,7 +410,11 @@ impl Scheduler {
     /// what is left. Returns how many runs were stopped.
     pub async fn shutdown(&mut self, grace: Duration) -> usize {
         {
-            let mut running = self.shared.running.write().unwrap_or_else(|p| p.into_inner());
+            let mut running = self
+                .shared
+                .running
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
             for s in running.values() {
                 s.retire();
             }
@@ -832,17 +836,32 @@ fn record(
                 Some(Transition::Recovered) => {}
                 None => {}
             }
-            // A copy, not the run's own string: made now, it packs with the map's other
-            // long-lived data instead of pinning a page among the run's freed ones
-            // (moving it measured +0.9 KiB RSS per check at 10 000 tcp checks).
-            entry.last = Some(LastRun {
-                ok,
-                severity: outcome.severity,
-                value: outcome.value,
-                message: outcome.message.clone(),
-                duration_ms,
-                at: now,
-            });
+            // The last message is written into the buffer the entry already has, not
+            // moved from the run: a long-lived string allocated during a run lands
+            // among the run's short-lived allocations (and those of the other runs of
+            // its wakeup) and pins their pages once they are freed. Moving the run's
+            // own string measured +0.9 KiB RSS per check at 10 000 tcp checks; a fresh
+            // copy per run still cost +0.2 KiB with 250 runs a wakeup.
+            match &mut entry.last {
+                Some(last) => {
+                    last.ok = ok;
+                    last.severity = outcome.severity;
+                    last.value = outcome.value;
+                    reuse(&mut last.message, &outcome.message);
+                    last.duration_ms = duration_ms;
+                    last.at = now;
+                }
+                None => {
+                    entry.last = Some(LastRun {
+                        ok,
+                        severity: outcome.severity,
+                        value: outcome.value,
+                        message: outcome.message.clone(),
+                        duration_ms,
+                        at: now,
+                    })
+                }
+            }
             tracing::debug!(
                 event = "check",
                 check = &*spec.name,
@@ -871,6 +890,17 @@ fn record(
             }))
         }
         _ => None,
+    }
+}
+
+/// Puts `text` into `buf`, keeping its allocation when it fits (and is not far too
+/// big: one long error once must not pin a large buffer for good).
+fn reuse(buf: &mut String, text: &str) {
+    if buf.capacity() >= text.len() && buf.capacity() <= (2 * text.len()).max(64) {
+        buf.clear();
+        buf.push_str(text);
+    } else {
+        *buf = text.to_owned();
     }
 }
 

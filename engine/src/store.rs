@@ -662,7 +662,13 @@ mod tests {
         let json = serde_json::to_vec(&StoredCheck::from(&s)).unwrap();
         let back: CheckState = serde_json::from_slice::<StoredCheck>(&json).unwrap().into();
         // Counts are Prometheus counters: they start at 0 with the process.
-        assert_eq!(back, CheckState { counts: Default::default(), ..s });
+        assert_eq!(
+            back,
+            CheckState {
+                counts: Default::default(),
+                ..s
+            }
+        );
     }
 
     #[test]

@@ -263,6 +263,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         alerts: alert_status.clone(),
         alert_tx: alert_tx.clone(),
         store: store_health,
+        remediation: remedy_memory.clone(),
     });
     let socket_path = state_dir.join(control::SOCKET_FILE);
     let control_stop = CancellationToken::new();
@@ -528,7 +529,10 @@ impl Engine {
             (None, false) => Ok(()),
             (Some(old), false) => {
                 old.stop().await;
-                tracing::info!(event = "http_stopped", "The HTTP API is off (`http.enabled: false`).");
+                tracing::info!(
+                    event = "http_stopped",
+                    "The HTTP API is off (`http.enabled: false`)."
+                );
                 Ok(())
             }
             (None, true) => {

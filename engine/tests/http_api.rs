@@ -106,7 +106,10 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 #[test]
 fn reads_writes_and_refusals() {
     let dir = tempfile::tempdir().unwrap();
-    let (p, addr, _up) = engine(dir.path(), "{ listen: 127.0.0.1:0, token_file: http.token }");
+    let (p, addr, _up) = engine(
+        dir.path(),
+        "{ listen: 127.0.0.1:0, token_file: http.token }",
+    );
 
     let (code, _, body) = request(&addr, "GET", "/healthz", None, None);
     assert_eq!(code, 200, "{body}");
@@ -119,7 +122,11 @@ fn reads_writes_and_refusals() {
     });
     let (code, head, body) = request(&addr, "GET", "/api/v1/checks/bad", None, None);
     assert_eq!(code, 200);
-    assert!(head.to_lowercase().contains("x-content-type-options: nosniff"), "{head}");
+    assert!(
+        head.to_lowercase()
+            .contains("x-content-type-options: nosniff"),
+        "{head}"
+    );
     assert!(head.contains("frame-ancestors 'none'"), "{head}");
     let bad = json(&body);
     assert_eq!(bad["comment"], "call the shop");
@@ -127,7 +134,13 @@ fn reads_writes_and_refusals() {
     assert!(bad["next_run_about"].as_u64().is_some(), "{bad}");
     let (code, _, body) = request(&addr, "GET", "/api/v1/checks/gooood", None, None);
     assert_eq!(code, 404);
-    assert!(json(&body)["error"].as_str().unwrap().contains("did you mean `good`?"), "{body}");
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean `good`?"),
+        "{body}"
+    );
     let (code, _, body) = request(&addr, "GET", "/api/v1/status", None, None);
     assert_eq!(code, 200);
     let status = json(&body);
@@ -138,33 +151,87 @@ fn reads_writes_and_refusals() {
     let (code, head, body) = request(&addr, "POST", "/api/v1/silences", None, Some(silence));
     assert_eq!(code, 401, "{body}");
     assert!(head.contains("WWW-Authenticate") || head.contains("www-authenticate"));
-    let (code, _, body) = request(&addr, "POST", "/api/v1/silences", Some("wrong"), Some(silence));
+    let (code, _, body) = request(
+        &addr,
+        "POST",
+        "/api/v1/silences",
+        Some("wrong"),
+        Some(silence),
+    );
     assert_eq!(code, 403, "{body}");
     assert!(!body.contains(TOKEN));
     // Malformed bodies say what is wrong where.
-    let (code, _, body) = request(&addr, "POST", "/api/v1/silences", Some(TOKEN), Some(r#"{"pattern": "bad", "for": "2x"}"#));
+    let (code, _, body) = request(
+        &addr,
+        "POST",
+        "/api/v1/silences",
+        Some(TOKEN),
+        Some(r#"{"pattern": "bad", "for": "2x"}"#),
+    );
     assert_eq!(code, 400, "{body}");
-    assert!(json(&body)["error"].as_str().unwrap().starts_with("field `for`"), "{body}");
-    let (code, _, body) = request(&addr, "POST", "/api/v1/silences", Some(TOKEN), Some("{not json"));
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("field `for`"),
+        "{body}"
+    );
+    let (code, _, body) = request(
+        &addr,
+        "POST",
+        "/api/v1/silences",
+        Some(TOKEN),
+        Some("{not json"),
+    );
     assert_eq!(code, 400, "{body}");
-    let big = format!(r#"{{"pattern": "bad", "for": "1h", "reason": "{}"}}"#, "x".repeat(100_000));
+    let big = format!(
+        r#"{{"pattern": "bad", "for": "1h", "reason": "{}"}}"#,
+        "x".repeat(100_000)
+    );
     let (code, _, _) = request(&addr, "POST", "/api/v1/silences", Some(TOKEN), Some(&big));
     assert_eq!(code, 413);
     // And a good one is made, listed and removed.
-    let (code, _, body) = request(&addr, "POST", "/api/v1/silences", Some(TOKEN), Some(silence));
+    let (code, _, body) = request(
+        &addr,
+        "POST",
+        "/api/v1/silences",
+        Some(TOKEN),
+        Some(silence),
+    );
     assert_eq!(code, 201, "{body}");
     let id = json(&body)["id"].as_u64().unwrap();
     let (_, _, body) = request(&addr, "GET", "/api/v1/silences", None, None);
-    assert!(json(&body)["silences"].as_array().unwrap().iter().any(|s| s["id"] == id));
+    assert!(json(&body)["silences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["id"] == id));
     let out = vigia(&["silence", "list"], &dir.path().join("config.yaml"));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("shop closed"), "the CLI sees the same silences");
-    let (code, _, body) = request(&addr, "DELETE", &format!("/api/v1/silences/{id}"), Some(TOKEN), None);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("shop closed"),
+        "the CLI sees the same silences"
+    );
+    let (code, _, body) = request(
+        &addr,
+        "DELETE",
+        &format!("/api/v1/silences/{id}"),
+        Some(TOKEN),
+        None,
+    );
     assert_eq!(code, 200, "{body}");
-    let (code, _, _) = request(&addr, "DELETE", &format!("/api/v1/silences/{id}"), Some(TOKEN), None);
+    let (code, _, _) = request(
+        &addr,
+        "DELETE",
+        &format!("/api/v1/silences/{id}"),
+        Some(TOKEN),
+        None,
+    );
     assert_eq!(code, 404);
 
     // Run now: the outcome of that run.
-    let before = json(&request(&addr, "GET", "/api/v1/checks/good", None, None).2)["counts"]["ok"].as_u64().unwrap();
+    let before = json(&request(&addr, "GET", "/api/v1/checks/good", None, None).2)["counts"]["ok"]
+        .as_u64()
+        .unwrap();
     let (code, _, body) = request(&addr, "POST", "/api/v1/checks/good/run", Some(TOKEN), None);
     assert_eq!(code, 200, "{body}");
     let ran = json(&body);
@@ -177,12 +244,18 @@ fn reads_writes_and_refusals() {
     // The badge.
     let (code, head, body) = request(&addr, "GET", "/badge/bad.svg", None, None);
     assert_eq!(code, 200);
-    assert!(head.contains("image/svg+xml") && body.contains(">down<"), "{body}");
+    assert!(
+        head.contains("image/svg+xml") && body.contains(">down<"),
+        "{body}"
+    );
 
     // Unknown endpoints are JSON 404s.
     let (code, _, body) = request(&addr, "GET", "/api/v1/nothing", None, None);
     assert_eq!(code, 404);
-    assert!(json(&body)["error"].as_str().unwrap().contains("/api/v1/nothing"));
+    assert!(json(&body)["error"]
+        .as_str()
+        .unwrap()
+        .contains("/api/v1/nothing"));
 
     // The token never reaches the log.
     assert!(!p.stdout.lock().unwrap().join("\n").contains(TOKEN));
@@ -224,9 +297,16 @@ fn metrics_pass_promtool() {
         .spawn()
     {
         Ok(c) => c,
-        Err(e) => panic!("{promtool} cannot run ({e}): scripts/test.sh installs it (VIGIA_PROMTOOL)"),
+        Err(e) => {
+            panic!("{promtool} cannot run ({e}): scripts/test.sh installs it (VIGIA_PROMTOOL)")
+        }
     };
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
@@ -237,20 +317,33 @@ fn metrics_pass_promtool() {
 
     // Gzip when asked, as Prometheus does.
     let mut s = TcpStream::connect(&addr).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
-    let head = String::from_utf8_lossy(&raw[..raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap()]).to_lowercase();
+    let head =
+        String::from_utf8_lossy(&raw[..raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap()])
+            .to_lowercase();
     assert!(head.contains("content-encoding: gzip"), "{head}");
 }
 
 #[test]
 fn the_event_stream_follows_the_engine() {
     let dir = tempfile::tempdir().unwrap();
-    let (_p, addr, _up) = engine(dir.path(), "{ listen: 127.0.0.1:0, token_file: http.token }");
+    let (_p, addr, _up) = engine(
+        dir.path(),
+        "{ listen: 127.0.0.1:0, token_file: http.token }",
+    );
     let mut s = TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(s, "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
     let mut lines = BufReader::new(s.try_clone().unwrap());
     let mut line = String::new();
     // The answer's head, then the stream is open.
@@ -263,12 +356,21 @@ fn the_event_stream_follows_the_engine() {
         assert!(!line.is_empty(), "the stream closed");
     }
     let silence = r#"{"pattern": "good", "for": "10m", "reason": "sse test"}"#;
-    let (code, _, body) = request(&addr, "POST", "/api/v1/silences", Some(TOKEN), Some(silence));
+    let (code, _, body) = request(
+        &addr,
+        "POST",
+        "/api/v1/silences",
+        Some(TOKEN),
+        Some(silence),
+    );
     assert_eq!(code, 201, "{body}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = Vec::new();
     loop {
-        assert!(Instant::now() < deadline, "no silence_added in the stream: {seen:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no silence_added in the stream: {seen:?}"
+        );
         line.clear();
         if lines.read_line(&mut line).unwrap() == 0 {
             panic!("the stream closed: {seen:?}");
@@ -291,7 +393,8 @@ fn hostile_clients_are_cut_off() {
     let (_p, addr, _up) = engine(dir.path(), "{ listen: 127.0.0.1:0 }");
     // Headers that never end: the connection is closed after the header timeout.
     let mut slow = TcpStream::connect(&addr).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     write!(slow, "GET /api/v1/status HTTP/1.1\r\nHost: x\r\n").unwrap();
     let started = Instant::now();
     let mut buf = Vec::new();
@@ -333,7 +436,10 @@ fn off_loopback_reads_need_the_token_unless_public() {
     let dir = tempfile::tempdir().unwrap();
     let (_p, addr, _up) = engine(
         dir.path(),
-        &format!("{{ listen: 0.0.0.0:{}, token_file: http.token, public: true }}", free_port()),
+        &format!(
+            "{{ listen: 0.0.0.0:{}, token_file: http.token, public: true }}",
+            free_port()
+        ),
     );
     let local = format!("127.0.0.1:{}", addr.rsplit(':').next().unwrap());
     wait_until("bad to have run", Duration::from_secs(10), || {
@@ -360,7 +466,8 @@ fn validate_names_the_http_problems() {
     )
     .unwrap();
     let out = vigia(&["validate"], &config);
-    let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let err =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(err.contains("config.yaml:3:"), "{err}");
     assert!(err.contains("http.listen"), "{err}");
@@ -379,7 +486,8 @@ fn validate_names_the_http_problems() {
     )
     .unwrap();
     let out = vigia(&["validate"], &config);
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("chmod 600"), "{text}");
 }

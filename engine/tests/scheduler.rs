@@ -238,6 +238,33 @@ async fn a_check_never_overlaps_itself() {
     assert!(slow.runs.load(Ordering::SeqCst) >= 9);
 }
 
+/// A run asked for now waits for a scheduled run in progress (never two at once), is
+/// recorded like any run, and answers with the state after it; an unknown name is
+/// `None`.
+#[tokio::test(start_paused = true)]
+async fn a_run_asked_for_now_never_overlaps_the_schedule() {
+    let (mut s, _rx) = setup(10);
+    let slow = Scripted::new("..x", Duration::from_secs(3));
+    let spec = planned("slow", slow.clone(), 60, 10, 1, 1);
+    let first = Instant::now() + phase(&spec, grid_of([&spec]));
+    s.apply(&plan(vec![spec]));
+    // In the middle of the first scheduled run.
+    tokio::time::sleep_until(first + Duration::from_secs(1)).await;
+    assert_eq!(slow.in_flight.load(Ordering::SeqCst), 1);
+    let shared = s.shared().clone();
+    let asked = tokio::spawn(async move { shared.run_now("slow").await });
+    let after = asked.await.unwrap().expect("the check is scheduled");
+    assert_eq!(slow.max_in_flight.load(Ordering::SeqCst), 1);
+    assert_eq!(slow.runs.load(Ordering::SeqCst), 2);
+    assert_eq!(after.last.as_ref().unwrap().message, "run 1 ok");
+    assert_eq!(after.counts.ok, 2);
+    // The second run asked for fails: threshold 1, so the status flips.
+    let after = s.shared().run_now("slow").await.unwrap();
+    assert!(!after.status);
+    assert_eq!((after.counts.critical, after.counts.failed), (1, 1));
+    assert!(s.shared().run_now("nope").await.is_none());
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_global_concurrency_cap_holds() {
     let (mut s, _rx) = setup(2);

@@ -124,4 +124,3 @@ impl Drop for Guard {
         let _ = self.0.wait();
     }
 }
-

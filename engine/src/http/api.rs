@@ -29,7 +29,10 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/silences",
             get(silences).post(silence_add).delete(silence_remove_query),
         )
-        .route("/api/v1/silences/{id}", axum::routing::delete(silence_remove))
+        .route(
+            "/api/v1/silences/{id}",
+            axum::routing::delete(silence_remove),
+        )
         .route("/badge/{*file}", get(badge))
 }
 
@@ -46,10 +49,7 @@ pub fn error(status: StatusCode, message: String) -> Response {
 pub async fn not_found(uri: axum::http::Uri) -> Response {
     error(
         StatusCode::NOT_FOUND,
-        format!(
-            "no such endpoint: {}; see GET / for the list",
-            uri.path()
-        ),
+        format!("no such endpoint: {}; see GET / for the list", uri.path()),
     )
 }
 
@@ -98,7 +98,8 @@ async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> R
     let door = s.door.clone();
     let body = tokio::task::spawn_blocking(move || {
         let snapshot = door.snapshot_of(crate::control::Texts::None);
-        let text = super::metrics::render(&snapshot, &door.tasks.stats);
+        let text =
+            super::metrics::render(&snapshot, &door.tasks.stats, &door.remediation.run_counts());
         match gzip {
             true => gzipped(text.as_bytes()).ok_or(text),
             false => Err(text),
@@ -168,7 +169,10 @@ async fn status(State(s): State<AppState>, Extension(viewer): Extension<Viewer>)
     .await;
     match body {
         Ok(Ok(bytes)) => (
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             bytes,
         )
             .into_response(),
@@ -347,8 +351,14 @@ async fn badge(State(s): State<AppState>, Path(file): Path<String>) -> Response 
     let svg = badge_svg(name, label, color);
     (
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("image/svg+xml")),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache, max-age=0")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("image/svg+xml"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache, max-age=0"),
+            ),
         ],
         svg,
     )
@@ -375,27 +385,36 @@ pub fn badge_svg(left: &str, right: &str, color: &str) -> String {
 }
 
 /// `GET /api/v1/events`: every feed event as `event: <kind>`, `data: <the log's JSON>`.
-async fn events(Extension(viewer): Extension<Viewer>) -> Response {
+async fn events(State(s): State<AppState>, Extension(viewer): Extension<Viewer>) -> Response {
     let rx = crate::feed::subscribe();
-    let stream = futures::stream::unfold(rx, move |mut rx| async move {
-        let ev = match rx.recv().await {
-            Ok(line) => {
-                let kind = serde_json::from_str::<serde_json::Value>(&line)
-                    .ok()
-                    .and_then(|v| v.get("event").and_then(|e| e.as_str()).map(str::to_string))
-                    .unwrap_or_else(|| "event".into());
-                let data = match viewer {
-                    Viewer::Full => line.to_string(),
-                    Viewer::Public => public_event(&line),
-                };
-                Event::default().event(kind).data(data)
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Event::default()
-                .event("lagged")
-                .data(json!({ "missed": n }).to_string()),
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-        };
-        Some((Ok::<_, Infallible>(ev), rx))
+    let stop = s.stop.clone();
+    let stream = futures::stream::unfold(rx, move |mut rx| {
+        let stop = stop.clone();
+        async move {
+            let next = tokio::select! {
+                r = rx.recv() => r,
+                // The engine stops: the stream ends, so the connection can close.
+                _ = stop.cancelled() => return None,
+            };
+            let ev = match next {
+                Ok(line) => {
+                    let kind = serde_json::from_str::<serde_json::Value>(&line)
+                        .ok()
+                        .and_then(|v| v.get("event").and_then(|e| e.as_str()).map(str::to_string))
+                        .unwrap_or_else(|| "event".into());
+                    let data = match viewer {
+                        Viewer::Full => line.to_string(),
+                        Viewer::Public => public_event(&line),
+                    };
+                    Event::default().event(kind).data(data)
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Event::default()
+                    .event("lagged")
+                    .data(json!({ "missed": n }).to_string()),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((Ok::<_, Infallible>(ev), rx))
+        }
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
@@ -408,8 +427,17 @@ fn public_event(line: &str) -> String {
         return "{}".into();
     };
     for k in [
-        "message", "comment", "target", "output", "argv", "reason", "errors", "files", "config",
-        "state_dir", "transcript",
+        "message",
+        "comment",
+        "target",
+        "output",
+        "argv",
+        "reason",
+        "errors",
+        "files",
+        "config",
+        "state_dir",
+        "transcript",
     ] {
         m.remove(k);
     }

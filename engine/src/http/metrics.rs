@@ -20,23 +20,51 @@ const LATENESS_BOUNDS: [f64; 12] = [
 ];
 
 /// The whole exposition.
-pub fn render(s: &StatusSnapshot, stats: &Stats) -> String {
+pub fn render(
+    s: &StatusSnapshot,
+    stats: &Stats,
+    remediation: &[(String, &'static str, u64)],
+) -> String {
     let mut out = String::with_capacity(256 + s.checks.len() * 300);
     let o = &mut out;
-    family(o, "vigia_build_info", "gauge", "The running Vigia's version; always 1.");
-    let _ = writeln!(o, "vigia_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
-    family(o, "vigia_start_time_seconds", "gauge", "When the engine started, in seconds since the epoch.");
+    family(
+        o,
+        "vigia_build_info",
+        "gauge",
+        "The running Vigia's version; always 1.",
+    );
+    let _ = writeln!(
+        o,
+        "vigia_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    family(
+        o,
+        "vigia_start_time_seconds",
+        "gauge",
+        "When the engine started, in seconds since the epoch.",
+    );
     let _ = writeln!(o, "vigia_start_time_seconds {}", secs(s.started_at));
     family(o, "vigia_checks", "gauge", "Checks scheduled.");
     let _ = writeln!(o, "vigia_checks {}", s.checks.len());
 
-    family(o, "vigia_check_up", "gauge", "1 while the check is up, 0 once it is down (after `threshold` failures).");
+    family(
+        o,
+        "vigia_check_up",
+        "gauge",
+        "1 while the check is up, 0 once it is down (after `threshold` failures).",
+    );
     for c in &s.checks {
         let _ = write!(o, "vigia_check_up{{check=\"");
         escape(o, &c.name);
         let _ = writeln!(o, "\",type=\"{}\"}} {}", c.kind, u8::from(c.status));
     }
-    family(o, "vigia_check_runs_total", "counter", "Runs since the engine started, by outcome (ok, warning, critical, unknown).");
+    family(
+        o,
+        "vigia_check_runs_total",
+        "counter",
+        "Runs since the engine started, by outcome (ok, warning, critical, unknown).",
+    );
     for c in &s.checks {
         for (outcome, n) in c.counts.runs() {
             if n > 0 || outcome == "ok" {
@@ -45,26 +73,49 @@ pub fn render(s: &StatusSnapshot, stats: &Stats) -> String {
             }
         }
     }
-    family(o, "vigia_check_duration_seconds", "gauge", "How long the check's last run took.");
+    family(
+        o,
+        "vigia_check_duration_seconds",
+        "gauge",
+        "How long the check's last run took.",
+    );
     for c in &s.checks {
         if let Some(l) = &c.last {
             series(o, "vigia_check_duration_seconds", &c.name);
             let _ = writeln!(o, "}} {}", l.duration_ms / 1000.0);
         }
     }
-    family(o, "vigia_check_consecutive_failures", "gauge", "Failed runs in a row (0 after a success).");
+    family(
+        o,
+        "vigia_check_consecutive_failures",
+        "gauge",
+        "Failed runs in a row (0 after a success).",
+    );
     for c in &s.checks {
         series(o, "vigia_check_consecutive_failures", &c.name);
         let _ = writeln!(o, "}} {}", c.failures);
     }
-    family(o, "vigia_check_status_changed_timestamp_seconds", "gauge", "When the check's status last changed (or it was first seen), in seconds since the epoch.");
+    family(
+        o,
+        "vigia_check_status_changed_timestamp_seconds",
+        "gauge",
+        "When the check's status last changed (or it was first seen), in seconds since the epoch.",
+    );
     for c in &s.checks {
         series(o, "vigia_check_status_changed_timestamp_seconds", &c.name);
         let _ = writeln!(o, "}} {}", secs(c.changed_at));
     }
-    family(o, "vigia_transitions_total", "counter", "Changes of status since the engine started, by the status changed to (failed, recovered).");
+    family(
+        o,
+        "vigia_transitions_total",
+        "counter",
+        "Changes of status since the engine started, by the status changed to (failed, recovered).",
+    );
     for c in &s.checks {
-        for (to, n) in [("failed", c.counts.failed), ("recovered", c.counts.recovered)] {
+        for (to, n) in [
+            ("failed", c.counts.failed),
+            ("recovered", c.counts.recovered),
+        ] {
             if n > 0 {
                 series(o, "vigia_transitions_total", &c.name);
                 let _ = writeln!(o, ",to=\"{to}\"}} {n}");
@@ -72,42 +123,86 @@ pub fn render(s: &StatusSnapshot, stats: &Stats) -> String {
         }
     }
 
-    family(o, "vigia_alert_outbox_pending", "gauge", "Alert messages waiting to be delivered, by target.");
+    family(
+        o,
+        "vigia_alert_outbox_pending",
+        "gauge",
+        "Alert messages waiting to be delivered, by target.",
+    );
     for (key, t) in &s.channels {
         target(o, "vigia_alert_outbox_pending", key);
         let _ = writeln!(o, "}} {}", t.pending);
     }
     family(o, "vigia_alert_deliveries_total", "counter", "Delivery attempts since the engine started, by target and result (delivered, failed: dropped for good, retried).");
     for (key, t) in &s.channels {
-        for (result, n) in [("delivered", t.delivered), ("failed", t.failed), ("retried", t.retries)] {
+        for (result, n) in [
+            ("delivered", t.delivered),
+            ("failed", t.failed),
+            ("retried", t.retries),
+        ] {
             target(o, "vigia_alert_deliveries_total", key);
             let _ = writeln!(o, ",result=\"{result}\"}} {n}");
         }
     }
 
     family(o, "vigia_remediation_runs_total", "counter", "Remediation actions and runbooks (`runbook:NAME`) run since the engine started, by result (ok, failed, dry_run).");
-    for (action, result, n) in crate::remediation::run_counts() {
+    for (action, result, n) in remediation {
         let _ = write!(o, "vigia_remediation_runs_total{{action=\"");
-        escape(o, &action);
+        escape(o, action);
         let _ = writeln!(o, "\",result=\"{result}\"}} {n}");
     }
 
-    family(o, "vigia_scheduler_lateness_seconds", "histogram", "How late check runs started versus their schedule.");
+    family(
+        o,
+        "vigia_scheduler_lateness_seconds",
+        "histogram",
+        "How late check runs started versus their schedule.",
+    );
     let bounds_us: Vec<u64> = LATENESS_BOUNDS.iter().map(|b| (b * 1e6) as u64).collect();
     let (cumulative, count, sum_us) = stats.lateness.cumulative(&bounds_us);
     for (b, n) in LATENESS_BOUNDS.iter().zip(&cumulative) {
-        let _ = writeln!(o, "vigia_scheduler_lateness_seconds_bucket{{le=\"{b}\"}} {n}");
+        let _ = writeln!(
+            o,
+            "vigia_scheduler_lateness_seconds_bucket{{le=\"{b}\"}} {n}"
+        );
     }
-    let _ = writeln!(o, "vigia_scheduler_lateness_seconds_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(o, "vigia_scheduler_lateness_seconds_sum {}", sum_us as f64 / 1e6);
+    let _ = writeln!(
+        o,
+        "vigia_scheduler_lateness_seconds_bucket{{le=\"+Inf\"}} {count}"
+    );
+    let _ = writeln!(
+        o,
+        "vigia_scheduler_lateness_seconds_sum {}",
+        sum_us as f64 / 1e6
+    );
     let _ = writeln!(o, "vigia_scheduler_lateness_seconds_count {count}");
     if let Some(st) = &s.stats {
         for (name, help, v) in [
-            ("vigia_scheduler_runs_total", "Check runs since the engine started.", st.executed),
-            ("vigia_scheduler_skipped_total", "Ticks skipped because the check's previous run had not ended.", st.skipped),
-            ("vigia_scheduler_timeouts_total", "Runs cut at their timeout.", st.timeouts),
-            ("vigia_scheduler_panics_total", "Runs whose check crashed (caught; the run is UNKNOWN).", st.panics),
-            ("vigia_scheduler_out_of_fds_total", "Runs that failed for lack of file descriptors.", st.out_of_fds),
+            (
+                "vigia_scheduler_runs_total",
+                "Check runs since the engine started.",
+                st.executed,
+            ),
+            (
+                "vigia_scheduler_skipped_total",
+                "Ticks skipped because the check's previous run had not ended.",
+                st.skipped,
+            ),
+            (
+                "vigia_scheduler_timeouts_total",
+                "Runs cut at their timeout.",
+                st.timeouts,
+            ),
+            (
+                "vigia_scheduler_panics_total",
+                "Runs whose check crashed (caught; the run is UNKNOWN).",
+                st.panics,
+            ),
+            (
+                "vigia_scheduler_out_of_fds_total",
+                "Runs that failed for lack of file descriptors.",
+                st.out_of_fds,
+            ),
         ] {
             family(o, name, "counter", help);
             let _ = writeln!(o, "{name} {v}");
@@ -176,13 +271,20 @@ mod tests {
             }],
             ..Default::default()
         };
-        let text = render(&s, &Stats::default());
-        assert!(text.contains("vigia_check_up{check=\"we\\\"b\",type=\"http\"} 0\n"), "{text}");
+        let runs = vec![("restart".to_string(), "ok", 2)];
+        let text = render(&s, &Stats::default(), &runs);
+        assert!(
+            text.contains("vigia_check_up{check=\"we\\\"b\",type=\"http\"} 0\n"),
+            "{text}"
+        );
         assert!(text.contains("vigia_check_runs_total{check=\"we\\\"b\",outcome=\"critical\"} 3\n"));
         assert!(!text.contains("outcome=\"warning\""));
         assert!(text.contains("vigia_transitions_total{check=\"we\\\"b\",to=\"failed\"} 1\n"));
-        assert!(text.contains("vigia_check_status_changed_timestamp_seconds{check=\"we\\\"b\"} 1700000001.000\n"));
+        assert!(text.contains(
+            "vigia_check_status_changed_timestamp_seconds{check=\"we\\\"b\"} 1700000001.000\n"
+        ));
         assert!(text.contains("vigia_start_time_seconds 1700000000.123\n"));
         assert!(text.contains("vigia_scheduler_lateness_seconds_bucket{le=\"+Inf\"} 0\n"));
+        assert!(text.contains("vigia_remediation_runs_total{action=\"restart\",result=\"ok\"} 2\n"));
     }
 }

@@ -72,6 +72,8 @@ pub enum Viewer {
 pub struct AppState {
     pub door: Arc<Door>,
     pub settings: Arc<RwLock<Arc<Settings>>>,
+    /// The server is stopping: event streams end.
+    pub stop: CancellationToken,
 }
 
 impl AppState {
@@ -110,6 +112,7 @@ impl HttpServer {
         let state = AppState {
             door: door.clone(),
             settings: settings.clone(),
+            stop: stop.clone(),
         };
         let task = tokio::spawn(serve(listen, router(state), stop.clone()));
         HttpServer {
@@ -145,6 +148,7 @@ impl HttpServer {
         let state = AppState {
             door: self.door.clone(),
             settings: settings.clone(),
+            stop: stop.clone(),
         };
         let task = tokio::spawn(serve_on(listener, router(state), stop.clone()));
         let door = self.door.clone();
@@ -215,7 +219,10 @@ async fn serve_on(listener: TcpListener, app: Router, stop: CancellationToken) {
                 // Out of file descriptors, say: said at most once a minute.
                 if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                     last_error = Some(std::time::Instant::now());
-                    tracing::warn!(event = "http_error", "The HTTP API could not accept a connection: {e}.");
+                    tracing::warn!(
+                        event = "http_error",
+                        "The HTTP API could not accept a connection: {e}."
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -328,8 +335,14 @@ async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> R
     )) {
         h.insert(header::CONTENT_SECURITY_POLICY, v);
     }
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
