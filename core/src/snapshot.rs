@@ -150,17 +150,12 @@ impl CheckSnapshot {
 
     /// The state part of a snapshot, from the in-memory record.
     pub fn of_state(name: &str, s: &crate::status::CheckState) -> Self {
-        CheckSnapshot {
-            name: name.to_string(),
-            status: s.status,
-            failures: s.failures,
-            successes: s.successes,
-            changed_at: s.changed_at,
-            failed_message: s.failed_message.clone(),
-            last: s.last.as_ref().map(Into::into),
-            counts: (&s.counts).into(),
-            ..Default::default()
+        let mut c = Self::of_state_without_texts(name, s);
+        c.failed_message = s.failed_message.clone();
+        if let (Some(view), Some(last)) = (c.last.as_mut(), s.last.as_ref()) {
+            view.message = last.message.clone();
         }
+        c
     }
 }
 

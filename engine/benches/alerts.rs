@@ -12,8 +12,10 @@
 //!    with retry_after 1). Printed: the drain rate against that limit, and the engine's
 //!    RSS before the backlog, with 1 000 queued, and after the drain.
 
+mod procs;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -98,22 +100,16 @@ checks:\n{checks}"
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigia"))
-        .env("VIGIA_BENCH_TOKEN", "1:bench")
-        .args([
-            "run",
-            "--no-console",
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-            "-c",
-        ])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = procs::vigia_run(
+        std::path::Path::new(env!("CARGO_BIN_EXE_vigia")),
+        &config,
+        "info",
+    )
+    .env("VIGIA_BENCH_TOKEN", "1:bench")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let alerts = Arc::new(Mutex::new(Vec::new()));
     let out = child.stdout.take().unwrap();
     let sink = alerts.clone();

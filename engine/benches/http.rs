@@ -15,7 +15,6 @@
 mod procs;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use procs::*;
@@ -168,23 +167,7 @@ async fn main() {
     let addr = format!("127.0.0.1:{http_port}");
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), a.checks, targets.tcp, http_port);
-    let child = Command::new(&bin)
-        .args([
-            "run",
-            "--no-console",
-            "--log-format",
-            "json",
-            "--log-level",
-            "warn",
-            "-c",
-        ])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let _guard = Guard(child);
+    let (pid, _guard) = spawn_vigia(&bin, &cfg);
     let start = Instant::now();
     while get_ok(&addr).await.is_none() {
         assert!(

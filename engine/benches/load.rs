@@ -116,23 +116,7 @@ fn vigia_config(s: &Scenario, t: &Targets, dir: &Path) -> PathBuf {
 async fn run_vigia(bin: &Path, s: &Scenario, t: &Targets, duration: Duration) -> Measure {
     let dir = tempfile::tempdir().unwrap();
     let config = vigia_config(s, t, dir.path());
-    let child = Command::new(bin)
-        .args([
-            "run",
-            "--no-console",
-            "--log-format",
-            "json",
-            "--log-level",
-            "warn",
-            "-c",
-        ])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let guard = Guard(child);
+    let (pid, guard) = spawn_vigia(bin, &config);
     let sock = dir.path().join("state/vigia.sock");
     let start = Instant::now();
     while vigia_engine::control::stats(&sock).await.is_err() {

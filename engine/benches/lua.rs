@@ -12,9 +12,11 @@
 //!    rewritten 10 times and the time from the write to the first `check` event of the
 //!    new version is taken as the engine's log line arrives here.
 
+mod procs;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -171,21 +173,15 @@ fn reload_latency(dir: &Path) {
         "config.yaml",
         "engine:\n  state_dir: state\n  status_log_interval: 1h\nchecks: []\n",
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigia"))
-        .args([
-            "run",
-            "--no-console",
-            "--log-format",
-            "json",
-            "--log-level",
-            "vigia=debug,warn",
-            "-c",
-        ])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = procs::vigia_run(
+        Path::new(env!("CARGO_BIN_EXE_vigia")),
+        &config,
+        "vigia=debug,warn",
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
     let out = child.stdout.take().unwrap();
     std::thread::spawn(move || {

@@ -43,7 +43,7 @@ pub fn init(format: LogFormat, level: &str) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // The feed sees info and above whatever the log level, and nothing below: no
     // per-run debug event is built for it.
-    let feed = crate::feed::FeedLayer.with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let feed = FeedTap.with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     let registry = tracing_subscriber::registry().with(feed);
     let result = match format {
         LogFormat::Json => registry
@@ -83,17 +83,7 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let mut obj = Map::new();
-        obj.insert(
-            "ts".into(),
-            Value::String(
-                humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            ),
-        );
-        obj.insert(
-            "level".into(),
-            Value::String(event.metadata().level().as_str().to_ascii_lowercase()),
-        );
+        let mut obj = header(event);
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 let ext = span.extensions();
@@ -110,7 +100,59 @@ where
     }
 }
 
-pub(crate) struct JsonVisitor<'a>(pub(crate) &'a mut Map<String, Value>);
+/// `ts` and `level`, the first keys of every line.
+fn header(event: &Event<'_>) -> Map<String, Value> {
+    let mut obj = Map::new();
+    obj.insert(
+        "ts".into(),
+        Value::String(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()),
+    );
+    obj.insert(
+        "level".into(),
+        Value::String(event.metadata().level().as_str().to_ascii_lowercase()),
+    );
+    obj
+}
+
+/// The log's tap for the live feed ([`crate::feed`]): the events it wants, as the
+/// same JSON objects the log prints. Built only while someone reads the feed.
+pub struct FeedTap;
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for FeedTap {
+    fn on_event(&self, event: &Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if !crate::feed::has_readers() {
+            return;
+        }
+        let mut kind = EventKind(None);
+        event.record(&mut kind);
+        if !kind.0.is_some_and(|k| crate::feed::wants(&k)) {
+            return;
+        }
+        let mut obj = header(event);
+        event.record(&mut JsonVisitor(&mut obj));
+        if let Ok(line) = serde_json::to_string(&Value::Object(obj)) {
+            crate::feed::publish(line);
+        }
+    }
+}
+
+/// Finds the `event` field.
+struct EventKind(Option<String>);
+
+impl Visit for EventKind {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "event" {
+            self.0 = Some(value.to_string());
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "event" {
+            self.0 = Some(format!("{value:?}").trim_matches('"').to_string());
+        }
+    }
+}
+
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
 
 impl JsonVisitor<'_> {
     fn put(&mut self, field: &Field, v: Value) {

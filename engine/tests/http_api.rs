@@ -51,6 +51,13 @@ fn request(
     (status, head.to_string(), body.to_string())
 }
 
+/// `POST /api/v1/silences` with the token: the new silence's id.
+fn add_silence(addr: &str, body: &str) -> u64 {
+    let (code, _, answer) = request(addr, "POST", "/api/v1/silences", Some(TOKEN), Some(body));
+    assert_eq!(code, 201, "{answer}");
+    json(&answer)["id"].as_u64().unwrap()
+}
+
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
@@ -191,15 +198,7 @@ fn reads_writes_and_refusals() {
     let (code, _, _) = request(&addr, "POST", "/api/v1/silences", Some(TOKEN), Some(&big));
     assert_eq!(code, 413);
     // And a good one is made, listed and removed.
-    let (code, _, body) = request(
-        &addr,
-        "POST",
-        "/api/v1/silences",
-        Some(TOKEN),
-        Some(silence),
-    );
-    assert_eq!(code, 201, "{body}");
-    let id = json(&body)["id"].as_u64().unwrap();
+    let id = add_silence(&addr, silence);
     let (_, _, body) = request(&addr, "GET", "/api/v1/silences", None, None);
     assert!(json(&body)["silences"]
         .as_array()
@@ -356,14 +355,7 @@ fn the_event_stream_follows_the_engine() {
         assert!(!line.is_empty(), "the stream closed");
     }
     let silence = r#"{"pattern": "good", "for": "10m", "reason": "sse test"}"#;
-    let (code, _, body) = request(
-        &addr,
-        "POST",
-        "/api/v1/silences",
-        Some(TOKEN),
-        Some(silence),
-    );
-    assert_eq!(code, 201, "{body}");
+    add_silence(&addr, silence);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = Vec::new();
     loop {

@@ -2,7 +2,8 @@
 //! local servers the checks point at.
 #![allow(dead_code)]
 
-use std::process::Child;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,4 +124,29 @@ impl Drop for Guard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `vigia run -c CONFIG` without the console channel, JSON log at `level`, stderr
+/// inherited and stdout thrown away (a caller that reads the log pipes it).
+pub fn vigia_run(bin: &Path, config: &Path, level: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "run",
+        "--no-console",
+        "--log-format",
+        "json",
+        "--log-level",
+        level,
+        "-c",
+    ])
+    .arg(config)
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit());
+    cmd
+}
+
+/// `vigia run` at log level warn: (pid, the guard that stops it).
+pub fn spawn_vigia(bin: &Path, config: &Path) -> (u32, Guard) {
+    let child = vigia_run(bin, config, "warn").spawn().unwrap();
+    (child.id(), Guard(child))
 }

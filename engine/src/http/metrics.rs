@@ -10,7 +10,7 @@
 
 use std::fmt::Write;
 
-use vigia_core::snapshot::StatusSnapshot;
+use vigia_core::snapshot::{CheckSnapshot, StatusSnapshot};
 
 use crate::scheduler::Stats;
 
@@ -55,9 +55,8 @@ pub fn render(
         "1 while the check is up, 0 once it is down (after `threshold` failures).",
     );
     for c in &s.checks {
-        let _ = write!(o, "vigia_check_up{{check=\"");
-        escape(o, &c.name);
-        let _ = writeln!(o, "\",type=\"{}\"}} {}", c.kind, u8::from(c.status));
+        series(o, "vigia_check_up", &c.name);
+        let _ = writeln!(o, ",type=\"{}\"}} {}", c.kind, u8::from(c.status));
     }
     family(
         o,
@@ -73,37 +72,33 @@ pub fn render(
             }
         }
     }
-    family(
-        o,
-        "vigia_check_duration_seconds",
-        "gauge",
-        "How long the check's last run took.",
+    // The gauges of one value a check: (name, help, the value if there is one).
+    type Gauge = (
+        &'static str,
+        &'static str,
+        fn(&CheckSnapshot) -> Option<f64>,
     );
-    for c in &s.checks {
-        if let Some(l) = &c.last {
-            series(o, "vigia_check_duration_seconds", &c.name);
-            let _ = writeln!(o, "}} {}", l.duration_ms / 1000.0);
+    let gauges: [Gauge; 3] = [
+        ("vigia_check_duration_seconds", "How long the check's last run took.", |c| {
+            c.last.as_ref().map(|l| l.duration_ms / 1000.0)
+        }),
+        ("vigia_check_consecutive_failures", "Failed runs in a row (0 after a success).", |c| {
+            Some(f64::from(c.failures))
+        }),
+        (
+            "vigia_check_status_changed_timestamp_seconds",
+            "When the check's status last changed (or it was first seen), in seconds since the epoch.",
+            |c| Some(c.changed_at as f64 / 1000.0),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        family(o, name, "gauge", help);
+        for c in &s.checks {
+            if let Some(v) = value(c) {
+                series(o, name, &c.name);
+                let _ = writeln!(o, "}} {v}");
+            }
         }
-    }
-    family(
-        o,
-        "vigia_check_consecutive_failures",
-        "gauge",
-        "Failed runs in a row (0 after a success).",
-    );
-    for c in &s.checks {
-        series(o, "vigia_check_consecutive_failures", &c.name);
-        let _ = writeln!(o, "}} {}", c.failures);
-    }
-    family(
-        o,
-        "vigia_check_status_changed_timestamp_seconds",
-        "gauge",
-        "When the check's status last changed (or it was first seen), in seconds since the epoch.",
-    );
-    for c in &s.checks {
-        series(o, "vigia_check_status_changed_timestamp_seconds", &c.name);
-        let _ = writeln!(o, "}} {}", secs(c.changed_at));
     }
     family(
         o,
@@ -147,9 +142,8 @@ pub fn render(
 
     family(o, "vigia_remediation_runs_total", "counter", "Remediation actions and runbooks (`runbook:NAME`) run since the engine started, by result (ok, failed, dry_run).");
     for (action, result, n) in remediation {
-        let _ = write!(o, "vigia_remediation_runs_total{{action=\"");
-        escape(o, action);
-        let _ = writeln!(o, "\",result=\"{result}\"}} {n}");
+        labeled(o, "vigia_remediation_runs_total", "action", action);
+        let _ = writeln!(o, ",result=\"{result}\"}} {n}");
     }
 
     family(
@@ -217,16 +211,20 @@ fn family(o: &mut String, name: &str, kind: &str, help: &str) {
 
 /// `name{check="…"` (the caller closes the braces).
 fn series(o: &mut String, name: &str, check: &str) {
-    o.push_str(name);
-    o.push_str("{check=\"");
-    escape(o, check);
-    o.push('"');
+    labeled(o, name, "check", check);
 }
 
 fn target(o: &mut String, name: &str, target: &str) {
+    labeled(o, name, "target", target);
+}
+
+/// `name{label="value"` (the caller closes the braces).
+fn labeled(o: &mut String, name: &str, label: &str, value: &str) {
     o.push_str(name);
-    o.push_str("{target=\"");
-    escape(o, target);
+    o.push('{');
+    o.push_str(label);
+    o.push_str("=\"");
+    escape(o, value);
     o.push('"');
 }
 
@@ -249,7 +247,7 @@ fn secs(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vigia_core::snapshot::{CheckSnapshot, CountsSnapshot};
+    use vigia_core::snapshot::CountsSnapshot;
 
     #[test]
     fn a_snapshot_renders() {
@@ -260,7 +258,7 @@ mod tests {
                 kind: "http".into(),
                 status: false,
                 failures: 3,
-                changed_at: 1_700_000_001_000,
+                changed_at: 1_700_000_001_500,
                 counts: CountsSnapshot {
                     ok: 5,
                     critical: 3,
@@ -281,8 +279,9 @@ mod tests {
         assert!(!text.contains("outcome=\"warning\""));
         assert!(text.contains("vigia_transitions_total{check=\"we\\\"b\",to=\"failed\"} 1\n"));
         assert!(text.contains(
-            "vigia_check_status_changed_timestamp_seconds{check=\"we\\\"b\"} 1700000001.000\n"
+            "vigia_check_status_changed_timestamp_seconds{check=\"we\\\"b\"} 1700000001.5\n"
         ));
+        assert!(text.contains("vigia_check_consecutive_failures{check=\"we\\\"b\"} 3\n"));
         assert!(text.contains("vigia_start_time_seconds 1700000000.123\n"));
         assert!(text.contains("vigia_scheduler_lateness_seconds_bucket{le=\"+Inf\"} 0\n"));
         assert!(text.contains("vigia_remediation_runs_total{action=\"restart\",result=\"ok\"} 2\n"));
