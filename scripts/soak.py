@@ -108,6 +108,7 @@ def write_config(path, ports, checks, hook_port, generation):
         "  status_log_interval: 1h",
         "  watch: false",
         "  max_concurrent_checks: 2048",
+        "http: { listen: 127.0.0.1:0 }",
         "alerting:",
         "  group_wait: 1s",
         "  flapping: { changes: 0 }",

@@ -89,7 +89,7 @@ impl Measure {
 
 fn vigia_config(s: &Scenario, t: &Targets, dir: &Path) -> PathBuf {
     let mut out = format!(
-        "engine:\n  state_dir: {}/state\n  status_log_interval: 1h\n  max_concurrent_checks: 4096\nchecks:\n",
+        "engine:\n  state_dir: {}/state\n  status_log_interval: 1h\n  max_concurrent_checks: 4096\nhttp: {{ listen: 127.0.0.1:0 }}\nchecks:\n",
         dir.display()
     );
     let secs = s.interval.as_secs();

@@ -55,6 +55,10 @@ enum Command {
         /// Do not print alerts on stderr (the JSON log still has them).
         #[arg(long)]
         no_console: bool,
+        /// Serve the HTTP API here instead of `http.listen` (127.0.0.1:0: a free port,
+        /// named in the `http_listening` event).
+        #[arg(long, env = "VIGIA_HTTP_LISTEN", value_name = "ADDR:PORT")]
+        http_listen: Option<std::net::SocketAddr>,
     },
     /// Check the config and the files it names; print every problem and exit 1 if any.
     Validate,
@@ -146,7 +150,10 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Run { no_console } => cmd_run(&cli.config, !no_console).await,
+            Command::Run {
+                no_console,
+                http_listen,
+            } => cmd_run(&cli.config, !no_console, http_listen).await,
             Command::Validate => cmd_validate(&cli.config),
             Command::Check { name, json } => cmd_check(&cli.config, &name, json).await,
             Command::Status { json } => cmd_status(&cli.config, json).await,
@@ -156,11 +163,16 @@ fn main() -> ExitCode {
     })
 }
 
-async fn cmd_run(config: &Path, console: bool) -> ExitCode {
+async fn cmd_run(
+    config: &Path,
+    console: bool,
+    http_listen: Option<std::net::SocketAddr>,
+) -> ExitCode {
     vigia_engine::fds::raise();
     match engine::run(RunOptions {
         config: config.to_path_buf(),
         console,
+        http_listen,
     })
     .await
     {

@@ -55,6 +55,8 @@ pub struct RunOptions {
     pub config: PathBuf,
     /// Print alerts on stderr (the console channel).
     pub console: bool,
+    /// Listen here instead of `http.listen` (`--http-listen`, `VIGIA_HTTP_LISTEN`).
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 /// Queue sizes between the stages.
@@ -74,9 +76,19 @@ pub fn load_plan(path: &Path, registry: &Registry) -> Result<(Config, Plan), Str
 /// `load_plan` for a long-running engine: once valid, the plan is built again compactly,
 /// without the file's tree (memory; see `Config::rebuild_compact`). A one-shot command
 /// such as `vigia check` has no use for that second build.
-fn load_plan_to_run(path: &Path, registry: &Registry) -> Result<(Config, Plan), String> {
-    let (config, plan) = load_plan(path, registry)?;
+fn load_plan_to_run(
+    path: &Path,
+    registry: &Registry,
+    http_listen: Option<std::net::SocketAddr>,
+) -> Result<(Config, Plan), String> {
+    let (mut config, plan) = load_plan(path, registry)?;
     drop(plan);
+    if let Some(addr) = http_listen {
+        config.http.listen = addr;
+        if config.http.enabled && !config.http.loopback_only() && config.http.token_file.is_none() {
+            return Err(format!("--http-listen {addr} is reachable from other machines, and the config has no `http.token_file`: set one, or listen on 127.0.0.1"));
+        }
+    }
     config.rebuild_compact(registry).map_err(|e| e.to_string())
 }
 
@@ -177,11 +189,13 @@ struct Engine {
     watcher: Option<Watch>,
     running: Running,
     http: Option<crate::http::HttpServer>,
+    /// `--http-listen`: kept over every reload.
+    http_listen: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let registry = Registry::builtin();
-    let (config, plan) = load_plan_to_run(&opts.config, &registry)
+    let (config, plan) = load_plan_to_run(&opts.config, &registry, opts.http_listen)
         .map_err(|e| anyhow::anyhow!("the config has problems, nothing was started:\n{e}"))?;
     let host: Arc<str> = config
         .engine
@@ -295,6 +309,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .then(|| Watch::start(&opts.config, &config, &plan)),
         running: Running::of(&config),
         http: None,
+        http_listen: opts.http_listen,
     };
     engine.refresh_door();
     if config.http.enabled {
@@ -556,7 +571,11 @@ impl Engine {
     /// entirely valid, as the diff with the running one says. `Err` only when a stage
     /// could not be handed over (its task died): the engine then stops.
     async fn reload(&mut self) -> anyhow::Result<()> {
-        let (config, plan) = match load_plan_to_run(&self.config_file, &self.registry) {
+        let (config, plan) = match load_plan_to_run(
+            &self.config_file,
+            &self.registry,
+            self.http_listen,
+        ) {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(

@@ -273,6 +273,7 @@ fn a_missing_token_stops_the_engine_with_a_clear_message() {
     let mock = Mock::start();
     let config = config(dir.path(), &mock, &[("web", 1)]);
     let out = Command::new(vigia_bin())
+        .env("VIGIA_HTTP_LISTEN", "127.0.0.1:0")
         .args(["run", "-c"])
         .arg(&config)
         .env_remove("VIGIA_E2E_TOKEN")

@@ -97,7 +97,11 @@ checks:
         ),
     )
     .unwrap();
-    let p = start_engine(&config);
+    // Not start_engine: that one moves the HTTP API to a free loopback port, and these
+    // tests are about the config's own `http:`.
+    let mut cmd = std::process::Command::new(vigia_bin());
+    cmd.args(["run", "--log-format", "json", "-c"]).arg(&config);
+    let p = Proc::spawn(cmd);
     let addr = http_addr(&p);
     (p, addr, up)
 }
@@ -446,6 +450,44 @@ fn off_loopback_reads_need_the_token_unless_public() {
     assert_eq!(v["last"]["message"], "");
     let (_, _, body) = request(&local, "GET", "/api/v1/checks/bad", Some(TOKEN), None);
     assert_eq!(json(&body)["comment"], "call the shop");
+}
+
+/// `--http-listen` (`VIGIA_HTTP_LISTEN`) moves the API, and survives a reload.
+#[test]
+fn the_listen_address_can_be_given_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    let (_up, port) = listen();
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!("engine: {{ state_dir: state, status_log_interval: 1h }}\nhttp: {{ listen: 127.0.0.1:1 }}\nchecks:\n  - {{ name: up, type: tcp, host: 127.0.0.1, port: {port}, interval: 300ms }}\n{extra}"),
+        )
+        .unwrap();
+    };
+    write("");
+    let p = start_engine(&config);
+    let addr = http_addr(&p);
+    assert_ne!(addr, "127.0.0.1:1");
+    let (code, _, _) = request(&addr, "GET", "/healthz", None, None);
+    assert_eq!(code, 200);
+    write(&format!(
+        "  - {{ name: up2, type: tcp, host: 127.0.0.1, port: {port}, interval: 300ms }}\n"
+    ));
+    p.wait_for("the reload", Duration::from_secs(10), |e| {
+        e.iter().any(|x| x["event"] == "reloaded")
+    });
+    wait_until("the new check in the API", Duration::from_secs(10), || {
+        request(&addr, "GET", "/api/v1/checks/up2", None, None).0 == 200
+    });
+    // Off loopback without a token file: refused at start, with the reason.
+    let out = std::process::Command::new(vigia_bin())
+        .args(["run", "--http-listen", "0.0.0.0:0", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http.token_file"));
 }
 
 #[test]

@@ -27,6 +27,8 @@ fn counter(version: &str) -> String {
 
 fn start_debug(config: &Path) -> Proc {
     let mut cmd = Command::new(vigia_bin());
+    // A free port for the HTTP API: never the default one of a real engine.
+    cmd.env("VIGIA_HTTP_LISTEN", "127.0.0.1:0");
     cmd.args([
         "run",
         "--log-format",

@@ -42,6 +42,8 @@ fn channels_actions_and_engine_keys_apply_without_a_restart() {
         "",
     );
     let mut cmd = std::process::Command::new(vigia_bin());
+    // A free port for the HTTP API: never the default one of a real engine.
+    cmd.env("VIGIA_HTTP_LISTEN", "127.0.0.1:0");
     cmd.env("VIGIA_E2E_TOKEN", TOKEN)
         .args(["run", "--log-format", "json", "-c"])
         .arg(&file);

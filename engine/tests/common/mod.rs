@@ -275,6 +275,8 @@ pub fn start_engine(config: &Path) -> Proc {
 /// `vigia run` with environment variables (a bot token's `token_env`), once started.
 pub fn start_engine_with(config: &Path, env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(vigia_bin());
+    // A free port for the HTTP API: never the default one of a real engine.
+    cmd.env("VIGIA_HTTP_LISTEN", "127.0.0.1:0");
     cmd.envs(env.iter().copied())
         .args(["run", "--log-format", "json", "-c"])
         .arg(config);
@@ -288,6 +290,7 @@ pub fn start_engine_with(config: &Path, env: &[(&str, &str)]) -> Proc {
 /// Runs `vigia ARGS -c CONFIG` to completion.
 pub fn vigia(args: &[&str], config: &Path) -> std::process::Output {
     Command::new(vigia_bin())
+        .env("VIGIA_HTTP_LISTEN", "127.0.0.1:0")
         .args(args)
         .arg("-c")
         .arg(config)
