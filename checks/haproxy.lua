@@ -58,7 +58,9 @@ return {
           if status:match("^UP") or status == "no check" then
             b.up = b.up + 1
           else
-            local why = col.check_status and f[col.check_status] or ""
+            -- HAProxy marks a check that is running right now with "* " (`* L4CON`):
+            -- the status is the last result all the same.
+            local why = (col.check_status and f[col.check_status] or ""):gsub("^%* ", "")
             b.down[#b.down + 1] = f[col.svname] .. " " .. status .. (why ~= "" and (" (" .. why .. ")") or "")
           end
         end
