@@ -116,9 +116,15 @@ impl Door {
                             .unwrap_or_default();
                     Reply::error(format!("no check is named `{name}`{hint}"))
                 }
-                Ok(before) => match self.tasks.run_now(&name).await {
-                    Some(state) => Reply::Ran {
-                        check: Box::new(merge(before, state)),
+                // The view after the run: its schedule part and the state it left.
+                Ok(_) => match self
+                    .tasks
+                    .run_now(&name)
+                    .await
+                    .and_then(|_| self.check(&name).ok())
+                {
+                    Some(check) => Reply::Ran {
+                        check: Box::new(check),
                     },
                     None => Reply::error("the engine is stopping, or the check left the config"),
                 },
@@ -139,21 +145,6 @@ impl Door {
                     .unwrap_or_else(|_| Reply::error("the alert pipeline has stopped"))
             }
         }
-    }
-}
-
-/// The state part of `state`, the schedule part of `schedule`.
-fn merge(schedule: CheckSnapshot, state: CheckSnapshot) -> CheckSnapshot {
-    CheckSnapshot {
-        name: schedule.name,
-        group: schedule.group,
-        kind: schedule.kind,
-        target: schedule.target,
-        interval_ms: schedule.interval_ms,
-        threshold: schedule.threshold,
-        recover_after: schedule.recover_after,
-        comment: schedule.comment,
-        ..state
     }
 }
 
@@ -214,7 +205,7 @@ pub fn serve(
     }
     Ok(tokio::spawn(async move {
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-        let mut last_accept_error: Option<std::time::Instant> = None;
+        let mut errors = AcceptErrors::default();
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -223,19 +214,16 @@ pub fn serve(
             let stream = match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    // Out of descriptors (EMFILE): say so now and then, and wait instead of
-                    // spinning on a listener that stays readable.
-                    if last_accept_error.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    let say = |e: &std::io::Error| {
                         tracing::error!(
                             event = "control_error",
                             "The control socket cannot accept a connection ({e}); retrying."
-                        );
-                        last_accept_error = Some(std::time::Instant::now());
+                        )
+                    };
+                    if !errors.wait(&e, &stop, say).await {
+                        return;
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                        _ = stop.cancelled() => return,
-                    }
+                    continue;
                 }
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -260,6 +248,37 @@ pub fn serve(
             });
         }
     }))
+}
+
+/// Failed accepts of a listener (out of descriptors, say): said at most once a minute,
+/// each followed by a short wait rather than a spin on a listener that stays readable.
+/// For the control socket and the HTTP API alike.
+#[derive(Default)]
+pub(crate) struct AcceptErrors {
+    last_said: Option<std::time::Instant>,
+}
+
+impl AcceptErrors {
+    /// Says `e` through `say` unless it said one less than a minute ago, then waits
+    /// 100 ms. False when `stop` came meanwhile.
+    pub(crate) async fn wait(
+        &mut self,
+        e: &std::io::Error,
+        stop: &tokio_util::sync::CancellationToken,
+        say: impl FnOnce(&std::io::Error),
+    ) -> bool {
+        if self
+            .last_said
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+        {
+            self.last_said = Some(std::time::Instant::now());
+            say(e);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => true,
+            _ = stop.cancelled() => false,
+        }
+    }
 }
 
 /// Control connections served at once; more are answered "busy". With the request

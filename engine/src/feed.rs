@@ -44,14 +44,23 @@ pub const FEED_EVENTS: &[&str] = &[
 /// Events kept for a slow reader.
 pub const CAPACITY: usize = 1024;
 
+/// One event of the feed.
+#[derive(Debug)]
+pub struct FeedEvent {
+    /// Its `event` field (`alert`, `silence_added`, ...).
+    pub kind: String,
+    /// The JSON object, as the log prints it.
+    pub line: String,
+}
+
 /// One feed per process, as the tracing subscriber it taps is one per process.
-fn sender() -> &'static broadcast::Sender<Arc<str>> {
-    static FEED: OnceLock<broadcast::Sender<Arc<str>>> = OnceLock::new();
+fn sender() -> &'static broadcast::Sender<Arc<FeedEvent>> {
+    static FEED: OnceLock<broadcast::Sender<Arc<FeedEvent>>> = OnceLock::new();
     FEED.get_or_init(|| broadcast::channel(CAPACITY).0)
 }
 
-/// A new reader: every feed event from now on, one JSON object each.
-pub fn subscribe() -> broadcast::Receiver<Arc<str>> {
+/// A new reader: every feed event from now on.
+pub fn subscribe() -> broadcast::Receiver<Arc<FeedEvent>> {
     sender().subscribe()
 }
 
@@ -65,7 +74,7 @@ pub(crate) fn wants(kind: &str) -> bool {
     FEED_EVENTS.contains(&kind)
 }
 
-/// Gives one event, as its JSON line, to every reader.
-pub(crate) fn publish(line: String) {
-    let _ = sender().send(line.into());
+/// Gives one event to every reader.
+pub(crate) fn publish(kind: String, line: String) {
+    let _ = sender().send(Arc::new(FeedEvent { kind, line }));
 }

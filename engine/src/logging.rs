@@ -125,13 +125,13 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for FeedTap {
         }
         let mut kind = EventKind(None);
         event.record(&mut kind);
-        if !kind.0.is_some_and(|k| crate::feed::wants(&k)) {
+        let Some(kind) = kind.0.filter(|k| crate::feed::wants(k)) else {
             return;
-        }
+        };
         let mut obj = header(event);
         event.record(&mut JsonVisitor(&mut obj));
         if let Ok(line) = serde_json::to_string(&Value::Object(obj)) {
-            crate::feed::publish(line);
+            crate::feed::publish(kind, line);
         }
     }
 }

@@ -311,6 +311,16 @@ impl Scheduler {
         self.len() == 0
     }
 
+    /// Whether a scheduled check satisfies `f` (no copy of the list).
+    pub fn any_spec(&self, f: impl Fn(&PlannedCheck) -> bool) -> bool {
+        self.shared
+            .running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|s| f(&s.spec))
+    }
+
     /// The checks currently scheduled.
     pub fn specs(&self) -> Vec<Arc<PlannedCheck>> {
         self.shared

@@ -854,10 +854,7 @@ impl ScriptErrors {
             if self.reported.get(&b.file) == Some(&b.error) {
                 continue;
             }
-            let kept = scheduler
-                .specs()
-                .iter()
-                .any(|s| s.source.as_deref() == Some(b.file.as_path()));
+            let kept = scheduler.any_spec(|s| s.source.as_deref() == Some(b.file.as_path()));
             let file = vigia_lua::display_path(&b.file, dir);
             tracing::error!(event = "script_error", file = %file, kept_previous = kept, "{}", b.error);
             alerting::log_script_error(host, &file, &b.error, kept);

@@ -20,7 +20,6 @@ use super::{AppState, Viewer};
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(index))
-        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status))
         .route("/api/v1/checks", get(status))
@@ -34,6 +33,11 @@ pub fn routes() -> Router<AppState> {
             axum::routing::delete(silence_remove),
         )
         .route("/badge/{*file}", get(badge))
+}
+
+/// Routes that need no token anywhere (a load balancer's health check).
+pub fn open() -> Router<AppState> {
+    Router::new().route("/healthz", get(healthz))
 }
 
 /// Routes that answer for as long as the client listens: outside the request timeout.
@@ -397,16 +401,12 @@ async fn events(State(s): State<AppState>, Extension(viewer): Extension<Viewer>)
                 _ = stop.cancelled() => return None,
             };
             let ev = match next {
-                Ok(line) => {
-                    let kind = serde_json::from_str::<serde_json::Value>(&line)
-                        .ok()
-                        .and_then(|v| v.get("event").and_then(|e| e.as_str()).map(str::to_string))
-                        .unwrap_or_else(|| "event".into());
+                Ok(ev) => {
                     let data = match viewer {
-                        Viewer::Full => line.to_string(),
-                        Viewer::Public => public_event(&line),
+                        Viewer::Full => ev.line.clone(),
+                        Viewer::Public => public_event(&ev.line),
                     };
-                    Event::default().event(kind).data(data)
+                    Event::default().event(&ev.kind).data(data)
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Event::default()
                     .event("lagged")

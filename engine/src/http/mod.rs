@@ -99,22 +99,28 @@ impl HttpServer {
     /// program) is said once and tried again every 10 s: checks and alerts never wait
     /// for the web view.
     pub fn start(config: &HttpConfig, door: Arc<Door>) -> Result<HttpServer, String> {
-        let settings = Arc::new(RwLock::new(Arc::new(Settings::load(config)?)));
-        Ok(Self::spawn(config.listen, settings, door))
+        let settings = Settings::load(config)?;
+        Ok(Self::spawn(config.listen, None, settings, door))
     }
 
+    /// Serves `listen` on `listener` if it is bound already, else binds it (retrying).
     fn spawn(
         listen: SocketAddr,
-        settings: Arc<RwLock<Arc<Settings>>>,
+        listener: Option<TcpListener>,
+        settings: Settings,
         door: Arc<Door>,
     ) -> HttpServer {
+        let settings = Arc::new(RwLock::new(Arc::new(settings)));
         let stop = CancellationToken::new();
-        let state = AppState {
+        let app = router(AppState {
             door: door.clone(),
             settings: settings.clone(),
             stop: stop.clone(),
+        });
+        let task = match listener {
+            Some(l) => tokio::spawn(serve_on(l, app, stop.clone())),
+            None => tokio::spawn(serve(listen, app, stop.clone())),
         };
-        let task = tokio::spawn(serve(listen, router(state), stop.clone()));
         HttpServer {
             settings,
             listen,
@@ -129,11 +135,11 @@ impl HttpServer {
     /// one cannot bind).
     pub async fn update(self, config: &HttpConfig) -> Result<HttpServer, (HttpServer, String)> {
         let new = match Settings::load(config) {
-            Ok(s) => Arc::new(s),
+            Ok(s) => s,
             Err(e) => return Err((self, e)),
         };
         if config.listen == self.listen {
-            *self.settings.write().unwrap_or_else(|p| p.into_inner()) = new;
+            *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
             return Ok(self);
         }
         let listener = match bind(config.listen).await {
@@ -143,23 +149,9 @@ impl HttpServer {
                 return Err((self, msg));
             }
         };
-        let settings = Arc::new(RwLock::new(new));
-        let stop = CancellationToken::new();
-        let state = AppState {
-            door: self.door.clone(),
-            settings: settings.clone(),
-            stop: stop.clone(),
-        };
-        let task = tokio::spawn(serve_on(listener, router(state), stop.clone()));
-        let door = self.door.clone();
+        let next = Self::spawn(config.listen, Some(listener), new, self.door.clone());
         self.stop().await;
-        Ok(HttpServer {
-            settings,
-            listen: config.listen,
-            stop,
-            task,
-            door,
-        })
+        Ok(next)
     }
 
     /// Stops accepting, lets open requests end (an event stream is closed).
@@ -207,7 +199,7 @@ async fn serve_on(listener: TcpListener, app: Router, stop: CancellationToken) {
     tracing::info!(event = "http_listening", addr = %addr, "The HTTP API and /metrics are on http://{addr}/.");
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
-    let mut last_error: Option<std::time::Instant> = None;
+    let mut errors = crate::control::AcceptErrors::default();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -216,15 +208,15 @@ async fn serve_on(listener: TcpListener, app: Router, stop: CancellationToken) {
         let stream = match accepted {
             Ok((s, _)) => s,
             Err(e) => {
-                // Out of file descriptors, say: said at most once a minute.
-                if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                    last_error = Some(std::time::Instant::now());
+                let say = |e: &std::io::Error| {
                     tracing::warn!(
                         event = "http_error",
                         "The HTTP API could not accept a connection: {e}."
-                    );
+                    )
+                };
+                if !errors.wait(&e, &stop, say).await {
+                    break;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -269,6 +261,8 @@ pub fn router(state: AppState) -> Router {
         .merge(api::streams())
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        // Added after the guard, so outside it.
+        .merge(api::open())
         .with_state(state)
 }
 
@@ -288,7 +282,6 @@ async fn request_timeout(req: Request, next: Next) -> Response {
 /// The token check, then the headers every answer carries.
 async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let settings = state.settings();
-    let path = req.uri().path().to_string();
     let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let presented = req
         .headers()
@@ -312,8 +305,6 @@ async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> R
             (_, Some(false)) => return forbidden(),
             (_, Some(true)) => Viewer::Full,
         }
-    } else if path == "/healthz" {
-        Viewer::Public
     } else {
         match verdict {
             Some(true) => Viewer::Full,
