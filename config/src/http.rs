@@ -122,25 +122,6 @@ pub fn parse(root: &Node, config_dir: &Path, errors: &mut ConfigErrors) -> HttpC
         true => f,
         false => config_dir.join(f),
     });
-    if let Some(f) = &http.token_file {
-        match std::fs::read_to_string(f) {
-            Ok(t) if t.trim().is_empty() => errors.push(ConfigError::at(
-                at("token_file"),
-                "http.token_file",
-                format!(
-                    "{} is empty: put a long random token in it (`openssl rand -hex 32 > {}`)",
-                    f.display(),
-                    f.display()
-                ),
-            )),
-            Ok(_) => {}
-            Err(e) => errors.push(ConfigError::at(
-                at("token_file"),
-                "http.token_file",
-                format!("cannot read {}: {e}", f.display()),
-            )),
-        }
-    }
     for (i, origin) in section.frame_ancestors.iter().enumerate() {
         if origin.is_empty()
             || origin
@@ -179,6 +160,22 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     text.parse::<SocketAddr>().map_err(|_| {
         format!("`{text}` is not an address and port such as 127.0.0.1:{DEFAULT_PORT}, [::1]:{DEFAULT_PORT} or 0.0.0.0:{DEFAULT_PORT}")
     })
+}
+
+/// What is wrong with the token file, if anything: it cannot be read, or it is empty.
+/// Asked when the checks are built (`vigia validate`, `vigia run`), not by
+/// `Config::load`: `vigia status` run by an operator who may not read the token must
+/// still find the engine's socket.
+pub fn token_file_problem(http: &HttpConfig) -> Option<String> {
+    let f = http.token_file.as_ref()?;
+    match read_token(f) {
+        Ok(_) => None,
+        Err(e) if e.ends_with("is empty") => Some(format!(
+            "{e}: put a long random token in it (`openssl rand -hex 32 > {}`)",
+            f.display()
+        )),
+        Err(e) => Some(e),
+    }
 }
 
 /// A warning for a token file that other users can read.
@@ -253,10 +250,13 @@ mod tests {
         assert!(errors[0].contains("`nowhere` is not an address and port"));
         assert!(errors[1].starts_with("http.refresh:"));
         assert!(errors[2].starts_with("http.frame_ancestors[0]:"));
-        let (_, errors) = parse_text("http: { token_file: missing.token }\n");
+        // Loading does not read the token file (see token_file_problem).
+        let (http, errors) = parse_text("http: { token_file: missing.token }\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        let problem = token_file_problem(&http).unwrap();
         assert!(
-            errors[0].starts_with("http.token_file: cannot read /nonexistent/missing.token"),
-            "{errors:?}"
+            problem.starts_with("cannot read /nonexistent/missing.token"),
+            "{problem}"
         );
         let (_, errors) = parse_text("http: { port: 80 }\n");
         assert!(errors[0].contains("port"), "{errors:?}");

@@ -652,6 +652,13 @@ impl Config {
                 ));
             }
         }
+        if let Some(e) = crate::http::token_file_problem(&self.http) {
+            errors.push(ConfigError::at(
+                self.pos_of("http.token_file"),
+                "http.token_file",
+                e,
+            ));
+        }
         if let Some(w) = crate::http::token_file_warning(&self.http) {
             warnings.push(ConfigError::at(
                 self.pos_of("http.token_file"),

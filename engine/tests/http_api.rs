@@ -507,6 +507,27 @@ fn validate_names_the_http_problems() {
     assert!(err.contains("http.listen"), "{err}");
     assert!(err.contains("token_file"), "{err}");
 
+    // A token file that cannot be read is an error at its line for validate and run,
+    // but not for `vigia status`, which only needs the state directory.
+    std::fs::write(
+        &config,
+        "engine: { state_dir: state }\nhttp:\n  token_file: /nonexistent/http.token\nchecks: []\n",
+    )
+    .unwrap();
+    let out = vigia(&["validate"], &config);
+    let err =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(err.contains("config.yaml:3:"), "{err}");
+    assert!(err.contains("cannot read /nonexistent/http.token"), "{err}");
+    let out = vigia(&["status"], &config);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !err.contains("http.token"),
+        "status read the token file: {err}"
+    );
+    assert!(err.contains("cannot reach the engine"), "{err}");
+
     // A token file others can read is a warning, not an error.
     let token = dir.path().join("t");
     std::fs::write(&token, "abc\n").unwrap();
