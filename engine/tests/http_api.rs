@@ -494,30 +494,27 @@ fn the_listen_address_can_be_given_on_the_command_line() {
 fn validate_names_the_http_problems() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        "engine: { state_dir: state }\nhttp:\n  listen: 0.0.0.0:2813\nchecks: []\n",
-    )
-    .unwrap();
-    let out = vigia(&["validate"], &config);
-    let err =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success());
+    // `vigia validate` on `text`: (whether it passed, what it printed).
+    let validate = |text: &str| {
+        std::fs::write(&config, text).unwrap();
+        let out = vigia(&["validate"], &config);
+        let printed = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        (out.status.success(), printed)
+    };
+    let (ok, err) =
+        validate("engine: { state_dir: state }\nhttp:\n  listen: 0.0.0.0:2813\nchecks: []\n");
+    assert!(!ok);
     assert!(err.contains("config.yaml:3:"), "{err}");
     assert!(err.contains("http.listen"), "{err}");
     assert!(err.contains("token_file"), "{err}");
 
     // A token file that cannot be read is an error at its line for validate and run,
     // but not for `vigia status`, which only needs the state directory.
-    std::fs::write(
-        &config,
+    let (ok, err) = validate(
         "engine: { state_dir: state }\nhttp:\n  token_file: /nonexistent/http.token\nchecks: []\n",
-    )
-    .unwrap();
-    let out = vigia(&["validate"], &config);
-    let err =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success());
+    );
+    assert!(!ok);
     assert!(err.contains("config.yaml:3:"), "{err}");
     assert!(err.contains("cannot read /nonexistent/http.token"), "{err}");
     let out = vigia(&["status"], &config);
@@ -535,14 +532,9 @@ fn validate_names_the_http_problems() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
-    std::fs::write(
-        &config,
+    let (ok, text) = validate(
         "engine: { state_dir: state }\nhttp: { listen: 127.0.0.1:0, token_file: t }\nchecks: []\n",
-    )
-    .unwrap();
-    let out = vigia(&["validate"], &config);
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    );
+    assert!(ok, "{text}");
     assert!(text.contains("chmod 600"), "{text}");
 }
