@@ -64,6 +64,11 @@ pub struct EngineConfig {
     /// `checks_dir` is saved (default true). SIGHUP always reloads.
     #[serde(default = "yes")]
     pub watch: bool,
+    /// Keep each check's result history in the store: runs per minute (24 h), hour
+    /// (30 days) and day (400 days) and the last 100 changes of status, for uptime, the
+    /// status page and `vigia history` (default true; a change waits for a restart).
+    #[serde(default = "yes")]
+    pub history: bool,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -94,6 +99,7 @@ impl Default for EngineConfig {
             max_concurrent_checks: default_max_concurrent(),
             shutdown_grace: default_grace(),
             worker_threads: default_workers(),
+            history: true,
             checks_dir: default_checks_dir(),
             watch: true,
         }

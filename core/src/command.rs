@@ -34,6 +34,11 @@ pub enum Command {
     RunNow {
         name: String,
     },
+    /// A check's transitions since `since_ms` (unix ms) and its uptime.
+    History {
+        name: String,
+        since_ms: u64,
+    },
 }
 
 /// The answer to a [`Command`].
@@ -53,6 +58,7 @@ pub enum Reply {
     Ran {
         check: Box<CheckSnapshot>,
     },
+    History(crate::history::HistoryReport),
     /// The command was understood and refused, or could not be carried out.
     Error {
         error: String,

@@ -5,6 +5,7 @@
 //! - [`alert`]: the alert policy (flapping, reminders, silences, send windows, grouping,
 //!   dependencies) as a pure state machine, send windows, and the message templates.
 //! - [`silence`]: the one silence book.
+//! - [`history`]: result buckets per minute, hour and day, and their encoding.
 //! - [`remedy`]: which remediation may run now (cooldown, max_runs), and a check's
 //!   actions.
 //! - [`snapshot`] and [`command`]: the two doors of the status map for everything
@@ -18,6 +19,7 @@
 
 pub mod alert;
 pub mod command;
+pub mod history;
 pub mod remedy;
 pub mod silence;
 pub mod snapshot;

@@ -36,6 +36,8 @@ pub struct Door {
     pub store: Arc<crate::journal::StoreHealth>,
     /// Remediation's counts (and what else outlives its stage).
     pub remediation: Arc<crate::remediation::RemediationMemory>,
+    /// Result history (buckets and transitions), read by the API and `vigia history`.
+    pub history: Arc<crate::history::History>,
 }
 
 impl Door {
@@ -129,6 +131,26 @@ impl Door {
                     None => Reply::error("the engine is stopping, or the check left the config"),
                 },
             },
+            Command::History { name, since_ms } => {
+                let history = self.history.clone();
+                let now = crate::clock::unix_ms();
+                let n = name.clone();
+                let r =
+                    tokio::task::spawn_blocking(move || history.report(&n, since_ms, now)).await;
+                match r {
+                    Ok(Ok(Some(report))) => Reply::History(report),
+                    Ok(Ok(None)) => {
+                        let names = self.check(&name).err().unwrap_or_default();
+                        let hint =
+                            vigia_api::yaml::did_you_mean(&name, names.iter().map(String::as_str))
+                                .map(|b| format!(" (did you mean `{b}`?)"))
+                                .unwrap_or_default();
+                        Reply::error(format!("no check is named `{name}`{hint}, and history has none of that name from the last 30 days"))
+                    }
+                    Ok(Err(e)) => Reply::error(e.to_string()),
+                    Err(e) => Reply::error(format!("reading the history failed: {e}")),
+                }
+            }
             cmd @ (Command::SilenceAdd { .. }
             | Command::SilenceList
             | Command::SilenceRemove { .. }) => {

@@ -26,6 +26,9 @@ pub struct Journal {
     pub bus: Bus,
     /// Whether the last write failed: what `/healthz` says.
     pub health: Arc<StoreHealth>,
+    /// Result history (when on): its open minutes and closed buckets are written every
+    /// [`crate::history::FLUSH_MS`], its transitions with the batch that made them.
+    pub history: Option<Arc<crate::history::History>>,
 }
 
 /// Whether the store can be written, as the journal last found it.
@@ -84,11 +87,21 @@ impl Journal {
     pub async fn run(self, mut rx: mpsc::Receiver<Observation>, stop: CancellationToken) {
         let mut batch: Vec<Observation> = Vec::new();
         let mut pending = Pending::default();
+        let mut history_tick =
+            tokio::time::interval(std::time::Duration::from_millis(crate::history::FLUSH_MS));
+        history_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let retry = !pending.ops.is_empty();
             let first = tokio::select! {
                 biased;
                 o = rx.recv() => o,
+                _ = history_tick.tick(), if self.history.is_some() => {
+                    if let Some(h) = self.history.as_ref().filter(|h| h.due(crate::clock::unix_ms())) {
+                        pending.add(h.flush_ops(crate::clock::unix_ms()), Vec::new());
+                        self.flush(&mut pending).await;
+                    }
+                    continue;
+                }
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)), if retry => {
                     self.flush(&mut pending).await;
                     continue;
@@ -113,6 +126,11 @@ impl Journal {
         }
         if !batch.is_empty() {
             self.commit(&mut batch, &mut pending).await;
+        }
+        // The open minutes, so that a restart goes on counting them.
+        if let Some(h) = &self.history {
+            pending.add(h.flush_ops(crate::clock::unix_ms()), Vec::new());
+            self.flush(&mut pending).await;
         }
         if !pending.ops.is_empty() {
             tracing::error!(event = "store_error", "Stopping with {} unsaved changes ({} transitions not alerted): the state store could not be written.", pending.ops.len(), pending.transitions.len());
@@ -166,6 +184,12 @@ impl Journal {
             .iter()
             .map(|o| Op::Check(o.spec.name.to_string(), Some(o.state.clone())))
             .collect();
+        if let Some(h) = &self.history {
+            let now = crate::clock::unix_ms();
+            if h.due(now) {
+                ops.extend(h.flush_ops(now));
+            }
+        }
         let mut committed = Vec::new();
         for o in batch.drain(..) {
             let Some(transition) = o.transition else {
@@ -188,6 +212,17 @@ impl Journal {
                 failed_message: o.state.failed_message.clone(),
                 transcript: None,
             };
+            ops.extend(self.history.as_ref().and_then(|h| {
+                h.transition_op(
+                    &o.spec.name,
+                    crate::history::TransitionRecord {
+                        at: event.at,
+                        to: event.transition.as_str().to_string(),
+                        message: event.message.clone(),
+                        after_ms: event.previous_duration_ms,
+                    },
+                )
+            }));
             let seq = self.store.next_seq();
             ops.push(Op::Inbox(
                 seq,

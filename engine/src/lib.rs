@@ -12,6 +12,7 @@ pub mod clock;
 pub mod control;
 pub mod fds;
 pub mod feed;
+pub mod history;
 pub mod http;
 pub mod journal;
 pub mod logging;

@@ -78,6 +78,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show a check's changes of status and its uptime (24 h, 7 d, 30 d and the
+    /// asked window), from the result history in the store.
+    History {
+        /// The check's name.
+        name: String,
+        /// How far back to list transitions: 24h, 7d, 30d (history keeps the last 100).
+        #[arg(long, default_value = "7d", value_name = "DURATION")]
+        since: vigia_api::Dur,
+        /// Print the raw JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the check types this build knows.
     Plugins,
     /// Silence alerts of a check (or a pattern such as `terminals/*`) for a while. A
@@ -157,6 +169,9 @@ fn main() -> ExitCode {
             Command::Validate => cmd_validate(&cli.config),
             Command::Check { name, json } => cmd_check(&cli.config, &name, json).await,
             Command::Status { json } => cmd_status(&cli.config, json).await,
+            Command::History { name, since, json } => {
+                cmd_history(&cli.config, &name, since, json).await
+            }
             Command::Plugins => cmd_plugins(),
             Command::Silence { cmd } => cmd_silence(&cli.config, cmd).await,
         }
@@ -532,6 +547,80 @@ async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
             eprintln!("vigia: unexpected answer from the engine: {other:?}");
             return ExitCode::from(1);
         }
+    }
+    ExitCode::SUCCESS
+}
+
+async fn cmd_history(path: &Path, name: &str, since: vigia_api::Dur, json: bool) -> ExitCode {
+    let state_dir = match Config::load(path) {
+        Ok(c) => c.engine.state_dir,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let since_ms = unix_ms().saturating_sub(since.get().as_millis() as u64);
+    let command = EngineCommand::History {
+        name: name.to_string(),
+        since_ms,
+    };
+    let socket = state_dir.join(control::SOCKET_FILE);
+    let reply = match control::send(&socket, &command).await {
+        Ok(r) => r,
+        Err(_) => vigia_engine::history::offline(&state_dir, name, since_ms),
+    };
+    let report = match reply {
+        Reply::History(r) => r,
+        Reply::Error { error } => {
+            eprintln!("vigia: {error}");
+            return ExitCode::from(1);
+        }
+        other => {
+            eprintln!("vigia: unexpected answer from the engine: {other:?}");
+            return ExitCode::from(1);
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    use vigia_core::history::percent;
+    let uptime: Vec<String> = report
+        .uptime
+        .iter()
+        .map(|u| format!("{} {}", u.window, percent(u.ratio())))
+        .collect();
+    println!("{}: uptime {}", report.check, uptime.join(", "));
+    if report.transitions.is_empty() {
+        println!(
+            "No change of status in the last {}.",
+            human_duration(report.now.saturating_sub(report.since))
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!("\n{:25}  {:9}  {:>9}  MESSAGE", "WHEN", "STATUS", "AFTER");
+    let tz = jiff::tz::TimeZone::system();
+    for t in &report.transitions {
+        let when = jiff::Timestamp::from_millisecond(t.at as i64)
+            .map(|ts| {
+                ts.to_zoned(tz.clone())
+                    .strftime("%Y-%m-%d %H:%M:%S %Z")
+                    .to_string()
+            })
+            .unwrap_or_else(|_| t.at.to_string());
+        let to = match t.to.as_str() {
+            "failed" => "DOWN",
+            "recovered" => "UP",
+            other => other,
+        };
+        println!(
+            "{when:25}  {to:9}  {:>9}  {}",
+            human_duration(t.after_ms),
+            t.message.lines().next().unwrap_or("")
+        );
     }
     ExitCode::SUCCESS
 }

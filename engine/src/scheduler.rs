@@ -170,8 +170,16 @@ impl Stats {
 
 /// What every check task of the scheduler shares: the status map it writes, the way to
 /// the journal, the counters and the limit on concurrent runs.
+/// Where every run is counted as it ends, whether or not it changed the check's state
+/// (the result history). The scheduler knows only this much of it.
+pub trait RunTally: Send + Sync {
+    fn count(&self, check: &Arc<str>, ok: bool, duration_ms: f64, at: u64);
+}
+
 pub struct SchedulerShared {
     pub book: Arc<StatusBook>,
+    /// Set once at start when history is on.
+    pub tally: std::sync::OnceLock<Arc<dyn RunTally>>,
     pub observations: mpsc::Sender<Observation>,
     pub stats: Stats,
     semaphore: Arc<Semaphore>,
@@ -195,6 +203,7 @@ impl SchedulerShared {
         let n = max_concurrent.max(1);
         Arc::new(SchedulerShared {
             book,
+            tally: std::sync::OnceLock::new(),
             observations,
             stats: Stats::default(),
             semaphore: Arc::new(Semaphore::new(n)),
@@ -827,6 +836,9 @@ fn record(
 ) -> Option<futures::future::BoxFuture<'static, ()>> {
     let now = unix_ms();
     let ok = outcome.is_ok();
+    if let Some(t) = shared.tally.get() {
+        t.count(&spec.name, ok, duration_ms, now);
+    }
     let observation = shared
         .book
         .update(&spec.name, now, |entry: &mut CheckState| {

@@ -106,6 +106,7 @@ pub enum Op {
     Outbox(String, u64, Option<Vec<u8>>),
     Target(String, Vec<u8>),
     Silence(u64, Option<Vec<u8>>),
+    History(crate::history::HistoryOp),
 }
 
 /// One writer (the engine), any number of readers in other processes: `vigia status`
@@ -478,6 +479,7 @@ impl Store {
                         }
                     }
                     Op::Target(t, b) => targets.insert(t.as_str(), b.as_slice()).map(|_| ()),
+                    Op::History(_) => Ok(()),
                     Op::Silence(id, v) => {
                         max_seq = max_seq.max(*id);
                         match v {
@@ -487,6 +489,11 @@ impl Store {
                     }
                 };
                 r.map_err(|e| err(e.into()))?;
+            }
+            for op in ops {
+                if let Op::History(h) = op {
+                    crate::history::apply(&tx, h).map_err(&err)?;
+                }
             }
             if max_seq > 0 {
                 let current = meta
@@ -567,6 +574,17 @@ impl Store {
             out.insert(k.value().to_string(), v.value().to_vec());
         }
         Ok(out)
+    }
+
+    /// Runs `f` in a read transaction (`doing` names it in an error).
+    pub fn read<T>(
+        &self,
+        doing: &'static str,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        let err = self.io_err(doing);
+        let tx = self.with_db(|db| db.begin_read().map_err(|e| err(e.into())))?;
+        f(&tx).map_err(err)
     }
 
     pub fn load_silences(&self) -> Result<Vec<Vec<u8>>, StoreError> {

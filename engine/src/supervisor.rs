@@ -208,6 +208,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let store = Arc::new(open_store(&state_dir).await?);
     let book = StatusBook::new();
     restore(&book, &store, &plan, store.load_checks()?).await;
+    let history = Arc::new(crate::history::History::load(store.clone())?);
+    history.configure(plan.checks.iter().map(|c| &c.name), unix_ms());
 
     let (observations_tx, observations_rx) = mpsc::channel(OBSERVATIONS);
     let (alert_tx, alert_rx) = mpsc::channel(ALERT_INPUTS);
@@ -225,6 +227,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         book.clone(),
         observations_tx,
     );
+    if config.engine.history {
+        let _ = tasks.tally.set(history.clone());
+    }
     let mut scheduler = Scheduler::new(tasks.clone());
     let targets = pipeline::build_targets(&config.alerting, console.clone())
         .map_err(|e| anyhow::anyhow!("alerting cannot start: {e}"))?;
@@ -264,6 +269,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             host: host_rx.clone(),
             bus,
             health: store_health.clone(),
+            history: config.engine.history.then(|| history.clone()),
         }
         .run(observations_rx, journal_stop.clone()),
     );
@@ -278,6 +284,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         alert_tx: alert_tx.clone(),
         store: store_health,
         remediation: remedy_memory.clone(),
+        history,
     });
     let socket_path = state_dir.join(control::SOCKET_FILE);
     let control_stop = CancellationToken::new();
@@ -619,6 +626,9 @@ impl Engine {
         // The checks first: a rebuilt alerting stage then sees the new set.
         let summary = self.scheduler.apply(&plan);
         self.refresh_door();
+        self.door
+            .history
+            .configure(plan.checks.iter().map(|c| &c.name), unix_ms());
 
         if diff.alerting || host_changed {
             match pipeline::build_targets(&config.alerting, self.console.clone()) {
@@ -714,6 +724,7 @@ impl Engine {
         let mut running = Running::of(&config);
         running.engine.state_dir = self.running.engine.state_dir.clone();
         running.engine.worker_threads = self.running.engine.worker_threads;
+        running.engine.history = self.running.engine.history;
         if !applied.alerting && diff.alerting {
             running.alerting = self.running.alerting;
         }

@@ -538,3 +538,159 @@ fn validate_names_the_http_problems() {
     assert!(ok, "{text}");
     assert!(text.contains("chmod 600"), "{text}");
 }
+
+/// The `ok` and `failed` totals of a check's history over the last hour.
+fn history_total(addr: &str, check: &str) -> (u64, u64) {
+    let (code, _, body) = request(
+        addr,
+        "GET",
+        &format!("/api/v1/checks/{check}/history?from=1h&step=1m"),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let t = &json(&body)["total"];
+    (t["ok"].as_u64().unwrap(), t["failed"].as_u64().unwrap())
+}
+
+#[test]
+fn history_answers_over_http_and_the_cli_and_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, addr, up) = engine(dir.path(), "{ listen: 127.0.0.1:0 }");
+    let config = dir.path().join("config.yaml");
+
+    // Enough runs that losing more than the flush interval (5 s, ~17 runs) would show.
+    wait_until("40 runs of good", Duration::from_secs(30), || {
+        history_total(&addr, "good").0 >= 40
+    });
+    let (code, _, body) = request(
+        &addr,
+        "GET",
+        "/api/v1/checks/bad/history?from=1h&step=1m",
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let h = json(&body);
+    assert_eq!(h["step_ms"], 60_000);
+    assert_eq!(h["resolution"], "minute");
+    let buckets = h["buckets"].as_array().unwrap();
+    assert!(
+        !buckets.is_empty() && buckets.iter().all(|b| b["ok"] == 0),
+        "{body}"
+    );
+    assert!(buckets[0]["mean_ms"].as_f64().unwrap() > 0.0, "{body}");
+    assert_eq!(h["total"]["uptime"], 0.0);
+
+    // The check's page carries uptime and its transitions with their messages.
+    let (_, _, body) = request(&addr, "GET", "/api/v1/checks/bad", None, None);
+    let c = json(&body);
+    assert_eq!(c["history"]["uptime"]["24h"], 0.0, "{body}");
+    let t = &c["history"]["transitions"][0];
+    assert_eq!(t["to"], "failed", "{body}");
+    assert!(!t["message"].as_str().unwrap().is_empty(), "{body}");
+
+    let (_, _, body) = request(&addr, "GET", "/api/v1/uptime?window=7d", None, None);
+    let u = json(&body);
+    let of = |name: &str| {
+        u["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap()["uptime"]
+            .clone()
+    };
+    assert_eq!((of("good"), of("bad")), (1.0.into(), 0.0.into()), "{body}");
+
+    let (code, head, svg) = request(&addr, "GET", "/badge/good.svg?uptime=24h", None, None);
+    assert_eq!(code, 200, "{head}");
+    assert!(svg.contains(">100%<") && svg.contains("good 24h"), "{svg}");
+
+    // Bad requests say what is wrong.
+    for (path, says) in [
+        ("/api/v1/checks/good/history?step=7x", "`step=7x`"),
+        (
+            "/api/v1/checks/good/history?from=yesterday",
+            "`from=yesterday`",
+        ),
+        ("/api/v1/checks/good/history?frm=1h", "unknown field `frm`"),
+        (
+            "/api/v1/checks/good/history?from=1h&to=2h",
+            "`from` must come before `to`",
+        ),
+        ("/api/v1/uptime?window=week", "`window=week`"),
+        ("/badge/good.svg?uptime=x", "`uptime=x`"),
+    ] {
+        let (code, _, body) = request(&addr, "GET", path, None, None);
+        assert_eq!(code, 400, "{path}: {body}");
+        assert!(
+            json(&body)["error"].as_str().unwrap().contains(says),
+            "{path}: {body}"
+        );
+    }
+    // Minutes are kept a day: a month at 1m comes at the finest step that has it.
+    let (code, _, body) = request(
+        &addr,
+        "GET",
+        "/api/v1/checks/good/history?from=30d&step=1m",
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        (
+            json(&body)["resolution"].clone(),
+            json(&body)["step_ms"].clone()
+        ),
+        ("hour".into(), 3_600_000.into()),
+        "{body}"
+    );
+    let (code, _, body) = request(&addr, "GET", "/api/v1/checks/god/history", None, None);
+    assert_eq!(code, 404);
+    assert!(body.contains("did you mean `good`"), "{body}");
+
+    // The CLI, through the running engine.
+    let out = vigia(&["history", "bad", "--since", "1h"], &config);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("bad: uptime 24h 0.00 %"), "{text}");
+    assert!(text.contains("DOWN"), "{text}");
+
+    // kill -9 loses at most the flush interval.
+    let before = history_total(&addr, "good").0;
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    let out = vigia(&["history", "good", "--json"], &config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let offline = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(offline["check"], "good");
+
+    // Restarted without `good`: its history stays readable (30 days), and shows what
+    // was saved before the kill.
+    let text: String = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("name: good"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, text).unwrap();
+    let mut cmd = std::process::Command::new(vigia_bin());
+    cmd.args(["run", "--log-format", "json", "-c"]).arg(&config);
+    let p = Proc::spawn(cmd);
+    let addr = http_addr(&p);
+    let after = history_total(&addr, "good").0;
+    assert!(
+        after + 20 >= before && after <= before,
+        "{before} runs before kill -9, {after} after the restart"
+    );
+    drop(up);
+}

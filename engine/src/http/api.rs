@@ -24,6 +24,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/status", get(status))
         .route("/api/v1/checks", get(status))
         .route("/api/v1/checks/{*name}", get(check).post(check_action))
+        .route("/api/v1/uptime", get(super::history::uptime))
         .route(
             "/api/v1/silences",
             get(silences).post(silence_add).delete(silence_remove_query),
@@ -65,12 +66,14 @@ async fn index() -> Response {
             "GET /metrics",
             "GET /api/v1/status",
             "GET /api/v1/checks/{name}",
+            "GET /api/v1/checks/{name}/history?from=24h&to=&step=1h",
             "POST /api/v1/checks/{name}/run",
+            "GET /api/v1/uptime?window=24h|7d|30d",
             "GET /api/v1/silences",
             "POST /api/v1/silences {\"pattern\": \"web\", \"for\": \"2h\", \"reason\": \"...\"}",
             "DELETE /api/v1/silences/{id}",
             "GET /api/v1/events (Server-Sent Events)",
-            "GET /badge/{name}.svg",
+            "GET /badge/{name}.svg (?uptime=7d)",
         ]
     }))
     .into_response()
@@ -185,7 +188,7 @@ async fn status(State(s): State<AppState>, Extension(viewer): Extension<Viewer>)
     }
 }
 
-fn unknown_check(name: &str, names: Vec<String>) -> Response {
+pub fn unknown_check(name: &str, names: Vec<String>) -> Response {
     let hint = vigia_api::yaml::did_you_mean(name, names.iter().map(String::as_str))
         .map(|b| format!(" (did you mean `{b}`?)"))
         .unwrap_or_default();
@@ -199,8 +202,16 @@ async fn check(
     State(s): State<AppState>,
     Extension(viewer): Extension<Viewer>,
     Path(name): Path<String>,
+    uri: axum::http::Uri,
 ) -> Response {
-    match s.door.check(&name) {
+    let found = s.door.check(&name);
+    if let (Err(_), Some(of)) = (&found, name.strip_suffix("/history")) {
+        return match super::history::query(&uri) {
+            Ok(q) => super::history::series(&s, of, q).await,
+            Err(r) => r,
+        };
+    }
+    match found {
         Ok(mut c) => {
             if viewer == Viewer::Public {
                 redact(&mut c);
@@ -210,8 +221,19 @@ async fn check(
                 .as_ref()
                 .map(|l| l.at.saturating_sub(l.duration_ms as u64) + c.interval_ms);
             let mut v = serde_json::to_value(&c).unwrap_or_default();
-            if let (Some(m), Some(n)) = (v.as_object_mut(), next_run) {
-                m.insert("next_run_about".into(), json!(n));
+            let history = s.door.history.clone();
+            let n = name.clone();
+            let now = crate::clock::unix_ms();
+            let summary = tokio::task::spawn_blocking(move || {
+                super::history::summary(&history, &n, viewer, now)
+            })
+            .await
+            .unwrap_or_default();
+            if let Some(m) = v.as_object_mut() {
+                if let Some(n) = next_run {
+                    m.insert("next_run_about".into(), json!(n));
+                }
+                m.insert("history".into(), summary);
             }
             Json(v).into_response()
         }
@@ -345,14 +367,58 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> 
 }
 
 /// `GET /badge/{name}.svg`: the check's status as a small SVG.
-async fn badge(State(s): State<AppState>, Path(file): Path<String>) -> Response {
-    let name = file.strip_suffix(".svg").unwrap_or(&file);
-    let (label, color) = match s.door.check(name) {
-        Ok(c) if c.status => ("up", "#2e7d32"),
-        Ok(_) => ("down", "#c62828"),
-        Err(names) => return unknown_check(name, names),
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BadgeQuery {
+    /// `7d`: the uptime over that window instead of the status.
+    uptime: Option<String>,
+}
+
+async fn badge(
+    State(s): State<AppState>,
+    Path(file): Path<String>,
+    uri: axum::http::Uri,
+) -> Response {
+    let name = file.strip_suffix(".svg").unwrap_or(&file).to_string();
+    let q: BadgeQuery = match super::history::query(&uri) {
+        Ok(q) => q,
+        Err(r) => return r,
     };
-    let svg = badge_svg(name, label, color);
+    let status = match s.door.check(&name) {
+        Ok(c) => c.status,
+        Err(names) => return unknown_check(&name, names),
+    };
+    let svg = match q.uptime {
+        None if status => badge_svg(&name, "up", "#2e7d32"),
+        None => badge_svg(&name, "down", "#c62828"),
+        Some(w) => {
+            let Some(window) = vigia_core::history::parse_window(&w) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("`uptime={w}`: give a span such as 24h, 7d, 30d"),
+                );
+            };
+            let history = s.door.history.clone();
+            let n = name.clone();
+            let now = crate::clock::unix_ms();
+            let total = tokio::task::spawn_blocking(move || history.total(&n, window, now))
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .flatten()
+                .unwrap_or_default();
+            let ratio = vigia_core::history::uptime(&total);
+            let color = match ratio {
+                None => "#9e9e9e",
+                Some(r) if r >= 0.999 => "#2e7d32",
+                Some(r) if r >= 0.99 => "#9e9d24",
+                Some(r) if r >= 0.95 => "#ef6c00",
+                Some(_) => "#c62828",
+            };
+            let text = vigia_core::history::percent(ratio).replace(" %", "%");
+            badge_svg(&format!("{name} {w}"), &text, color)
+        }
+    };
     (
         [
             (

@@ -13,6 +13,7 @@
 //!   sniffing, no referrer, no caching of API answers.
 
 mod api;
+mod history;
 pub mod metrics;
 
 use std::net::SocketAddr;

@@ -1,0 +1,766 @@
+//! Result history: per check, buckets of runs per minute (24 h), hour (30 days) and day
+//! (400 days), and the last 100 transitions with their messages, in the state store.
+//!
+//! The journal hands every observation to [`History::record`], which only adds it to
+//! the check's open minute in memory. Every [`FLUSH_MS`] the journal asks for
+//! [`History::flush_ops`]: the minutes that closed are appended to their blocks, and
+//! the open minutes of all checks are saved as one row, so `kill -9` loses at most that
+//! interval. A block is appended to in place; the first minute of a new hour seals the
+//! previous hour's block and adds its total to the hour tier (and so on to days), and
+//! drops what is older than the tier keeps. A reader fills a coarser slot not written
+//! yet from the finer tiers and the open minute, so the current hour and day are there.
+//!
+//! Memory: one open bucket per check. The store: ~4 bytes a minute of a check.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use redb::{ReadableTable, TableDefinition};
+pub use vigia_core::history::TransitionRecord;
+use vigia_core::history::{self as codec, Bucket, Tier, MINUTE_MS};
+
+use crate::store::{Op, Store, StoreError};
+
+/// How often the open minutes are saved: what `kill -9` may lose.
+pub const FLUSH_MS: u64 = 5_000;
+/// The history of a check that left the config is dropped this long after.
+pub const KEEP_REMOVED_MS: u64 = 30 * codec::DAY_MS;
+/// Transitions kept per check.
+pub const TRANSITIONS: usize = 100;
+
+/// check name → (id, removed at: unix ms, 0 while configured).
+const IDS: TableDefinition<&str, (u32, u64)> = TableDefinition::new("history_ids");
+/// (id, tier, block) → a block of buckets.
+const BLOCKS: TableDefinition<(u32, u8, u32), &[u8]> = TableDefinition::new("history_blocks");
+/// "open" → every check's open minute.
+const OPEN: TableDefinition<&str, &[u8]> = TableDefinition::new("history_open");
+/// id → the last transitions, deflated JSON.
+const TRANSITIONS_T: TableDefinition<u32, &[u8]> = TableDefinition::new("history_transitions");
+
+/// A write to the history tables, applied inside the store's transaction.
+#[derive(Clone, Debug)]
+pub enum HistoryOp {
+    Id(String, u32, u64),
+    /// A closed minute of a check.
+    Minute {
+        id: u32,
+        minute: u64,
+        bucket: Bucket,
+    },
+    Open(Vec<u8>),
+    Transition(u32, TransitionRecord),
+    /// Everything of a check removed long ago.
+    Drop(String, u32),
+}
+
+#[derive(Default)]
+struct Entry {
+    id: u32,
+    removed_at: u64,
+    /// The minute (unix minutes) the open bucket belongs to.
+    minute: u64,
+    open: Bucket,
+}
+
+#[derive(Default)]
+struct Inner {
+    checks: HashMap<Arc<str>, Entry, foldhash::fast::RandomState>,
+    next_id: u32,
+    /// Minutes that closed since the last flush.
+    closed: Vec<(u32, u64, Bucket)>,
+    pending_ids: Vec<HistoryOp>,
+    last_flush: u64,
+    last_sweep: u64,
+}
+
+pub struct History {
+    store: Arc<Store>,
+    inner: Mutex<Inner>,
+}
+
+/// Buckets of one tier over a span: (start of the slot in unix ms, its bucket); slots
+/// without runs are left out.
+pub type Series = Vec<(u64, Bucket)>;
+
+impl History {
+    /// Loads the ids and the open minutes saved by the last run.
+    pub fn load(store: Arc<Store>) -> Result<History, StoreError> {
+        let mut inner = Inner::default();
+        let (ids, open) = store.read("reading the result history", |tx| {
+            let mut ids = Vec::new();
+            if let Some(t) = open_read(tx, IDS)? {
+                for item in t.iter()? {
+                    let (k, v) = item?;
+                    ids.push((k.value().to_string(), v.value()));
+                }
+            }
+            let open = match open_read(tx, OPEN)? {
+                Some(t) => t.get("open")?.map(|v| v.value().to_vec()),
+                None => None,
+            };
+            Ok((ids, open))
+        })?;
+        let mut by_id = HashMap::new();
+        for (name, (id, removed_at)) in ids {
+            inner.next_id = inner.next_id.max(id + 1);
+            let name: Arc<str> = name.into();
+            by_id.insert(id, name.clone());
+            inner.checks.insert(
+                name,
+                Entry {
+                    id,
+                    removed_at,
+                    ..Default::default()
+                },
+            );
+        }
+        for (id, minute, bucket) in decode_open(open.as_deref().unwrap_or(&[])) {
+            if let Some(e) = by_id.get(&id).and_then(|n| inner.checks.get_mut(n)) {
+                e.minute = minute;
+                e.open = bucket;
+            }
+        }
+        inner.next_id = inner.next_id.max(1);
+        Ok(History {
+            store,
+            inner: Mutex::new(inner),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The checks in the config now: new ones get an id, removed ones start their
+    /// 30 days. Returns the writes (ids), which the next flush also carries.
+    pub fn configure<'a>(&self, names: impl IntoIterator<Item = &'a Arc<str>>, now: u64) {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let mut live = std::collections::HashSet::new();
+        for name in names {
+            live.insert(name.clone());
+            match inner.checks.get_mut(name) {
+                Some(e) if e.removed_at != 0 => {
+                    e.removed_at = 0;
+                    inner
+                        .pending_ids
+                        .push(HistoryOp::Id(name.to_string(), e.id, 0));
+                }
+                Some(_) => {}
+                None => {
+                    let id = inner.next_id;
+                    inner.next_id += 1;
+                    inner.checks.insert(
+                        name.clone(),
+                        Entry {
+                            id,
+                            ..Default::default()
+                        },
+                    );
+                    inner
+                        .pending_ids
+                        .push(HistoryOp::Id(name.to_string(), id, 0));
+                }
+            }
+        }
+        for (name, e) in inner.checks.iter_mut() {
+            if e.removed_at == 0 && !live.contains(name) {
+                e.removed_at = now.max(1);
+                inner
+                    .pending_ids
+                    .push(HistoryOp::Id(name.to_string(), e.id, e.removed_at));
+            }
+        }
+        Self::sweep(inner, now);
+    }
+
+    /// Drops the history of checks removed more than 30 days ago.
+    fn sweep(inner: &mut Inner, now: u64) {
+        let old: Vec<Arc<str>> = inner
+            .checks
+            .iter()
+            .filter(|(_, e)| {
+                e.removed_at != 0 && now.saturating_sub(e.removed_at) > KEEP_REMOVED_MS
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in old {
+            if let Some(e) = inner.checks.remove(&name) {
+                inner
+                    .pending_ids
+                    .push(HistoryOp::Drop(name.to_string(), e.id));
+            }
+        }
+    }
+
+    /// Counts a run (the scheduler, as each run ends).
+    pub fn record(&self, name: &Arc<str>, ok: bool, duration_ms: f64, at: u64) {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let Some(e) = inner.checks.get_mut(name) else {
+            return;
+        };
+        let minute = at / MINUTE_MS;
+        if minute != e.minute && !e.open.is_empty() {
+            if minute < e.minute {
+                // The clock went back: count it in the open minute.
+                e.open.add(ok, duration_ms);
+                return;
+            }
+            inner.closed.push((e.id, e.minute, e.open));
+            e.open = Bucket::default();
+        }
+        e.minute = minute;
+        e.open.add(ok, duration_ms);
+    }
+
+    /// Whether a flush is due.
+    pub fn due(&self, now: u64) -> bool {
+        let g = self.lock();
+        now.saturating_sub(g.last_flush) >= FLUSH_MS || !g.pending_ids.is_empty()
+    }
+
+    /// The writes of a flush: ids, the minutes closed by `now`, and every open minute.
+    pub fn flush_ops(&self, now: u64) -> Vec<Op> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        inner.last_flush = now;
+        let this_minute = now / MINUTE_MS;
+        let mut ops: Vec<Op> = inner.pending_ids.drain(..).map(Op::History).collect();
+        let mut closed = std::mem::take(&mut inner.closed);
+        let mut open = Vec::new();
+        for e in inner.checks.values_mut() {
+            if e.open.is_empty() {
+                continue;
+            }
+            if e.minute < this_minute {
+                closed.push((e.id, e.minute, e.open));
+                e.open = Bucket::default();
+            } else {
+                encode_open(&mut open, e.id, e.minute, &e.open);
+            }
+        }
+        if now.saturating_sub(inner.last_sweep) >= codec::HOUR_MS {
+            inner.last_sweep = now;
+            Self::sweep(inner, now);
+        }
+        ops.extend(
+            closed
+                .into_iter()
+                .map(|(id, minute, bucket)| Op::History(HistoryOp::Minute { id, minute, bucket })),
+        );
+        ops.push(Op::History(HistoryOp::Open(open)));
+        ops
+    }
+
+    /// The write that keeps a transition.
+    pub fn transition_op(&self, name: &str, record: TransitionRecord) -> Option<Op> {
+        let g = self.lock();
+        let id = g.checks.get(name)?.id;
+        Some(Op::History(HistoryOp::Transition(id, record)))
+    }
+
+    fn id_and_open(&self, name: &str) -> Option<(u32, Vec<(u64, Bucket)>)> {
+        let g = self.lock();
+        let e = g.checks.get(name)?;
+        let mut open: Vec<(u64, Bucket)> = g
+            .closed
+            .iter()
+            .filter(|(id, _, _)| *id == e.id)
+            .map(|(_, m, b)| (m * MINUTE_MS, *b))
+            .collect();
+        if !e.open.is_empty() {
+            open.push((e.minute * MINUTE_MS, e.open));
+        }
+        Some((e.id, open))
+    }
+
+    /// Whether history knows the check (configured now, or removed less than 30 days
+    /// ago).
+    pub fn knows(&self, name: &str) -> bool {
+        self.lock().checks.contains_key(name)
+    }
+
+    /// The buckets of `tier` whose slots start in `[from, to)`. `None` for a check
+    /// history does not know.
+    pub fn series(
+        &self,
+        name: &str,
+        tier: Tier,
+        from: u64,
+        to: u64,
+    ) -> Result<Option<Series>, StoreError> {
+        let Some((id, open)) = self.id_and_open(name) else {
+            return Ok(None);
+        };
+        let slot = tier.slot_ms();
+        let from = from / slot * slot;
+        if to <= from {
+            return Ok(Some(Vec::new()));
+        }
+        let slots = self.store.read("reading the result history", |tx| {
+            let mut slots: BTreeMap<u64, Bucket> = BTreeMap::new();
+            let mut written = std::collections::HashSet::new();
+            if let Some(blocks) = &open_read(tx, BLOCKS)? {
+                let (first, _) = tier.locate(from);
+                let (last, _) = tier.locate(to - 1);
+                for item in blocks.range((id, tier as u8, first)..=(id, tier as u8, last))? {
+                    let (k, v) = item?;
+                    let start = tier.block_start(k.value().2);
+                    for (s, b) in decode_stored(v.value()) {
+                        let at = start + s as u64 * slot;
+                        if at >= from && at < to {
+                            slots.insert(at, b);
+                        }
+                    }
+                }
+                // Slots not rolled up yet: from the finer tiers' last (unsealed) blocks.
+                written = slots.keys().copied().collect();
+                let mut finer = tier.finer();
+                while let Some(f) = finer {
+                    let last = blocks
+                        .range((id, f as u8, 0)..=(id, f as u8, u32::MAX))?
+                        .next_back()
+                        .transpose()?;
+                    if let Some((k, v)) = last {
+                        if !is_sealed(v.value()) {
+                            let start = f.block_start(k.value().2);
+                            for (s, b) in decode_stored(v.value()) {
+                                let at = (start + s as u64 * f.slot_ms()) / slot * slot;
+                                if at >= from && at < to && !written.contains(&at) {
+                                    slots.entry(at).or_default().merge(&b);
+                                }
+                            }
+                        }
+                    }
+                    finer = f.finer();
+                }
+            }
+            for (t, b) in &open {
+                let at = t / slot * slot;
+                if at >= from && at < to && !written.contains(&at) {
+                    slots.entry(at).or_default().merge(b);
+                }
+            }
+            Ok(slots)
+        })?;
+        Ok(Some(slots.into_iter().collect()))
+    }
+
+    /// The runs of the last `window` ms up to `now` as one bucket, from the coarsest
+    /// tier that still has a slot per 1/24th of it (hours for 24 h and 7 days, days
+    /// for 30 days): the window's first slot counts whole.
+    pub fn total(&self, name: &str, window: u64, now: u64) -> Result<Option<Bucket>, StoreError> {
+        let tier = tier_for(window);
+        Ok(self
+            .series(name, tier, now.saturating_sub(window), now + 1)?
+            .map(|s| {
+                let mut t = Bucket::default();
+                for (_, b) in &s {
+                    t.merge(b);
+                }
+                t
+            }))
+    }
+
+    /// The last transitions, oldest first.
+    pub fn transitions(&self, name: &str) -> Result<Option<Vec<TransitionRecord>>, StoreError> {
+        let Some((id, _)) = self.id_and_open(name) else {
+            return Ok(None);
+        };
+        self.store
+            .read("reading the result history", |tx| {
+                Ok(match open_read(tx, TRANSITIONS_T)? {
+                    Some(t) => t.get(id)?.map(|v| inflate_transitions(v.value())),
+                    None => None,
+                })
+            })
+            .map(|t| Some(t.unwrap_or_default()))
+    }
+}
+
+impl crate::scheduler::RunTally for History {
+    fn count(&self, check: &Arc<str>, ok: bool, duration_ms: f64, at: u64) {
+        self.record(check, ok, duration_ms, at);
+    }
+}
+
+/// The windows uptime is shown for.
+pub const WINDOWS: [(&str, u64); 3] = [
+    ("24h", codec::DAY_MS),
+    ("7d", 7 * codec::DAY_MS),
+    ("30d", 30 * codec::DAY_MS),
+];
+
+impl History {
+    /// Uptime over 24 h, 7 d and 30 d (and `extra`, when it is another window).
+    pub fn uptime(
+        &self,
+        name: &str,
+        extra: Option<(&str, u64)>,
+        now: u64,
+    ) -> Result<Option<Vec<vigia_core::history::UptimeFigure>>, StoreError> {
+        if !self.knows(name) {
+            return Ok(None);
+        }
+        let mut windows: Vec<(&str, u64)> = WINDOWS.to_vec();
+        if let Some(x) = extra.filter(|x| !WINDOWS.iter().any(|w| w.1 == x.1)) {
+            windows.push(x);
+        }
+        let mut out = Vec::new();
+        for (label, ms) in windows {
+            let b = self.total(name, ms, now)?.unwrap_or_default();
+            out.push(vigia_core::history::UptimeFigure::of(label, &b));
+        }
+        Ok(Some(out))
+    }
+
+    /// What `vigia history` prints.
+    pub fn report(
+        &self,
+        name: &str,
+        since: u64,
+        now: u64,
+    ) -> Result<Option<vigia_core::history::HistoryReport>, StoreError> {
+        let Some(transitions) = self.transitions(name)? else {
+            return Ok(None);
+        };
+        let label = vigia_core::alert::human_duration(now.saturating_sub(since));
+        let uptime = self
+            .uptime(name, Some((&label, now.saturating_sub(since))), now)?
+            .unwrap_or_default();
+        Ok(Some(vigia_core::history::HistoryReport {
+            check: name.to_string(),
+            since,
+            now,
+            transitions: transitions.into_iter().filter(|t| t.at >= since).collect(),
+            uptime,
+        }))
+    }
+}
+
+/// `vigia history` while no engine runs: the store is free then. What the engine's
+/// last seconds had not written yet is not there.
+pub fn offline(state_dir: &std::path::Path, name: &str, since: u64) -> vigia_core::command::Reply {
+    use vigia_core::command::Reply;
+    let read = Store::open(state_dir)
+        .map(Arc::new)
+        .and_then(History::load)
+        .and_then(|h| h.report(name, since, crate::clock::unix_ms()));
+    match read {
+        Ok(Some(r)) => Reply::History(r),
+        Ok(None) => Reply::error(format!(
+            "the store in {} has no history of a check named `{name}`",
+            state_dir.display()
+        )),
+        Err(e) => Reply::error(e.to_string()),
+    }
+}
+
+/// The tier a window is summed from.
+pub fn tier_for(window: u64) -> Tier {
+    if window >= 20 * codec::DAY_MS {
+        Tier::Day
+    } else if window >= 6 * codec::HOUR_MS {
+        Tier::Hour
+    } else {
+        Tier::Minute
+    }
+}
+
+fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
+    tx: &redb::ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, redb::Error> {
+    match tx.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A sealed block (its span is over) has the top bit of its version byte set.
+const SEALED: u8 = 0x80;
+
+fn is_sealed(block: &[u8]) -> bool {
+    block.first().is_some_and(|v| v & SEALED != 0)
+}
+
+/// A stored block's buckets; a block that does not decode reads as empty (it costs
+/// that span its history, never the engine).
+fn decode_stored(block: &[u8]) -> Vec<(u8, Bucket)> {
+    let mut b = block.to_vec();
+    if let Some(v) = b.first_mut() {
+        *v &= !SEALED;
+    }
+    codec::decode(&b).unwrap_or_default()
+}
+
+fn encode_open(out: &mut Vec<u8>, id: u32, minute: u64, b: &Bucket) {
+    let mut block = codec::new_block();
+    let _ = codec::append(&mut block, 0, b);
+    for v in [id as u64, minute, block.len() as u64] {
+        let mut v = v;
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    out.extend_from_slice(&block);
+}
+
+fn decode_open(mut b: &[u8]) -> Vec<(u32, u64, Bucket)> {
+    fn varint(b: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = b.split_first()?;
+            *b = rest;
+            v |= ((byte & 0x7f) as u64) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let (Some(id), Some(minute), Some(len)) = (varint(&mut b), varint(&mut b), varint(&mut b))
+        else {
+            break;
+        };
+        let len = (len as usize).min(b.len());
+        let (block, rest) = b.split_at(len);
+        b = rest;
+        if let Some((_, bucket)) = codec::decode(block).ok().and_then(|v| v.into_iter().next()) {
+            out.push((id as u32, minute, bucket));
+        }
+    }
+    out
+}
+
+fn inflate_transitions(b: &[u8]) -> Vec<TransitionRecord> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    let mut d = flate2::read::DeflateDecoder::new(b);
+    if d.read_to_end(&mut text).is_err() {
+        return Vec::new();
+    }
+    serde_json::from_slice(&text).unwrap_or_default()
+}
+
+fn deflate_transitions(t: &[TransitionRecord]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    let _ = e.write_all(&serde_json::to_vec(t).unwrap_or_default());
+    e.finish().unwrap_or_default()
+}
+
+/// Applies one history write inside the store's write transaction.
+pub(crate) fn apply(tx: &redb::WriteTransaction, op: &HistoryOp) -> Result<(), redb::Error> {
+    match op {
+        HistoryOp::Id(name, id, removed_at) => {
+            tx.open_table(IDS)?
+                .insert(name.as_str(), (*id, *removed_at))?;
+        }
+        HistoryOp::Open(bytes) => {
+            tx.open_table(OPEN)?.insert("open", bytes.as_slice())?;
+        }
+        HistoryOp::Minute { id, minute, bucket } => {
+            let mut blocks = tx.open_table(BLOCKS)?;
+            add(&mut blocks, *id, Tier::Minute, minute * MINUTE_MS, bucket)?;
+        }
+        HistoryOp::Transition(id, record) => {
+            let mut t = tx.open_table(TRANSITIONS_T)?;
+            let mut list = t
+                .get(*id)?
+                .map(|v| inflate_transitions(v.value()))
+                .unwrap_or_default();
+            list.push(record.clone());
+            let excess = list.len().saturating_sub(TRANSITIONS);
+            list.drain(..excess);
+            t.insert(*id, deflate_transitions(&list).as_slice())?;
+        }
+        HistoryOp::Drop(name, id) => {
+            tx.open_table(IDS)?.remove(name.as_str())?;
+            tx.open_table(TRANSITIONS_T)?.remove(*id)?;
+            let mut blocks = tx.open_table(BLOCKS)?;
+            blocks.retain_in((*id, 0u8, 0u32)..=(*id, u8::MAX, u32::MAX), |_, _| false)?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds a closed bucket to its tier's block. The first bucket of a new block seals the
+/// check's previous block of that tier, adds its total to the next tier, and drops the
+/// blocks this tier no longer keeps.
+fn add(
+    blocks: &mut redb::Table<(u32, u8, u32), &[u8]>,
+    id: u32,
+    tier: Tier,
+    at: u64,
+    bucket: &Bucket,
+) -> Result<(), redb::Error> {
+    let (block, slot) = tier.locate(at);
+    let key = (id, tier as u8, block);
+    let existing = blocks.get(key)?.map(|v| v.value().to_vec());
+    let mut bytes = match existing {
+        Some(b) if !is_sealed(&b) => b,
+        Some(_) => return Ok(()), // a late bucket for a span already sealed
+        None => {
+            let previous = blocks
+                .range((id, tier as u8, 0)..(id, tier as u8, block))?
+                .next_back()
+                .transpose()?
+                .map(|(k, v)| (k.value().2, v.value().to_vec()));
+            if let Some((prev_block, prev)) = previous {
+                if !is_sealed(&prev) {
+                    let mut sealed = prev.clone();
+                    sealed[0] |= SEALED;
+                    blocks.insert((id, tier as u8, prev_block), sealed.as_slice())?;
+                    if let (Some(up), Ok(total)) = (tier.coarser(), codec::total(&prev)) {
+                        if !total.is_empty() {
+                            add(blocks, id, up, tier.block_start(prev_block), &total)?;
+                        }
+                    }
+                }
+            }
+            let keep_from = at.saturating_sub(tier.keep_ms() + tier.block_ms());
+            let (cut, _) = tier.locate(keep_from);
+            if cut > 0 {
+                blocks.retain_in((id, tier as u8, 0)..(id, tier as u8, cut), |_, _| false)?;
+            }
+            codec::new_block()
+        }
+    };
+    if codec::append(&mut bytes, slot, bucket).is_ok() {
+        blocks.insert(key, bytes.as_slice())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigia_core::history::{DAY_MS, HOUR_MS};
+
+    fn store() -> (tempfile::TempDir, Arc<Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Store::open(dir.path()).unwrap());
+        (dir, s)
+    }
+
+    fn flush(h: &History, s: &Store, now: u64) {
+        s.apply(&h.flush_ops(now)).unwrap();
+    }
+
+    #[test]
+    fn minutes_roll_up_into_hours_and_days_and_reads_see_the_open_minute() {
+        let (_d, s) = store();
+        let h = History::load(s.clone()).unwrap();
+        let web: Arc<str> = "web".into();
+        h.configure([&web], 0);
+        let t0 = 10 * DAY_MS;
+        // Two days and an hour of runs every 10 s; the first failing hour is hour 3.
+        let mut t = t0;
+        while t < t0 + 2 * DAY_MS + HOUR_MS {
+            let ok = !(t >= t0 + 3 * HOUR_MS && t < t0 + 4 * HOUR_MS);
+            h.record(&web, ok, 20.0, t);
+            t += 10_000;
+            if t % (10 * MINUTE_MS) == 0 {
+                flush(&h, &s, t);
+            }
+        }
+        let now = t;
+        let hours = h.series("web", Tier::Hour, t0, now).unwrap().unwrap();
+        assert_eq!(hours.len(), 49, "{hours:?}");
+        assert_eq!(hours[3].1.failed, 360);
+        assert_eq!(hours[3].1.ok, 0);
+        assert_eq!(hours[4].1.ok, 360);
+        let days = h.series("web", Tier::Day, t0, now).unwrap().unwrap();
+        assert_eq!(days.len(), 3);
+        assert_eq!((days[0].1.ok, days[0].1.failed), (8640 - 360, 360));
+        assert_eq!(days[2].1.ok, 360, "today, from the unsealed hour");
+        // The last 10 s are in memory only, and still read.
+        h.record(&web, false, 5.0, now);
+        let last = h
+            .series("web", Tier::Minute, now, now + 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(last[0].1.failed, 1);
+        // Minutes older than a day are gone.
+        let old = h
+            .series("web", Tier::Minute, t0, t0 + HOUR_MS)
+            .unwrap()
+            .unwrap();
+        assert!(old.is_empty(), "{old:?}");
+        let total = h.total("web", DAY_MS, now).unwrap().unwrap();
+        assert!(total.ok >= 8640 && total.failed == 1, "{total:?}");
+    }
+
+    #[test]
+    fn a_restart_keeps_the_open_minute_and_transitions_and_removal_drops_after_30_days() {
+        let (_d, s) = store();
+        let web: Arc<str> = "web".into();
+        let db: Arc<str> = "db".into();
+        {
+            let h = History::load(s.clone()).unwrap();
+            h.configure([&web, &db], 0);
+            h.record(&web, true, 3.0, 1_000);
+            h.record(&db, false, 3.0, 1_000);
+            let mut ops = h.flush_ops(2_000);
+            ops.push(
+                h.transition_op(
+                    "db",
+                    TransitionRecord {
+                        at: 1_000,
+                        to: "failed".into(),
+                        message: "refused".into(),
+                        after_ms: 0,
+                    },
+                )
+                .unwrap(),
+            );
+            s.apply(&ops).unwrap();
+        }
+        let h = History::load(s.clone()).unwrap();
+        let m = h.series("web", Tier::Minute, 0, 60_000).unwrap().unwrap();
+        assert_eq!(m[0].1.ok, 1);
+        let t = h.transitions("db").unwrap().unwrap();
+        assert_eq!(t[0].message, "refused");
+        h.configure([&web], 5_000);
+        flush(&h, &s, 6_000);
+        assert!(h.knows("db"));
+        h.configure([&web], 5_000 + KEEP_REMOVED_MS + 1);
+        flush(&h, &s, 5_000 + KEEP_REMOVED_MS + 2);
+        assert!(!h.knows("db"));
+        let h = History::load(s.clone()).unwrap();
+        assert!(!h.knows("db") && h.knows("web"));
+    }
+
+    #[test]
+    fn transitions_keep_the_last_hundred() {
+        let (_d, s) = store();
+        let h = History::load(s.clone()).unwrap();
+        let web: Arc<str> = "web".into();
+        h.configure([&web], 0);
+        for i in 0..130u64 {
+            let op = h
+                .transition_op(
+                    "web",
+                    TransitionRecord {
+                        at: i,
+                        to: "failed".into(),
+                        message: format!("m{i}"),
+                        after_ms: 0,
+                    },
+                )
+                .unwrap();
+            s.apply(&[op]).unwrap();
+        }
+        let t = h.transitions("web").unwrap().unwrap();
+        assert_eq!(t.len(), TRANSITIONS);
+        assert_eq!(t[0].message, "m30");
+        assert_eq!(t[99].message, "m129");
+    }
+}
