@@ -12,10 +12,9 @@
 //!
 //! Memory: one open bucket per check. The store: ~4 bytes a minute of a check.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use redb::{ReadableTable, TableDefinition};
 pub use vigia_core::history::TransitionRecord;
 use vigia_core::history::{self as codec, Bucket, Tier, MINUTE_MS};
 
@@ -28,14 +27,8 @@ pub const KEEP_REMOVED_MS: u64 = 30 * codec::DAY_MS;
 /// Transitions kept per check.
 pub const TRANSITIONS: usize = 100;
 
-/// check name → (id, removed at: unix ms, 0 while configured).
-const IDS: TableDefinition<&str, (u32, u64)> = TableDefinition::new("history_ids");
-/// (id, tier, block) → a block of buckets.
-const BLOCKS: TableDefinition<(u32, u8, u32), &[u8]> = TableDefinition::new("history_blocks");
-/// "open" → every check's open minute.
-const OPEN: TableDefinition<&str, &[u8]> = TableDefinition::new("history_open");
-/// id → the last transitions, deflated JSON.
-const TRANSITIONS_T: TableDefinition<u32, &[u8]> = TableDefinition::new("history_transitions");
+mod tables;
+pub(crate) use tables::apply;
 
 /// A write to the history tables, applied inside the store's transaction.
 #[derive(Clone, Debug)]
@@ -48,6 +41,11 @@ pub enum HistoryOp {
         bucket: Bucket,
     },
     Open(Vec<u8>),
+    /// Seal every check's blocks of `tier` before block `before`, and roll them up.
+    Sweep {
+        tier: Tier,
+        before: u32,
+    },
     Transition(u32, TransitionRecord),
     /// Everything of a check removed long ago.
     Drop(String, u32),
@@ -71,6 +69,9 @@ struct Inner {
     pending_ids: Vec<HistoryOp>,
     last_flush: u64,
     last_sweep: u64,
+    /// Per tier, the block before which every block is sealed (0 after a start: the
+    /// first flush sweeps whatever an earlier run left).
+    swept: [u32; 3],
 }
 
 pub struct History {
@@ -86,20 +87,7 @@ impl History {
     /// Loads the ids and the open minutes saved by the last run.
     pub fn load(store: Arc<Store>) -> Result<History, StoreError> {
         let mut inner = Inner::default();
-        let (ids, open) = store.read("reading the result history", |tx| {
-            let mut ids = Vec::new();
-            if let Some(t) = open_read(tx, IDS)? {
-                for item in t.iter()? {
-                    let (k, v) = item?;
-                    ids.push((k.value().to_string(), v.value()));
-                }
-            }
-            let open = match open_read(tx, OPEN)? {
-                Some(t) => t.get("open")?.map(|v| v.value().to_vec()),
-                None => None,
-            };
-            Ok((ids, open))
-        })?;
+        let (ids, open) = store.read("reading the result history", tables::load)?;
         let mut by_id = HashMap::new();
         for (name, (id, removed_at)) in ids {
             inner.next_id = inner.next_id.max(id + 1);
@@ -244,11 +232,23 @@ impl History {
             inner.last_sweep = now;
             Self::sweep(inner, now);
         }
+        // In check order: the appends then walk the open blocks' table in its order.
+        closed.sort_by_key(|(id, minute, _)| (*id, *minute));
         ops.extend(
             closed
                 .into_iter()
                 .map(|(id, minute, bucket)| Op::History(HistoryOp::Minute { id, minute, bucket })),
         );
+        for tier in Tier::ALL {
+            let (current, _) = tier.locate(now);
+            if current > inner.swept[tier as usize] {
+                inner.swept[tier as usize] = current;
+                ops.push(Op::History(HistoryOp::Sweep {
+                    tier,
+                    before: current,
+                }));
+            }
+        }
         ops.push(Op::History(HistoryOp::Open(open)));
         ops
     }
@@ -299,50 +299,7 @@ impl History {
             return Ok(Some(Vec::new()));
         }
         let slots = self.store.read("reading the result history", |tx| {
-            let mut slots: BTreeMap<u64, Bucket> = BTreeMap::new();
-            let mut written = std::collections::HashSet::new();
-            if let Some(blocks) = &open_read(tx, BLOCKS)? {
-                let (first, _) = tier.locate(from);
-                let (last, _) = tier.locate(to - 1);
-                for item in blocks.range((id, tier as u8, first)..=(id, tier as u8, last))? {
-                    let (k, v) = item?;
-                    let start = tier.block_start(k.value().2);
-                    for (s, b) in decode_stored(v.value()) {
-                        let at = start + s as u64 * slot;
-                        if at >= from && at < to {
-                            slots.insert(at, b);
-                        }
-                    }
-                }
-                // Slots not rolled up yet: from the finer tiers' last (unsealed) blocks.
-                written = slots.keys().copied().collect();
-                let mut finer = tier.finer();
-                while let Some(f) = finer {
-                    let last = blocks
-                        .range((id, f as u8, 0)..=(id, f as u8, u32::MAX))?
-                        .next_back()
-                        .transpose()?;
-                    if let Some((k, v)) = last {
-                        if !is_sealed(v.value()) {
-                            let start = f.block_start(k.value().2);
-                            for (s, b) in decode_stored(v.value()) {
-                                let at = (start + s as u64 * f.slot_ms()) / slot * slot;
-                                if at >= from && at < to && !written.contains(&at) {
-                                    slots.entry(at).or_default().merge(&b);
-                                }
-                            }
-                        }
-                    }
-                    finer = f.finer();
-                }
-            }
-            for (t, b) in &open {
-                let at = t / slot * slot;
-                if at >= from && at < to && !written.contains(&at) {
-                    slots.entry(at).or_default().merge(b);
-                }
-            }
-            Ok(slots)
+            tables::slots(tx, id, tier, from, to, &open)
         })?;
         Ok(Some(slots.into_iter().collect()))
     }
@@ -370,12 +327,9 @@ impl History {
         };
         self.store
             .read("reading the result history", |tx| {
-                Ok(match open_read(tx, TRANSITIONS_T)? {
-                    Some(t) => t.get(id)?.map(|v| inflate_transitions(v.value())),
-                    None => None,
-                })
+                tables::transitions(tx, id)
             })
-            .map(|t| Some(t.unwrap_or_default()))
+            .map(Some)
     }
 }
 
@@ -459,41 +413,13 @@ pub fn offline(state_dir: &std::path::Path, name: &str, since: u64) -> vigia_cor
 
 /// The tier a window is summed from.
 pub fn tier_for(window: u64) -> Tier {
-    if window >= 20 * codec::DAY_MS {
+    if window >= 2 * codec::DAY_MS {
         Tier::Day
     } else if window >= 6 * codec::HOUR_MS {
         Tier::Hour
     } else {
         Tier::Minute
     }
-}
-
-fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
-    tx: &redb::ReadTransaction,
-    def: TableDefinition<K, V>,
-) -> Result<Option<redb::ReadOnlyTable<K, V>>, redb::Error> {
-    match tx.open_table(def) {
-        Ok(t) => Ok(Some(t)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// A sealed block (its span is over) has the top bit of its version byte set.
-const SEALED: u8 = 0x80;
-
-fn is_sealed(block: &[u8]) -> bool {
-    block.first().is_some_and(|v| v & SEALED != 0)
-}
-
-/// A stored block's buckets; a block that does not decode reads as empty (it costs
-/// that span its history, never the engine).
-fn decode_stored(block: &[u8]) -> Vec<(u8, Bucket)> {
-    let mut b = block.to_vec();
-    if let Some(v) = b.first_mut() {
-        *v &= !SEALED;
-    }
-    codec::decode(&b).unwrap_or_default()
 }
 
 fn encode_open(out: &mut Vec<u8>, id: u32, minute: u64, b: &Bucket) {
@@ -537,106 +463,6 @@ fn decode_open(mut b: &[u8]) -> Vec<(u32, u64, Bucket)> {
         }
     }
     out
-}
-
-fn inflate_transitions(b: &[u8]) -> Vec<TransitionRecord> {
-    use std::io::Read;
-    let mut text = Vec::new();
-    let mut d = flate2::read::DeflateDecoder::new(b);
-    if d.read_to_end(&mut text).is_err() {
-        return Vec::new();
-    }
-    serde_json::from_slice(&text).unwrap_or_default()
-}
-
-fn deflate_transitions(t: &[TransitionRecord]) -> Vec<u8> {
-    use std::io::Write;
-    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
-    let _ = e.write_all(&serde_json::to_vec(t).unwrap_or_default());
-    e.finish().unwrap_or_default()
-}
-
-/// Applies one history write inside the store's write transaction.
-pub(crate) fn apply(tx: &redb::WriteTransaction, op: &HistoryOp) -> Result<(), redb::Error> {
-    match op {
-        HistoryOp::Id(name, id, removed_at) => {
-            tx.open_table(IDS)?
-                .insert(name.as_str(), (*id, *removed_at))?;
-        }
-        HistoryOp::Open(bytes) => {
-            tx.open_table(OPEN)?.insert("open", bytes.as_slice())?;
-        }
-        HistoryOp::Minute { id, minute, bucket } => {
-            let mut blocks = tx.open_table(BLOCKS)?;
-            add(&mut blocks, *id, Tier::Minute, minute * MINUTE_MS, bucket)?;
-        }
-        HistoryOp::Transition(id, record) => {
-            let mut t = tx.open_table(TRANSITIONS_T)?;
-            let mut list = t
-                .get(*id)?
-                .map(|v| inflate_transitions(v.value()))
-                .unwrap_or_default();
-            list.push(record.clone());
-            let excess = list.len().saturating_sub(TRANSITIONS);
-            list.drain(..excess);
-            t.insert(*id, deflate_transitions(&list).as_slice())?;
-        }
-        HistoryOp::Drop(name, id) => {
-            tx.open_table(IDS)?.remove(name.as_str())?;
-            tx.open_table(TRANSITIONS_T)?.remove(*id)?;
-            let mut blocks = tx.open_table(BLOCKS)?;
-            blocks.retain_in((*id, 0u8, 0u32)..=(*id, u8::MAX, u32::MAX), |_, _| false)?;
-        }
-    }
-    Ok(())
-}
-
-/// Adds a closed bucket to its tier's block. The first bucket of a new block seals the
-/// check's previous block of that tier, adds its total to the next tier, and drops the
-/// blocks this tier no longer keeps.
-fn add(
-    blocks: &mut redb::Table<(u32, u8, u32), &[u8]>,
-    id: u32,
-    tier: Tier,
-    at: u64,
-    bucket: &Bucket,
-) -> Result<(), redb::Error> {
-    let (block, slot) = tier.locate(at);
-    let key = (id, tier as u8, block);
-    let existing = blocks.get(key)?.map(|v| v.value().to_vec());
-    let mut bytes = match existing {
-        Some(b) if !is_sealed(&b) => b,
-        Some(_) => return Ok(()), // a late bucket for a span already sealed
-        None => {
-            let previous = blocks
-                .range((id, tier as u8, 0)..(id, tier as u8, block))?
-                .next_back()
-                .transpose()?
-                .map(|(k, v)| (k.value().2, v.value().to_vec()));
-            if let Some((prev_block, prev)) = previous {
-                if !is_sealed(&prev) {
-                    let mut sealed = prev.clone();
-                    sealed[0] |= SEALED;
-                    blocks.insert((id, tier as u8, prev_block), sealed.as_slice())?;
-                    if let (Some(up), Ok(total)) = (tier.coarser(), codec::total(&prev)) {
-                        if !total.is_empty() {
-                            add(blocks, id, up, tier.block_start(prev_block), &total)?;
-                        }
-                    }
-                }
-            }
-            let keep_from = at.saturating_sub(tier.keep_ms() + tier.block_ms());
-            let (cut, _) = tier.locate(keep_from);
-            if cut > 0 {
-                blocks.retain_in((id, tier as u8, 0)..(id, tier as u8, cut), |_, _| false)?;
-            }
-            codec::new_block()
-        }
-    };
-    if codec::append(&mut bytes, slot, bucket).is_ok() {
-        blocks.insert(key, bytes.as_slice())?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
