@@ -27,6 +27,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 [ -f /usr/lib/galera/libgalera_smm.so ] || missing+=(galera-4)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
+# engine/tests/status_page.rs loads the status page in a real headless browser.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # engine/tests/packaging.rs verifies the unit file with systemd-analyze.
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then

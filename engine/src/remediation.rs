@@ -237,9 +237,28 @@ pub struct RemediationMemory {
     /// result (`ok`, `failed`, `dry_run`), for `/metrics`. Action names come from the
     /// config, so the set is bounded.
     runs: Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
+    /// The last transcript of each check with a remedy, and the transition (unix ms)
+    /// it answered: for the status page. One per check, so bounded by the config.
+    transcripts: Mutex<HashMap<String, (u64, String)>>,
 }
 
 impl RemediationMemory {
+    fn remember(&self, check: &str, at: u64, transcript: &str) {
+        self.transcripts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(check.to_string(), (at, transcript.to_string()));
+    }
+
+    /// The last remediation transcript of `check` and the transition it answered.
+    pub fn transcript(&self, check: &str) -> Option<(u64, String)> {
+        self.transcripts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(check)
+            .cloned()
+    }
+
     fn count_run(&self, action: &str, result: &'static str) {
         *self
             .runs
@@ -444,6 +463,7 @@ impl Remediator {
                 }
             }
         };
+        self.memory.remember(&check, t.event.at, &transcript);
         let mut event = t.event.clone();
         event.transcript = Some(transcript);
         let _ = self

@@ -450,6 +450,20 @@ fn off_loopback_reads_need_the_token_unless_public() {
     assert_eq!(v["last"]["message"], "");
     let (_, _, body) = request(&local, "GET", "/api/v1/checks/bad", Some(TOKEN), None);
     assert_eq!(json(&body)["comment"], "call the shop");
+    // The status page too: no comments, messages or delivery targets without the token.
+    let (code, _, page) = request(&local, "GET", "/", None, None);
+    assert_eq!(code, 200);
+    assert!(page.contains(r#"data-check="bad""#), "{page}");
+    assert!(
+        !page.contains("call the shop") && !page.contains("connection refused"),
+        "{page}"
+    );
+    assert!(!page.contains("Alert delivery"), "{page}");
+    let (_, _, page) = request(&local, "GET", "/", Some(TOKEN), None);
+    assert!(
+        page.contains("call the shop") && page.contains("Alert delivery"),
+        "{page}"
+    );
 }
 
 /// `--http-listen` (`VIGIA_HTTP_LISTEN`) moves the API, and survives a reload.

@@ -79,6 +79,19 @@ pub struct History {
     inner: Mutex<Inner>,
 }
 
+/// A check's history as the status page shows it.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// The last 24 hours, by the hour (the current one partly).
+    pub hours: Series,
+    /// The last hour, by the minute.
+    pub minutes: Series,
+    /// Runs of the last 24 hours, 7 days and 30 days (whole days for these two).
+    pub day: Bucket,
+    pub week: Bucket,
+    pub month: Bucket,
+}
+
 /// Buckets of one tier over a span: (start of the slot in unix ms, its bucket); slots
 /// without runs are left out.
 pub type Series = Vec<(u64, Bucket)>;
@@ -273,6 +286,71 @@ impl History {
             open.push((e.minute * MINUTE_MS, e.open));
         }
         Some((e.id, open))
+    }
+
+    /// What the status page shows of many checks, with one lock and one read: per
+    /// check the last 24 hours by the hour, and the runs of 24 h, 7 and 30 days.
+    pub fn summaries(&self, names: &[&str], now: u64) -> Result<Vec<Option<Summary>>, StoreError> {
+        let wanted: Vec<Option<(u32, Series)>> = {
+            let g = self.lock();
+            let mut unsaved: HashMap<u32, Vec<(u64, Bucket)>> = HashMap::new();
+            for (id, m, b) in &g.closed {
+                unsaved.entry(*id).or_default().push((m * MINUTE_MS, *b));
+            }
+            names
+                .iter()
+                .map(|n| {
+                    let e = g.checks.get(*n)?;
+                    let mut open = unsaved.remove(&e.id).unwrap_or_default();
+                    if !e.open.is_empty() {
+                        open.push((e.minute * MINUTE_MS, e.open));
+                    }
+                    Some((e.id, open))
+                })
+                .collect()
+        };
+        let day_from = now.saturating_sub(30 * codec::DAY_MS);
+        let hour_from = now.saturating_sub(codec::DAY_MS - codec::HOUR_MS);
+        let week_from = now.saturating_sub(7 * codec::DAY_MS) / codec::DAY_MS * codec::DAY_MS;
+        self.store.read("reading the result history", |tx| {
+            let mut out = Vec::with_capacity(wanted.len());
+            for w in wanted {
+                let Some((id, open)) = w else {
+                    out.push(None);
+                    continue;
+                };
+                let hours: Series = tables::slots(tx, id, Tier::Hour, hour_from, now + 1, &open)?
+                    .into_iter()
+                    .collect();
+                let days = tables::slots(tx, id, Tier::Day, day_from, now + 1, &open)?;
+                let minutes: Series = tables::slots(
+                    tx,
+                    id,
+                    Tier::Minute,
+                    now.saturating_sub(codec::HOUR_MS),
+                    now + 1,
+                    &open,
+                )?
+                .into_iter()
+                .collect();
+                let mut s = Summary {
+                    hours,
+                    minutes,
+                    ..Default::default()
+                };
+                for (_, b) in &s.hours {
+                    s.day.merge(b);
+                }
+                for (at, b) in &days {
+                    s.month.merge(b);
+                    if *at >= week_from {
+                        s.week.merge(b);
+                    }
+                }
+                out.push(Some(s));
+            }
+            Ok(out)
+        })
     }
 
     /// Whether history knows the check (configured now, or removed less than 30 days
@@ -489,12 +567,15 @@ mod tests {
         let t0 = 10 * DAY_MS;
         // Two days and an hour of runs every 10 s; the first failing hour is hour 3.
         let mut t = t0;
+        let mut runs = 0u32;
         while t < t0 + 2 * DAY_MS + HOUR_MS {
             let ok = !(t >= t0 + 3 * HOUR_MS && t < t0 + 4 * HOUR_MS);
             h.record(&web, ok, 20.0, t);
             t += 10_000;
-            if t % (10 * MINUTE_MS) == 0 {
-                flush(&h, &s, t);
+            runs += 1;
+            if runs == 60 {
+                runs = 0;
+                flush(&h, &s, t); // every 10 minutes
             }
         }
         let now = t;

@@ -46,7 +46,9 @@ pub(super) fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
 }
 
 /// The open blocks of one (check, tier) row: (block number, bytes), in order.
-fn parse_row(mut b: &[u8]) -> Vec<(u32, Vec<u8>)> {
+type Row = Vec<(u32, Vec<u8>)>;
+
+fn parse_row(mut b: &[u8]) -> Row {
     let mut out = Vec::new();
     while b.len() >= 8 {
         let block = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
@@ -192,7 +194,7 @@ fn sweep(tx: &redb::WriteTransaction, tier: Tier, before: u32) -> Result<(), red
     let mut open = tx.open_table(OPEN_BLOCKS)?;
     let mut sealed = tx.open_table(SEALED[tier as usize])?;
     let mut done: Vec<(u32, u32, Vec<u8>)> = Vec::new();
-    let mut keep: Vec<(u32, Vec<(u32, Vec<u8>)>)> = Vec::new();
+    let mut keep: Vec<(u32, Row)> = Vec::new();
     for item in open.iter()? {
         let (k, v) = item?;
         let (id, t) = k.value();

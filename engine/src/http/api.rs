@@ -19,7 +19,10 @@ use super::{AppState, Viewer};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/", get(index))
+        .route("/", get(super::page::page))
+        .route("/api/v1", get(index))
+        .route("/static/vigia.css", get(super::page::css))
+        .route("/static/vigia.js", get(super::page::js))
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status))
         .route("/api/v1/checks", get(status))
@@ -62,6 +65,7 @@ pub async fn not_found(uri: axum::http::Uri) -> Response {
 async fn index() -> Response {
     Json(json!({
         "endpoints": [
+            "GET / (the status page)",
             "GET /healthz",
             "GET /metrics",
             "GET /api/v1/status",
@@ -156,7 +160,7 @@ fn redact(c: &mut CheckSnapshot) {
     }
 }
 
-fn redact_all(s: &mut StatusSnapshot) {
+pub(super) fn redact_all(s: &mut StatusSnapshot) {
     s.config.clear();
     s.channels.clear();
     s.pid = 0;
@@ -208,7 +212,7 @@ async fn check(
     if let (Err(_), Some(of)) = (&found, name.strip_suffix("/history")) {
         return match super::history::query(&uri) {
             Ok(q) => super::history::series(&s, of, q).await,
-            Err(r) => r,
+            Err(e) => error(StatusCode::BAD_REQUEST, e),
         };
     }
     match found {
@@ -382,7 +386,7 @@ async fn badge(
     let name = file.strip_suffix(".svg").unwrap_or(&file).to_string();
     let q: BadgeQuery = match super::history::query(&uri) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let status = match s.door.check(&name) {
         Ok(c) => c.status,
@@ -454,11 +458,30 @@ pub fn badge_svg(left: &str, right: &str, color: &str) -> String {
     )
 }
 
+/// Clients following the event stream now.
+pub static STREAMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts a stream for as long as it lives.
+struct Following;
+
+impl Following {
+    fn new() -> Following {
+        STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Following
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        STREAMS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// `GET /api/v1/events`: every feed event as `event: <kind>`, `data: <the log's JSON>`.
 async fn events(State(s): State<AppState>, Extension(viewer): Extension<Viewer>) -> Response {
     let rx = crate::feed::subscribe();
     let stop = s.stop.clone();
-    let stream = futures::stream::unfold(rx, move |mut rx| {
+    let stream = futures::stream::unfold((rx, Following::new()), move |(mut rx, following)| {
         let stop = stop.clone();
         async move {
             let next = tokio::select! {
@@ -479,7 +502,7 @@ async fn events(State(s): State<AppState>, Extension(viewer): Extension<Viewer>)
                     .data(json!({ "missed": n }).to_string()),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             };
-            Some((Ok::<_, Infallible>(ev), rx))
+            Some((Ok::<_, Infallible>(ev), (rx, following)))
         }
     });
     Sse::new(stream)

@@ -168,18 +168,15 @@ pub struct UptimeQuery {
     window: Option<String>,
 }
 
-/// The query of `uri` as `T`, or a 400 that names the field.
-pub fn query<T: serde::de::DeserializeOwned>(uri: &axum::http::Uri) -> Result<T, Response> {
+/// The query of `uri` as `T`, or what is wrong with it (for a 400), naming the field.
+pub fn query<T: serde::de::DeserializeOwned>(uri: &axum::http::Uri) -> Result<T, String> {
     Query::<T>::try_from_uri(uri).map(|q| q.0).map_err(|e| {
         use std::error::Error;
         let why = e
             .source()
             .map(|s| s.to_string())
             .unwrap_or_else(|| e.body_text());
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("the query is not what was expected: {why}"),
-        )
+        format!("the query is not what was expected: {why}")
     })
 }
 
@@ -187,7 +184,7 @@ pub fn query<T: serde::de::DeserializeOwned>(uri: &axum::http::Uri) -> Result<T,
 pub async fn uptime(State(s): State<AppState>, uri: axum::http::Uri) -> Response {
     let q: UptimeQuery = match query(&uri) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let label = q.window.unwrap_or_else(|| "24h".into());
     let Some(window) = parse_window(&label) else {

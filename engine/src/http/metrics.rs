@@ -40,6 +40,17 @@ pub fn render(
     );
     family(
         o,
+        "vigia_http_event_streams",
+        "gauge",
+        "Clients following /api/v1/events now (status pages included).",
+    );
+    let _ = writeln!(
+        o,
+        "vigia_http_event_streams {}",
+        super::api::STREAMS.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    family(
+        o,
         "vigia_start_time_seconds",
         "gauge",
         "When the engine started, in seconds since the epoch.",

@@ -15,6 +15,7 @@
 mod api;
 mod history;
 pub mod metrics;
+mod page;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
