@@ -1,6 +1,7 @@
 //! What a year of result history costs in the store, and how fast it is read.
 //!
 //! `cargo bench -p vigia --bench history [-- --checks 20 --days 365]`
+//! `cargo bench -p vigia --bench history -- --memory 10000` (RSS per check, 2 h)
 //!
 //! Runs every 10 s for each check, through the engine's own path (the scheduler's
 //! `record`, the journal's flush every simulated minute, one transaction a simulated
@@ -45,8 +46,77 @@ fn table_stats(dir: &std::path::Path, n: usize) {
     }
 }
 
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Memory history adds per configured check in steady state: `checks` checks run every
+/// 10 s for `hours` simulated hours (the minute blocks fill over an hour), flushed
+/// every simulated 10 s through a real store; RSS after minus RSS before history existed.
+fn memory(checks: usize, hours: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let names: Vec<Arc<str>> = (0..checks).map(|i| format!("shop-{i:05}").into()).collect();
+    // As in the engine: the check states are in the store (and its cache) already.
+    let states: Vec<_> = names
+        .iter()
+        .map(|n| (n.to_string(), Some(vigia_core::status::CheckState::new(0))))
+        .collect();
+    store.write(&states).unwrap();
+    drop(states);
+    let before = rss_kib();
+    let history = History::load(store.clone()).unwrap();
+    let start = vigia_engine::clock::unix_ms() / DAY_MS * DAY_MS;
+    history.configure(names.iter(), start);
+    store.apply(&history.flush_ops(start)).unwrap();
+    let configured = rss_kib();
+    let t0 = Instant::now();
+    let mut t = start;
+    let mut flushes = 0u32;
+    while t < start + hours * vigia_core::history::HOUR_MS {
+        for (i, name) in names.iter().enumerate() {
+            history.record(
+                name,
+                true,
+                2.0 + (i % 7) as f64 * 0.1,
+                t + (i as u64 * 7) % 10_000,
+            );
+        }
+        // The journal flushes every 5 s; here every simulated 10 s.
+        t += 10_000;
+        flushes += 1;
+        store.apply(&history.flush_ops(t)).unwrap();
+        if std::env::var("VIGIA_BENCH_TRACE").is_ok() && flushes % 90 == 0 {
+            eprintln!("  {} min: RSS {} KiB", (t - start) / 60_000, rss_kib());
+        }
+    }
+    let after = rss_kib();
+    println!(
+        "memory: {checks} checks, {hours} h simulated in {:.1} s: RSS {before} → {configured} (ids) → {after} KiB, {:.3} KiB per check (store cache {} KiB; an op is {} bytes)",
+        t0.elapsed().as_secs_f64(),
+        (after.saturating_sub(before)) as f64 / checks as f64,
+        vigia_engine::store::CACHE_BYTES / 1024,
+        std::mem::size_of::<Op>()
+    );
+}
+
 fn main() {
+    // As `vigia run` does.
+    vigia_engine::alloc::return_big_blocks();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--memory") {
+        let checks = args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000);
+        memory(checks, 2);
+        return;
+    }
     let arg = |name: &str, default: u64| {
         args.iter()
             .position(|a| a == name)

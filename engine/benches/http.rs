@@ -190,6 +190,7 @@ async fn main() {
         ("/metrics", false, "GET /metrics"),
         ("/metrics", true, "GET /metrics (gzip)"),
         ("/api/v1/status", false, "GET /api/v1/status"),
+        ("/", false, "GET / (status page)"),
     ] {
         let base = baseline(pid, Duration::from_secs(5)).await;
         let b = burst(pid, &addr, path, gzip, a.requests, base).await;

@@ -88,8 +88,10 @@ impl Measure {
 }
 
 fn vigia_config(s: &Scenario, t: &Targets, dir: &Path) -> PathBuf {
+    // VIGIA_BENCH_HISTORY=off: result history off, for the A/B of what it costs.
+    let history = std::env::var("VIGIA_BENCH_HISTORY").map_or(true, |v| v != "off");
     let mut out = format!(
-        "engine:\n  state_dir: {}/state\n  status_log_interval: 1h\n  max_concurrent_checks: 4096\nhttp: {{ listen: 127.0.0.1:0 }}\nchecks:\n",
+        "engine:\n  state_dir: {}/state\n  status_log_interval: 1h\n  max_concurrent_checks: 4096\n  history: {history}\nhttp: {{ listen: 127.0.0.1:0 }}\nchecks:\n",
         dir.display()
     );
     let secs = s.interval.as_secs();

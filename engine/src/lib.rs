@@ -6,6 +6,7 @@
 //! in `vigia-config`.
 
 pub mod alerting;
+pub mod alloc;
 pub mod book;
 pub mod bus;
 pub mod clock;

@@ -114,8 +114,15 @@ pub enum Op {
 fn builder() -> redb::Builder {
     let mut b = redb::Builder::new();
     b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+    // redb's default is a 1 GiB cache that keeps every page ever touched: a status page
+    // reading a year of history would keep it all in memory. The pages below it stay
+    // in the kernel's page cache, so a small cache costs a pread, not a disk read.
+    b.set_cache_size(CACHE_BYTES);
     b
 }
+
+/// The store's own page cache (read cache and write buffer together).
+pub const CACHE_BYTES: usize = 1 << 20;
 
 /// Runs `f`, turning a panic (redb's on some damaged pages) into its message, without
 /// the default hook printing it.

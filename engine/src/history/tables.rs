@@ -108,26 +108,24 @@ fn deflate_transitions(t: &[TransitionRecord]) -> Vec<u8> {
 /// Applies one history write inside the store's write transaction.
 pub(crate) fn apply(tx: &redb::WriteTransaction, op: &HistoryOp) -> Result<(), redb::Error> {
     match op {
-        HistoryOp::Id(name, id, removed_at) => {
-            tx.open_table(IDS)?
-                .insert(name.as_str(), (*id, *removed_at))?;
+        HistoryOp::Ids(ids) => {
+            let mut t = tx.open_table(IDS)?;
+            for (name, id, removed_at) in ids {
+                t.insert(&**name, (*id, *removed_at))?;
+            }
         }
         HistoryOp::Open(bytes) => {
             tx.open_table(OPEN)?.insert("open", bytes.as_slice())?;
         }
-        HistoryOp::Minute { id, minute, bucket } => {
+        HistoryOp::Minutes(closed) => {
             let mut open = tx.open_table(OPEN_BLOCKS)?;
             let sealed = tx.open_table(SEALED[Tier::Minute as usize])?;
-            add(
-                &mut open,
-                &sealed,
-                *id,
-                Tier::Minute,
-                minute * MINUTE_MS,
-                bucket,
-            )?;
+            for (id, minute, runs) in closed {
+                let at = *minute as u64 * MINUTE_MS;
+                add(&mut open, &sealed, *id, Tier::Minute, at, &runs.bucket())?;
+            }
         }
-        HistoryOp::Sweep { tier, before } => sweep(tx, *tier, *before)?,
+        HistoryOp::Sweep { tier, before, ids } => sweep(tx, *tier, *before, ids.clone())?,
         HistoryOp::Transition(id, record) => {
             let mut t = tx.open_table(TRANSITIONS_T)?;
             let mut list = t
@@ -188,14 +186,19 @@ fn add(
     Ok(())
 }
 
-/// Seals every check's blocks of `tier` before block `before`, rolls their totals up,
-/// and drops what the tier no longer keeps.
-fn sweep(tx: &redb::WriteTransaction, tier: Tier, before: u32) -> Result<(), redb::Error> {
+/// Seals the blocks of `tier` before block `before` of the checks in `ids`, rolls
+/// their totals up, and (with the first slice) drops what the tier no longer keeps.
+fn sweep(
+    tx: &redb::WriteTransaction,
+    tier: Tier,
+    before: u32,
+    ids: std::ops::Range<u32>,
+) -> Result<(), redb::Error> {
     let mut open = tx.open_table(OPEN_BLOCKS)?;
     let mut sealed = tx.open_table(SEALED[tier as usize])?;
     let mut done: Vec<(u32, u32, Vec<u8>)> = Vec::new();
     let mut keep: Vec<(u32, Row)> = Vec::new();
-    for item in open.iter()? {
+    for item in open.range((ids.start, 0)..(ids.end, 0))? {
         let (k, v) = item?;
         let (id, t) = k.value();
         if t != tier as u8 {
@@ -239,7 +242,8 @@ fn sweep(tx: &redb::WriteTransaction, tier: Tier, before: u32) -> Result<(), red
     }
     // Blocks that end before the tier's span: all checks' at once, from the front.
     let span = tier.keep_ms() / tier.block_ms() + 1;
-    if let Some(cut) = before.checked_sub(span as u32).filter(|c| *c > 0) {
+    let first = ids.start == 0;
+    if let Some(cut) = before.checked_sub(span as u32).filter(|c| *c > 0 && first) {
         sealed.retain_in((0, 0)..(cut, 0), |_, _| false)?;
     }
     Ok(())
