@@ -91,8 +91,11 @@ fn memory(checks: usize, hours: u64) {
         t += 10_000;
         flushes += 1;
         store.apply(&history.flush_ops(t)).unwrap();
-        if std::env::var("VIGIA_BENCH_TRACE").is_ok() && flushes % 90 == 0 {
-            eprintln!("  {} min: RSS {} KiB", (t - start) / 60_000, rss_kib());
+        if flushes == 90 {
+            flushes = 0;
+            if std::env::var("VIGIA_BENCH_TRACE").is_ok() {
+                eprintln!("  {} min: RSS {} KiB", (t - start) / 60_000, rss_kib());
+            }
         }
     }
     let after = rss_kib();

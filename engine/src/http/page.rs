@@ -454,10 +454,24 @@ fn render(
         total, down, down_names => down_text,
         now_iso => iso(now), now_text => local(now),
         refresh_s,
-        rows => lines, hidden, all, q => q.q,
+        rows => lines, hidden, all, q => q.q, q_url => percent_encoded(&q.q),
         changes, silences, targets, full,
     })
     .map_err(|e| format!("{e:#}"))
+}
+
+/// `q` for a link's query string.
+fn percent_encoded(q: &str) -> String {
+    let mut out = String::with_capacity(q.len());
+    for b in q.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 pub async fn css() -> Response {
@@ -497,5 +511,37 @@ mod tests {
         assert_eq!(svg.matches(r#"class="bad""#).count(), 1);
         assert_eq!(svg.matches(r#"class="ok""#).count(), 1);
         assert!(sparkline(&[(0, b)]).is_empty());
+        assert_eq!(percent_encoded("shop 1/ä"), "shop%201%2F%C3%A4");
+    }
+
+    /// Every branch of the template renders: hidden rows, a folded group with more
+    /// members than shown, changes with a transcript, silences, targets.
+    #[test]
+    fn the_page_renders_with_every_section() {
+        let member = context! { name => "shops/10.0.0.1", down => true, for => "3m", failures => "3 in a row", message => "timeout", comment => "", bar => "", spark => "", uptime => "99 %" };
+        let html = env()
+            .get_template("index.html")
+            .unwrap()
+            .render(context! {
+                host => "h", version => "0", total => 900, down => 1, down_names => "shops/10.0.0.1",
+                now_iso => "", now_text => "", refresh_s => 30,
+                rows => vec![context! { name => "shops", down => 1, count => 600, members => vec![member], more => 599 }],
+                hidden => 300, all => false, q => "sh op", q_url => percent_encoded("sh op"),
+                changes => vec![context! { when => "w", iso => "i", check => "c", to => "failed", after => "1m", message => "m", transcript => "✓ stop_db" }],
+                silences => vec![context! { pattern => "web", left => "1h", reason => "deploy" }],
+                targets => vec![context! { name => "ops", pending => 1, delivered => 2, failed => 0, error => "" }],
+                full => true,
+            })
+            .unwrap();
+        for want in [
+            "and 599 more",
+            "300 more checks",
+            "q=sh%20op",
+            "✓ stop_db",
+            "deploy",
+            "Alert delivery",
+        ] {
+            assert!(html.contains(want), "{want} missing");
+        }
     }
 }
