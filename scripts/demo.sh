@@ -75,6 +75,12 @@ c = json.load(urllib.request.urlopen("http://127.0.0.1:2813/api/v1/checks/web"))
 print("  status: %s, failures %s/%s, last: %s" % ("up" if c["status"] else "DOWN", c["failures"], c["threshold"], c["last"]["message"]))'
 echo "GET /metrics (Prometheus), the web check's line:"
 python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:2813/metrics").read().decode())' | grep '^vigia_check_up{check="web"'
+echo "The status page: open http://127.0.0.1:2813/ in a browser (down checks first, with their comment):"
+python3 -c 'import re, urllib.request
+page = urllib.request.urlopen("http://127.0.0.1:2813/").read().decode()
+print("  " + re.sub("<[^>]+>", "", re.search(r"<div class=\"banner[^>]*>.*?</div>", page).group(0)))'
+echo "and what history says of web (vigia history web --since 1h):"
+"$BIN/vigia" history web --since 1h -c config.yaml | sed 's/^/  /'
 
 say "Healing it: vigia-mock set http healthy"
 "$BIN/vigia-mock" set http healthy
