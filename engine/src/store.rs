@@ -106,7 +106,14 @@ pub enum Op {
     Outbox(String, u64, Option<Vec<u8>>),
     Target(String, Vec<u8>),
     Silence(u64, Option<Vec<u8>>),
-    History(crate::history::HistoryOp),
+    /// A write of another room's tables (the result history), applied in the same
+    /// transaction: the store knows only that it writes.
+    Tables(std::sync::Arc<dyn TableWrite>),
+}
+
+/// Writes to tables the store does not know, inside its write transaction.
+pub trait TableWrite: Send + Sync + std::fmt::Debug {
+    fn apply(&self, tx: &redb::WriteTransaction) -> Result<(), redb::Error>;
 }
 
 /// One writer (the engine), any number of readers in other processes: `vigia status`
@@ -486,7 +493,7 @@ impl Store {
                         }
                     }
                     Op::Target(t, b) => targets.insert(t.as_str(), b.as_slice()).map(|_| ()),
-                    Op::History(_) => Ok(()),
+                    Op::Tables(_) => Ok(()),
                     Op::Silence(id, v) => {
                         max_seq = max_seq.max(*id);
                         match v {
@@ -498,8 +505,8 @@ impl Store {
                 r.map_err(|e| err(e.into()))?;
             }
             for op in ops {
-                if let Op::History(h) = op {
-                    crate::history::apply(&tx, h).map_err(&err)?;
+                if let Op::Tables(w) = op {
+                    w.apply(&tx).map_err(&err)?;
                 }
             }
             if max_seq > 0 {

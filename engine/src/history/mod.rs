@@ -31,7 +31,12 @@ pub const KEEP_REMOVED_MS: u64 = 30 * codec::DAY_MS;
 pub const TRANSITIONS: usize = 100;
 
 mod tables;
-pub(crate) use tables::apply;
+
+impl crate::store::TableWrite for HistoryOp {
+    fn apply(&self, tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
+        tables::apply(tx, self)
+    }
+}
 
 /// A write to the history tables, applied inside the store's transaction.
 #[derive(Clone, Debug)]
@@ -304,10 +309,14 @@ impl History {
         let inner = &mut *g;
         inner.last_flush = now;
         let this_minute = (now / MINUTE_MS).min(u32::MAX as u64) as u32;
-        let mut ops: Vec<Op> = inner.pending_drops.drain(..).map(Op::History).collect();
+        let mut ops: Vec<Op> = inner
+            .pending_drops
+            .drain(..)
+            .map(|op| Op::Tables(Arc::new(op)))
+            .collect();
         if !inner.pending_ids.is_empty() {
             let ids = std::mem::take(&mut inner.pending_ids);
-            ops.push(Op::History(HistoryOp::Ids(ids)));
+            ops.push(Op::Tables(Arc::new(HistoryOp::Ids(ids))));
         }
         let mut closed = std::mem::take(&mut inner.closed);
         let mut open = Vec::new();
@@ -339,7 +348,7 @@ impl History {
             encode_open(&mut open, *id, *minute as u64, &runs.bucket());
         }
         if !closed.is_empty() {
-            ops.push(Op::History(HistoryOp::Minutes(closed)));
+            ops.push(Op::Tables(Arc::new(HistoryOp::Minutes(closed))));
         }
         // A span is sealed once all its minutes are in.
         let waiting = !later.is_empty();
@@ -354,11 +363,11 @@ impl History {
         // One slice of checks a flush, for the same reason as the minutes.
         if let Some((tier, before, lo)) = inner.sweeps.front().copied().filter(|_| !waiting) {
             let hi = lo.saturating_add(MINUTES_PER_FLUSH as u32);
-            ops.push(Op::History(HistoryOp::Sweep {
+            ops.push(Op::Tables(Arc::new(HistoryOp::Sweep {
                 tier,
                 before,
                 ids: lo..hi,
-            }));
+            })));
             match hi >= inner.next_id {
                 true => {
                     inner.sweeps.pop_front();
@@ -370,7 +379,7 @@ impl History {
                 }
             }
         }
-        ops.push(Op::History(HistoryOp::Open(open)));
+        ops.push(Op::Tables(Arc::new(HistoryOp::Open(open))));
         ops
     }
 
@@ -378,7 +387,7 @@ impl History {
     pub fn transition_op(&self, name: &str, record: TransitionRecord) -> Option<Op> {
         let g = self.lock();
         let id = g.checks.get(name)?.id;
-        Some(Op::History(HistoryOp::Transition(id, record)))
+        Some(Op::Tables(Arc::new(HistoryOp::Transition(id, record))))
     }
 
     fn id_and_open(&self, name: &str) -> Option<(u32, Vec<(u64, Bucket)>)> {

@@ -106,7 +106,7 @@ fn deflate_transitions(t: &[TransitionRecord]) -> Vec<u8> {
 }
 
 /// Applies one history write inside the store's write transaction.
-pub(crate) fn apply(tx: &redb::WriteTransaction, op: &HistoryOp) -> Result<(), redb::Error> {
+pub(super) fn apply(tx: &redb::WriteTransaction, op: &HistoryOp) -> Result<(), redb::Error> {
     match op {
         HistoryOp::Ids(ids) => {
             let mut t = tx.open_table(IDS)?;
