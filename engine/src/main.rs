@@ -540,14 +540,7 @@ async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
             }
         }
         Reply::Removed { id } => println!("Silence {id} removed."),
-        Reply::Error { error } => {
-            eprintln!("vigia: {error}");
-            return ExitCode::from(1);
-        }
-        other => {
-            eprintln!("vigia: unexpected answer from the engine: {other:?}");
-            return ExitCode::from(1);
-        }
+        other => return refused(other),
     }
     ExitCode::SUCCESS
 }
@@ -572,14 +565,7 @@ async fn cmd_history(path: &Path, name: &str, since: vigia_api::Dur, json: bool)
     };
     let report = match reply {
         Reply::History(r) => r,
-        Reply::Error { error } => {
-            eprintln!("vigia: {error}");
-            return ExitCode::from(1);
-        }
-        other => {
-            eprintln!("vigia: unexpected answer from the engine: {other:?}");
-            return ExitCode::from(1);
-        }
+        other => return refused(other),
     };
     if json {
         println!(
@@ -624,6 +610,15 @@ async fn cmd_history(path: &Path, name: &str, since: vigia_api::Dur, json: bool)
         );
     }
     ExitCode::SUCCESS
+}
+
+/// An answer the command did not ask for: the engine's refusal, or a surprise.
+fn refused(reply: Reply) -> ExitCode {
+    match reply {
+        Reply::Error { error } => eprintln!("vigia: {error}"),
+        other => eprintln!("vigia: unexpected answer from the engine: {other:?}"),
+    }
+    ExitCode::from(1)
 }
 
 fn cmd_plugins() -> ExitCode {

@@ -62,19 +62,6 @@ fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
-/// The address from the engine's `http_listening` event.
-fn http_addr(p: &Proc) -> String {
-    p.wait_for("the HTTP API to listen", Duration::from_secs(20), |e| {
-        has_event(e, "http_listening")
-    });
-    p.events()
-        .iter()
-        .find(|e| e["event"] == "http_listening")
-        .and_then(|e| e["addr"].as_str())
-        .unwrap()
-        .to_string()
-}
-
 fn engine(dir: &Path, http: &str) -> (Proc, String, std::net::TcpListener) {
     let (up, port) = listen();
     let token = dir.join("http.token");

@@ -65,18 +65,6 @@ fn browser(profile: &Path, args: &[&str]) -> std::process::Output {
     out
 }
 
-fn http_addr(p: &Proc) -> String {
-    p.wait_for("the HTTP API to listen", Duration::from_secs(20), |e| {
-        has_event(e, "http_listening")
-    });
-    p.events()
-        .iter()
-        .find(|e| e["event"] == "http_listening")
-        .and_then(|e| e["addr"].as_str())
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn the_status_page_renders_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();

@@ -84,24 +84,9 @@ impl Open {
     }
 
     fn add(&mut self, ok: bool, duration_ms: f64) {
-        let d = if duration_ms.is_finite() {
-            duration_ms.max(0.0) as f32
-        } else {
-            0.0
-        };
-        if self.is_empty() {
-            self.min_ms = d;
-            self.max_ms = d;
-        } else {
-            self.min_ms = self.min_ms.min(d);
-            self.max_ms = self.max_ms.max(d);
-        }
-        self.sum_ms += d;
-        if ok {
-            self.ok = self.ok.saturating_add(1);
-        } else {
-            self.failed = self.failed.saturating_add(1);
-        }
+        let mut b = self.bucket();
+        b.add(ok, duration_ms);
+        *self = Open::of(&b);
     }
 
     pub fn bucket(&self) -> Bucket {

@@ -341,3 +341,16 @@ pub fn listen() -> (std::net::TcpListener, u16) {
     let port = l.local_addr().unwrap().port();
     (l, port)
 }
+
+/// The address from the engine's `http_listening` event.
+pub fn http_addr(p: &Proc) -> String {
+    p.wait_for("the HTTP API to listen", Duration::from_secs(20), |e| {
+        has_event(e, "http_listening")
+    });
+    p.events()
+        .iter()
+        .find(|e| e["event"] == "http_listening")
+        .and_then(|e| e["addr"].as_str())
+        .unwrap()
+        .to_string()
+}
