@@ -331,7 +331,7 @@ pub fn decode(block: &[u8]) -> Result<Vec<(u8, Bucket)>, BlockError> {
     while at < block.len() {
         let head = get_varint(block, &mut at)?;
         let slot = if head & 1 == 1 {
-            next + get_varint(block, &mut at)?
+            next.saturating_add(get_varint(block, &mut at)?)
         } else {
             next
         };
@@ -342,7 +342,7 @@ pub fn decode(block: &[u8]) -> Result<Vec<(u8, Bucket)>, BlockError> {
             0
         };
         let z = get_varint(block, &mut at)?;
-        let mean = prev + ((z >> 1) as i64 ^ -((z & 1) as i64));
+        let mean = prev.saturating_add((z >> 1) as i64 ^ -((z & 1) as i64));
         let mean_q = mean.clamp(0, u16::MAX as i64) as u16;
         let (min_q, max_q) = if n > 1 {
             let lo = get_varint(block, &mut at)?.min(mean_q as u64) as u16;
@@ -452,6 +452,14 @@ mod tests {
         assert!(decode(&[]).is_err());
         assert!(decode(&[9, 0, 0, 0]).is_err());
         assert!(decode(&[VERSION, 1, 0, 0, 0x80]).is_err());
+        // A gap or a delta at the edge of u64 is an error or a value, never an overflow.
+        let huge = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        let mut b = vec![VERSION, 1, 0, 0, 0x05];
+        b.extend_from_slice(&huge);
+        assert!(decode(&b).is_err());
+        let mut b = vec![VERSION, 1, 0, 0, 0x04];
+        b.extend_from_slice(&huge);
+        let _ = decode(&b);
         assert!(decode(&[
             VERSION, 1, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01
         ])
