@@ -91,6 +91,7 @@ fn memory(checks: usize, hours: u64) {
         t += 10_000;
         flushes += 1;
         store.apply(&history.flush_ops(t)).unwrap();
+        vigia_engine::alloc::trim(); // as the journal does
         if flushes == 90 {
             flushes = 0;
             if std::env::var("VIGIA_BENCH_TRACE").is_ok() {
@@ -109,8 +110,6 @@ fn memory(checks: usize, hours: u64) {
 }
 
 fn main() {
-    // As `vigia run` does.
-    vigia_engine::alloc::return_big_blocks();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = args.iter().position(|a| a == "--memory") {
         let checks = args

@@ -141,7 +141,15 @@ impl Journal {
     async fn flush(&self, pending: &mut Pending) {
         let store = self.store.clone();
         let ops = pending.ops.clone();
-        let r = tokio::task::spawn_blocking(move || store.apply(&ops)).await;
+        let r = tokio::task::spawn_blocking(move || {
+            let r = store.apply(&ops);
+            // The history's flush leaves blocks glibc would keep: give them back.
+            if ops.iter().any(|o| matches!(o, Op::Tables(_))) {
+                crate::alloc::trim();
+            }
+            r
+        })
+        .await;
         match r {
             Ok(Ok(())) => {
                 if let Some(t) = pending.failing_since.take() {

@@ -124,7 +124,6 @@ enum SilenceCommand {
 }
 
 fn main() -> ExitCode {
-    vigia_engine::alloc::return_big_blocks();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run { .. }) {
         // A command whose output goes to `head` ends quietly when the pipe closes, as
