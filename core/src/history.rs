@@ -243,7 +243,8 @@ fn dequantize(q: u16) -> f64 {
     ((q as f64 / 64.0).exp2() - 1.0) / 1000.0
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+/// Appends `v` as a LEB128 varint (7 bits a byte).
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -251,7 +252,8 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn get_varint(b: &[u8], at: &mut usize) -> Result<u64, BlockError> {
+/// Reads a varint at `at`, moving it past.
+pub fn get_varint(b: &[u8], at: &mut usize) -> Result<u64, BlockError> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         let byte = *b.get(*at).ok_or(BlockError("it ends inside a number"))?;

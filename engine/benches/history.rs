@@ -165,33 +165,30 @@ fn main() {
         for (i, name) in names.iter().enumerate() {
             let at = t + (i as u64 * 397) % 10_000;
             let was_down = at < down_until[i];
-            if !was_down && rand() % (7 * 8640) == 0 {
+            // (to, message, how long the previous status lasted) of a change now.
+            let change = if !was_down && rand() % (7 * 8640) == 0 {
                 down_until[i] = at + (5 + rand() % 26) * MINUTE_MS;
-                transitions += 1;
-                ops.extend(history.transition_op(
-                    name,
-                    TransitionRecord {
-                        at,
-                        to: "failed".into(),
-                        message: format!(
-                            "cannot connect to 10.1.{}.{}:8080: connection refused",
-                            i / 250,
-                            i % 250
-                        ),
-                        after_ms: 0,
-                    },
-                ));
+                let refused = format!(
+                    "cannot connect to 10.1.{}.{}:8080: connection refused",
+                    i / 250,
+                    i % 250
+                );
+                Some(("failed", refused, 0))
             } else if was_down && at + 10_000 >= down_until[i] {
+                let after = down_until[i].saturating_sub(at);
+                Some(("recovered", "connected in 2.1 ms".to_string(), after))
+            } else {
+                None
+            };
+            if let Some((to, message, after_ms)) = change {
                 transitions += 1;
-                ops.extend(history.transition_op(
-                    name,
-                    TransitionRecord {
-                        at,
-                        to: "recovered".into(),
-                        message: "connected in 2.1 ms".into(),
-                        after_ms: down_until[i].saturating_sub(at),
-                    },
-                ));
+                let record = TransitionRecord {
+                    at,
+                    to: to.into(),
+                    message,
+                    after_ms,
+                };
+                ops.extend(history.transition_op(name, record));
             }
             let down = at < down_until[i];
             wander[i] = (wander[i] * (0.9 + (rand() % 200) as f64 / 1000.0)).clamp(1.0, 4.0);

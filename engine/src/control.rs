@@ -40,6 +40,15 @@ pub struct Door {
     pub history: Arc<crate::history::History>,
 }
 
+/// `no check is named `wbe` (did you mean `web`?)`: the one sentence for an unknown
+/// name, on the socket and over HTTP.
+pub fn no_such_check(name: &str, names: &[String]) -> String {
+    let hint = vigia_api::yaml::did_you_mean(name, names.iter().map(String::as_str))
+        .map(|b| format!(" (did you mean `{b}`?)"))
+        .unwrap_or_default();
+    format!("no check is named `{name}`{hint}")
+}
+
 impl Door {
     /// The status map and the engine's counters, as one snapshot.
     pub fn snapshot(&self) -> StatusSnapshot {
@@ -111,13 +120,7 @@ impl Door {
                 Reply::Stats(self.tasks.stats.snapshot())
             }
             Command::RunNow { name } => match self.check(&name) {
-                Err(names) => {
-                    let hint =
-                        vigia_api::yaml::did_you_mean(&name, names.iter().map(String::as_str))
-                            .map(|b| format!(" (did you mean `{b}`?)"))
-                            .unwrap_or_default();
-                    Reply::error(format!("no check is named `{name}`{hint}"))
-                }
+                Err(names) => Reply::error(no_such_check(&name, &names)),
                 // The view after the run: its schedule part and the state it left.
                 Ok(_) => match self
                     .tasks
@@ -141,11 +144,10 @@ impl Door {
                     Ok(Ok(Some(report))) => Reply::History(report),
                     Ok(Ok(None)) => {
                         let names = self.check(&name).err().unwrap_or_default();
-                        let hint =
-                            vigia_api::yaml::did_you_mean(&name, names.iter().map(String::as_str))
-                                .map(|b| format!(" (did you mean `{b}`?)"))
-                                .unwrap_or_default();
-                        Reply::error(format!("no check is named `{name}`{hint}, and history has none of that name from the last 30 days"))
+                        Reply::error(format!(
+                            "{}, and history has none of that name from the last 30 days",
+                            no_such_check(&name, &names)
+                        ))
                     }
                     Ok(Err(e)) => Reply::error(e.to_string()),
                     Err(e) => Reply::error(format!("reading the history failed: {e}")),

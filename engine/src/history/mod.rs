@@ -609,41 +609,27 @@ fn encode_open(out: &mut Vec<u8>, id: u32, minute: u64, b: &Bucket) {
     let mut block = codec::new_block();
     let _ = codec::append(&mut block, 0, b);
     for v in [id as u64, minute, block.len() as u64] {
-        let mut v = v;
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
+        codec::put_varint(out, v);
     }
     out.extend_from_slice(&block);
 }
 
-fn decode_open(mut b: &[u8]) -> Vec<(u32, u64, Bucket)> {
-    fn varint(b: &mut &[u8]) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = b.split_first()?;
-            *b = rest;
-            v |= ((byte & 0x7f) as u64) << shift;
-            if byte & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
+fn decode_open(b: &[u8]) -> Vec<(u32, u64, Bucket)> {
     let mut out = Vec::new();
-    while !b.is_empty() {
-        let (Some(id), Some(minute), Some(len)) = (varint(&mut b), varint(&mut b), varint(&mut b))
-        else {
+    let mut at = 0;
+    while at < b.len() {
+        let mut next = || codec::get_varint(b, &mut at);
+        let (Ok(id), Ok(minute), Ok(len)) = (next(), next(), next()) else {
             break;
         };
-        let len = (len as usize).min(b.len());
-        let (block, rest) = b.split_at(len);
-        b = rest;
-        if let Some((_, bucket)) = codec::decode(block).ok().and_then(|v| v.into_iter().next()) {
+        let end = at.saturating_add(len as usize).min(b.len());
+        if let Some((_, bucket)) = codec::decode(&b[at..end])
+            .ok()
+            .and_then(|v| v.into_iter().next())
+        {
             out.push((id as u32, minute, bucket));
         }
+        at = end;
     }
     out
 }

@@ -70,39 +70,44 @@ fn write_row(blocks: &[(u32, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-fn seal(block: &[u8]) -> Vec<u8> {
+fn deflate(bytes: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
-    let _ = e.write_all(block);
+    let _ = e.write_all(bytes);
     e.finish().unwrap_or_default()
+}
+
+/// The bytes deflated, or `None` when they do not inflate (a damaged row).
+fn inflate(bytes: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut raw = Vec::with_capacity(bytes.len() * 2);
+    flate2::read::DeflateDecoder::new(bytes)
+        .read_to_end(&mut raw)
+        .ok()
+        .map(|_| raw)
+}
+
+/// A sealed block: its span is over, so it is written once, deflated.
+fn seal(block: &[u8]) -> Vec<u8> {
+    deflate(block)
 }
 
 /// A stored block's buckets; one that does not decode reads as empty (it costs that
 /// span its history, never the engine).
 fn unseal(sealed: &[u8]) -> Vec<(u8, Bucket)> {
-    use std::io::Read;
-    let mut raw = Vec::with_capacity(sealed.len() * 2);
-    match flate2::read::DeflateDecoder::new(sealed).read_to_end(&mut raw) {
-        Ok(_) => codec::decode(&raw).unwrap_or_default(),
-        Err(_) => Vec::new(),
-    }
+    inflate(sealed)
+        .and_then(|raw| codec::decode(&raw).ok())
+        .unwrap_or_default()
 }
 
 fn inflate_transitions(b: &[u8]) -> Vec<TransitionRecord> {
-    use std::io::Read;
-    let mut text = Vec::new();
-    let mut d = flate2::read::DeflateDecoder::new(b);
-    if d.read_to_end(&mut text).is_err() {
-        return Vec::new();
-    }
-    serde_json::from_slice(&text).unwrap_or_default()
+    inflate(b)
+        .and_then(|text| serde_json::from_slice(&text).ok())
+        .unwrap_or_default()
 }
 
 fn deflate_transitions(t: &[TransitionRecord]) -> Vec<u8> {
-    use std::io::Write;
-    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
-    let _ = e.write_all(&serde_json::to_vec(t).unwrap_or_default());
-    e.finish().unwrap_or_default()
+    deflate(&serde_json::to_vec(t).unwrap_or_default())
 }
 
 /// Applies one history write inside the store's write transaction.

@@ -193,12 +193,9 @@ async fn status(State(s): State<AppState>, Extension(viewer): Extension<Viewer>)
 }
 
 pub fn unknown_check(name: &str, names: Vec<String>) -> Response {
-    let hint = vigia_api::yaml::did_you_mean(name, names.iter().map(String::as_str))
-        .map(|b| format!(" (did you mean `{b}`?)"))
-        .unwrap_or_default();
     error(
         StatusCode::NOT_FOUND,
-        format!("no check is named `{name}`{hint}"),
+        crate::control::no_such_check(name, &names),
     )
 }
 

@@ -108,10 +108,32 @@ fn local(ms: u64) -> String {
         .unwrap_or_default()
 }
 
+/// The first hour of the bar and the local names of its 24 hours (`14:00`): made once
+/// a page, not once a cell.
+struct BarHours {
+    first: u64,
+    labels: Vec<String>,
+}
+
+impl BarHours {
+    fn of(now: u64) -> BarHours {
+        let first = (now / HOUR_MS).saturating_sub(23) * HOUR_MS;
+        let tz = jiff::tz::TimeZone::system();
+        let labels = (0..24u64)
+            .map(|i| {
+                jiff::Timestamp::from_millisecond((first + i * HOUR_MS) as i64)
+                    .map(|t| t.to_zoned(tz.clone()).strftime("%H:00").to_string())
+                    .unwrap_or_default()
+            })
+            .collect();
+        BarHours { first, labels }
+    }
+}
+
 /// 24 cells, one an hour, oldest first: green without failures, red with, grey without
 /// runs.
-fn bar(hours: &[(u64, Bucket)], now: u64) -> String {
-    let first = (now / HOUR_MS).saturating_sub(23) * HOUR_MS;
+fn bar(hours: &[(u64, Bucket)], bar_hours: &BarHours) -> String {
+    let first = bar_hours.first;
     let mut out = String::with_capacity(24 * 70 + 120);
     out.push_str(r#"<svg class="bar" viewBox="0 0 96 14" width="96" height="14" role="img" aria-label="the last 24 hours">"#);
     let mut it = hours.iter().peekable();
@@ -129,13 +151,7 @@ fn bar(hours: &[(u64, Bucket)], now: u64) -> String {
             Some(b) if b.failed > 0 => ("bad", format!("{} of {} runs failed", b.failed, b.runs())),
             Some(b) => ("ok", format!("{} runs, all ok", b.runs())),
         };
-        let hour = jiff::Timestamp::from_millisecond(start as i64)
-            .map(|t| {
-                t.to_zoned(jiff::tz::TimeZone::system())
-                    .strftime("%H:00")
-                    .to_string()
-            })
-            .unwrap_or_default();
+        let hour = &bar_hours.labels[i as usize];
         out.push_str(&format!(
             r#"<rect class="{class}" x="{}" width="3" height="14"><title>{hour}: {title}</title></rect>"#,
             i * 4
@@ -177,16 +193,16 @@ fn ms_text(ms: f64) -> String {
     }
 }
 
-fn row(c: &CheckSnapshot, h: Option<&Summary>, now: u64) -> Row {
+fn row(c: &CheckSnapshot, h: Option<&Summary>, now: u64, bar_hours: &BarHours) -> Row {
     let (bar_svg, spark, up) = match h {
         Some(h) => (
-            bar(&h.hours, now),
+            bar(&h.hours, bar_hours),
             sparkline(&h.minutes),
             [&h.day, &h.week, &h.month]
                 .map(|b| percent(uptime(b)))
                 .join(" · "),
         ),
-        None => (bar(&[], now), String::new(), "—".into()),
+        None => (bar(&[], bar_hours), String::new(), "—".into()),
     };
     Row {
         name: c.name.clone(),
@@ -352,15 +368,14 @@ fn render(
     entries.truncate(shown);
 
     // History of what is shown, in one read.
+    let members_shown = if all { usize::MAX } else { MEMBERS };
     let mut names: Vec<&str> = Vec::new();
     for e in &entries {
         match e {
             Entry::Check(c) => names.push(&c.name),
-            Entry::Group(_, m) => names.extend(
-                m.iter()
-                    .take(if all { usize::MAX } else { MEMBERS })
-                    .map(|c| c.name.as_str()),
-            ),
+            Entry::Group(_, m) => {
+                names.extend(m.iter().take(members_shown).map(|c| c.name.as_str()))
+            }
         }
     }
     let summaries = door
@@ -368,6 +383,7 @@ fn render(
         .summaries(&names, now)
         .map_err(|e| e.to_string())?;
     let mut summary = summaries.iter();
+    let bar_hours = BarHours::of(now);
     let mut lines = Vec::with_capacity(entries.len());
     for e in &entries {
         match e {
@@ -375,13 +391,13 @@ fn render(
                 c,
                 summary.next().and_then(|s| s.as_ref()),
                 now,
+                &bar_hours,
             ))),
             Entry::Group(g, m) => {
-                let limit = if all { usize::MAX } else { MEMBERS };
                 let members: Vec<Row> = m
                     .iter()
-                    .take(limit)
-                    .map(|c| row(c, summary.next().and_then(|s| s.as_ref()), now))
+                    .take(members_shown)
+                    .map(|c| row(c, summary.next().and_then(|s| s.as_ref()), now, &bar_hours))
                     .collect();
                 lines.push(Line::Group(GroupRow {
                     name: g.clone(),
@@ -506,7 +522,10 @@ mod tests {
         b.add(false, 2.0);
         let mut good = Bucket::default();
         good.add(true, 1.0);
-        let svg = bar(&[(99 * HOUR_MS, b), (100 * HOUR_MS, good)], now);
+        let svg = bar(
+            &[(99 * HOUR_MS, b), (100 * HOUR_MS, good)],
+            &BarHours::of(now),
+        );
         assert_eq!(svg.matches("<rect").count(), 24);
         assert_eq!(svg.matches(r#"class="bad""#).count(), 1);
         assert_eq!(svg.matches(r#"class="ok""#).count(), 1);
