@@ -14,6 +14,9 @@
 //!     token_env: VIGIA_TELEGRAM_TOKEN     # or token_file: /etc/vigia/telegram.token
 //!     chat_ids: [123456789]
 //!     send_window: office_hours
+//!     commands: true                      # buttons on alerts, /status, /ack… in the chat
+//!     admins: [111222333]                 # who may act (everyone in chat_ids may read)
+//!     silence_buttons: [1h, 24h]
 //!   hooks: { type: webhook, url: "https://…", headers: { Authorization: "Bearer …" } }
 //! ```
 
@@ -118,6 +121,16 @@ struct ChannelSection {
     chat_ids: Vec<i64>,
     #[serde(default)]
     api_url: Option<String>,
+    /// Telegram: answer commands and buttons in the chats of `chat_ids`.
+    #[serde(default)]
+    commands: bool,
+    /// Telegram: the user ids that may act (acknowledge, silence, run); empty: every
+    /// member of the chats.
+    #[serde(default)]
+    admins: Vec<i64>,
+    /// Telegram: the silence buttons under a failure (default 1h and 24h).
+    #[serde(default)]
+    silence_buttons: Option<Vec<Dur>>,
     #[serde(default)]
     url: Option<String>,
     #[serde(default)]
@@ -194,12 +207,26 @@ pub enum ChannelKind {
         token: TokenSource,
         chat_ids: Vec<i64>,
         api_url: String,
+        /// `commands: true`: the two-way console.
+        console: Option<ChatConsole>,
     },
     Webhook {
         url: String,
         headers: Vec<(String, String)>,
     },
 }
+
+/// A Telegram channel's console (`commands: true`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChatConsole {
+    /// Who may act; empty: anyone in the channel's chats.
+    pub admins: Vec<i64>,
+    /// The silence buttons under a failure.
+    pub silence_buttons: Vec<Duration>,
+}
+
+/// The most silence buttons a message carries (a phone shows them on one row).
+pub const MAX_SILENCE_BUTTONS: usize = 4;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChannelDef {
@@ -461,6 +488,9 @@ fn parse_inner(
                                     ("api_url", c.api_url.is_some()),
                                     ("url", c.url.is_some()),
                                     ("headers", !c.headers.is_empty()),
+                                    ("commands", c.commands),
+                                    ("admins", !c.admins.is_empty()),
+                                    ("silence_buttons", c.silence_buttons.is_some()),
                                 ],
                                 &err,
                             );
@@ -518,10 +548,48 @@ fn parse_inner(
                                 let (pos, p) = at("api_url");
                                 err(pos, &p, format!("`{api_url}` is not an http(s) URL"));
                             }
+                            if !c.commands {
+                                for (key, set) in [
+                                    ("admins", !c.admins.is_empty()),
+                                    ("silence_buttons", c.silence_buttons.is_some()),
+                                ] {
+                                    if set {
+                                        let (pos, p) = at(key);
+                                        err(pos, &p, format!("`{key}` needs `commands: true` (the chat console it configures is off)"));
+                                    }
+                                }
+                            }
+                            let buttons: Vec<Duration> = c
+                                .silence_buttons
+                                .clone()
+                                .unwrap_or_else(|| vec![Dur::secs(3600), Dur::secs(86400)])
+                                .iter()
+                                .map(|d| d.get())
+                                .collect();
+                            if buttons.len() > MAX_SILENCE_BUTTONS {
+                                let (pos, p) = at("silence_buttons");
+                                err(pos, &p, format!("at most {MAX_SILENCE_BUTTONS} silence buttons fit under a message"));
+                            }
+                            if let Some(i) = buttons
+                                .iter()
+                                .position(|d| d.is_zero() || *d > vigia_core::silence::MAX_SILENCE)
+                            {
+                                let (pos, p) = at(&format!("silence_buttons.{i}"));
+                                err(
+                                    pos,
+                                    &p,
+                                    "a silence lasts more than 0s and at most 366d".into(),
+                                );
+                            }
+                            let console = c.commands.then(|| ChatConsole {
+                                admins: c.admins.clone(),
+                                silence_buttons: buttons,
+                            });
                             token.map(|token| ChannelKind::Telegram {
                                 token,
                                 chat_ids: c.chat_ids.clone(),
                                 api_url,
+                                console,
                             })
                         }
                         "webhook" => {
@@ -531,6 +599,9 @@ fn parse_inner(
                                     ("token_file", c.token_file.is_some()),
                                     ("chat_ids", !c.chat_ids.is_empty()),
                                     ("api_url", c.api_url.is_some()),
+                                    ("commands", c.commands),
+                                    ("admins", !c.admins.is_empty()),
+                                    ("silence_buttons", c.silence_buttons.is_some()),
                                 ],
                                 &err,
                             );

@@ -25,6 +25,9 @@ pub enum Command {
         for_ms: u64,
         #[serde(default)]
         reason: String,
+        /// Who asks: `telegram:@ana`, `cli:root` (kept with the silence, and logged).
+        #[serde(default)]
+        by: String,
     },
     SilenceList,
     SilenceRemove {
@@ -38,6 +41,13 @@ pub enum Command {
     History {
         name: String,
         since_ms: u64,
+    },
+    /// Acknowledge the failure of a check that is down: its reminders stop until it
+    /// recovers.
+    Ack {
+        name: String,
+        #[serde(default)]
+        by: String,
     },
 }
 
@@ -59,6 +69,14 @@ pub enum Reply {
         check: Box<CheckSnapshot>,
     },
     History(crate::history::HistoryReport),
+    /// The check's acknowledgement; `already`: it was acknowledged before (by whom it
+    /// says), nothing changed.
+    Acked {
+        check: String,
+        ack: crate::alert::Ack,
+        #[serde(default)]
+        already: bool,
+    },
     /// The command was understood and refused, or could not be carried out.
     Error {
         error: String,
@@ -85,7 +103,8 @@ mod tests {
             Command::SilenceAdd {
                 pattern: "web".into(),
                 for_ms: 60000,
-                reason: String::new()
+                reason: String::new(),
+                by: String::new(),
             }
         );
         let e = serde_json::from_str::<Command>(r#"{"cmd":"reboot"}"#).unwrap_err();

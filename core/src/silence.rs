@@ -19,6 +19,10 @@ pub struct Silence {
     pub until: u64,
     pub reason: String,
     pub created_at: u64,
+    /// Who added it: `telegram:@ana`, `cli:root`, `http` (empty in silences of older
+    /// releases).
+    #[serde(default)]
+    pub by: String,
 }
 
 impl Silence {
@@ -41,13 +45,14 @@ impl SilenceBook {
         self.list.push(s);
     }
 
-    /// A new silence of `pattern` for `duration` from `now`.
+    /// A new silence of `pattern` for `duration` from `now`, added by `by`.
     pub fn add(
         &mut self,
         id: u64,
         pattern: &str,
         duration: Duration,
         reason: &str,
+        by: &str,
         now: u64,
     ) -> Result<Silence, String> {
         let pattern = pattern.trim();
@@ -70,6 +75,7 @@ impl SilenceBook {
             until,
             reason: reason.to_string(),
             created_at: now,
+            by: by.to_string(),
         };
         self.insert(s.clone());
         Ok(s)
@@ -143,7 +149,7 @@ mod tests {
     fn add_expire_remove() {
         let mut b = SilenceBook::default();
         let s = b
-            .add(1, "web", Duration::from_secs(60), "deploy", 1000)
+            .add(1, "web", Duration::from_secs(60), "deploy", "cli:ana", 1000)
             .unwrap();
         assert_eq!(s.until, 61_000);
         assert_eq!(b.covering("web", 60_999).map(|s| s.id), Some(1));
@@ -157,11 +163,11 @@ mod tests {
     fn too_long_or_empty_is_refused_not_overflowed() {
         let mut b = SilenceBook::default();
         let e = b
-            .add(1, "web", Duration::from_secs(u64::MAX / 2), "", 5)
+            .add(1, "web", Duration::from_secs(u64::MAX / 2), "", "", 5)
             .unwrap_err();
         assert!(e.contains("longest silence"), "{e}");
-        assert!(b.add(2, " ", Duration::from_secs(1), "", 5).is_err());
-        assert!(b.add(3, "web", Duration::ZERO, "", 5).is_err());
+        assert!(b.add(2, " ", Duration::from_secs(1), "", "", 5).is_err());
+        assert!(b.add(3, "web", Duration::ZERO, "", "", 5).is_err());
     }
 
     #[test]

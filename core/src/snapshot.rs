@@ -59,6 +59,9 @@ pub struct CheckSnapshot {
     /// Runs and transitions since the engine started.
     #[serde(default)]
     pub counts: CountsSnapshot,
+    /// Who acknowledged the current failure, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<crate::alert::Ack>,
 }
 
 /// What a check did since the engine started.

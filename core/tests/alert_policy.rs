@@ -104,6 +104,7 @@ impl Sim {
             previous_duration_ms: 30 * MIN,
             failed_message: None,
             transcript: None,
+            ack: None,
         };
         self.p.accept(self.seq, Item::Transition(e), at);
     }
@@ -318,6 +319,7 @@ fn a_silence_mutes_matching_checks_until_it_expires() {
         until: t("12:00"),
         reason: "switch replaced".into(),
         created_at: t("10:00"),
+        by: "cli:ana".into(),
     });
     s.event("terminals/10.0.0.1", Transition::Failed, t("11:00"));
     s.event("web", Transition::Failed, t("11:00"));
@@ -354,6 +356,90 @@ fn reminders_while_down_with_their_count() {
         s.due(t("13:00")).is_empty(),
         "no reminder after the recovery"
     );
+}
+
+#[test]
+fn an_acknowledgement_stops_the_reminders_of_that_failure_only() {
+    let mut s = Sim::new(&[("ops", None)], Duration::ZERO, 0);
+    s.set(
+        "db",
+        CheckAlerting {
+            remind_every: Some(Duration::from_secs(3600)),
+            ..CheckAlerting::default()
+        },
+    );
+    s.event("db", Transition::Failed, t("10:00"));
+    assert_eq!(kinds(&s.due(t("10:00"))), ["ops:failed:db"]);
+    let ack =
+        s.p.acknowledge("db", "telegram:@ana", t("10:00"), t("10:32"))
+            .unwrap();
+    assert_eq!(ack.by, "telegram:@ana");
+    // A second press changes nothing and says who it was.
+    let again =
+        s.p.acknowledge("db", "telegram:@rui", t("10:00"), t("10:40"))
+            .unwrap_err();
+    assert_eq!(again.by, "telegram:@ana");
+    assert!(
+        s.due(t("11:00")).is_empty(),
+        "no reminder once acknowledged"
+    );
+    assert!(s.due(t("12:00")).is_empty());
+    s.event("db", Transition::Recovered, t("12:30"));
+    let r = s.due(t("12:30"));
+    assert_eq!(kinds(&r), ["ops:recovered:db"]);
+    assert_eq!(r[0].ctx.acked_by, "telegram:@ana");
+    assert_eq!(r[0].ctx.acked_at, "10:32");
+    assert!(
+        s.p.ack_of("db").is_none(),
+        "the acknowledgement ends with its failure"
+    );
+    // The next failure is its own: alerted and reminded again.
+    s.event("db", Transition::Failed, t("13:00"));
+    assert_eq!(kinds(&s.due(t("13:00"))), ["ops:failed:db"]);
+    assert_eq!(kinds(&s.due(t("14:00"))), ["ops:reminder:db"]);
+}
+
+#[test]
+fn an_acknowledgement_from_before_a_restart_keeps_reminders_off() {
+    let mut s = Sim::new(&[("ops", None)], Duration::ZERO, 0);
+    s.set(
+        "db",
+        CheckAlerting {
+            remind_every: Some(Duration::from_secs(3600)),
+            ..CheckAlerting::default()
+        },
+    );
+    s.down.insert("db".into());
+    let ack = vigia_core::alert::Ack {
+        by: "cli:root".into(),
+        at: t("10:10"),
+        since: t("10:00"),
+    };
+    s.p.restore_ack("db".into(), ack);
+    let mut event = AlertEvent {
+        host: "shop-01".into(),
+        check: "db".into(),
+        group: None,
+        transition: Transition::Failed,
+        message: "down".into(),
+        value: None,
+        failures: 3,
+        threshold: 3,
+        successes: 0,
+        recover_after: 1,
+        comment: "".into(),
+        at: t("10:00"),
+        previous_duration_ms: 0,
+        failed_message: None,
+        transcript: None,
+        ack: None,
+    };
+    s.p.restore_reminder(event.clone(), t("10:30"));
+    assert!(s.due(t("11:00")).is_empty());
+    // An acknowledgement of an older failure does not cover this one.
+    event.at = t("10:20");
+    s.p.restore_reminder(event, t("10:30"));
+    assert_eq!(kinds(&s.due(t("11:20"))), ["ops:reminder:db"]);
 }
 
 #[test]

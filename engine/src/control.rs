@@ -16,8 +16,10 @@ use vigia_config::PlannedCheck;
 use vigia_core::command::{Command, Reply};
 use vigia_core::snapshot::{CheckSnapshot, StatsSnapshot, StatusSnapshot};
 
-use crate::alerting::pipeline::{AlertStatus, Input as AlertInput};
+use crate::alerting::pipeline::{AlertStatus, Input as AlertInput, Stored, Then, Work};
+use crate::history::TransitionRecord;
 use crate::scheduler::SchedulerShared;
+use crate::store::Op;
 
 pub const SOCKET_FILE: &str = "vigia.sock";
 
@@ -66,12 +68,18 @@ impl Door {
             .iter()
             .map(|c| match texts {
                 Texts::All => self.view(c, now),
-                Texts::None => schedule_view(
-                    c,
-                    self.tasks.book.check_without_texts(&c.name),
-                    now,
-                    Texts::None,
-                ),
+                Texts::None => {
+                    let mut v = schedule_view(
+                        c,
+                        self.tasks.book.check_without_texts(&c.name),
+                        now,
+                        Texts::None,
+                    );
+                    if !v.status {
+                        v.ack = self.alerts.ack(&c.name);
+                    }
+                    v
+                }
             })
             .collect();
         StatusSnapshot {
@@ -107,7 +115,11 @@ impl Door {
     }
 
     fn view(&self, c: &PlannedCheck, now: u64) -> CheckSnapshot {
-        schedule_view(c, self.tasks.book.check(&c.name), now, Texts::All)
+        let mut v = schedule_view(c, self.tasks.book.check(&c.name), now, Texts::All);
+        if !v.status {
+            v.ack = self.alerts.ack(&c.name);
+        }
+        v
     }
 
     /// Carries out a command.
@@ -153,22 +165,131 @@ impl Door {
                     Err(e) => Reply::error(format!("reading the history failed: {e}")),
                 }
             }
+            Command::Ack { name, .. } if self.check(&name).is_err() => {
+                let names = self.check(&name).err().unwrap_or_default();
+                Reply::error(no_such_check(&name, &names))
+            }
             cmd @ (Command::SilenceAdd { .. }
             | Command::SilenceList
-            | Command::SilenceRemove { .. }) => {
-                let (tx, rx) = oneshot::channel();
-                if self
-                    .alert_tx
-                    .send(AlertInput::Command(cmd, tx))
-                    .await
-                    .is_err()
-                {
-                    return Reply::error("the alert pipeline has stopped");
+            | Command::SilenceRemove { .. }
+            | Command::Ack { .. }) => {
+                let then = self.noted_in_history();
+                let replies = self
+                    .work(Work {
+                        commands: vec![cmd],
+                        ops: Vec::new(),
+                        then,
+                    })
+                    .await;
+                match replies {
+                    Ok(mut r) => r
+                        .pop()
+                        .unwrap_or_else(|| Reply::error("the alert pipeline has stopped")),
+                    Err(e) => Reply::error(e),
                 }
-                rx.await
-                    .unwrap_or_else(|_| Reply::error("the alert pipeline has stopped"))
             }
         }
+    }
+
+    /// Carries out alerting's commands (silences, acknowledgements) together with the
+    /// caller's writes, in one transaction: the Telegram console keeps its update offset
+    /// and its replies with the change they report.
+    pub async fn work(&self, work: Work) -> Result<Vec<Reply>, String> {
+        let stopped = || "the alert pipeline has stopped".to_string();
+        let (tx, rx) = oneshot::channel();
+        if self
+            .alert_tx
+            .send(AlertInput::Work(Box::new(work), tx))
+            .await
+            .is_err()
+        {
+            return Err(stopped());
+        }
+        rx.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// What keeps acknowledgements and new silences in the checks' history (the
+    /// status page's changes, `vigia history`), as a [`Work`]'s `then`.
+    pub fn noted_in_history(&self) -> Then {
+        self.noted_in_history_and(|_| (Vec::new(), Vec::new()))
+    }
+
+    /// [`Door::noted_in_history`], then the caller's writes and messages from the same
+    /// replies.
+    pub fn noted_in_history_and(
+        &self,
+        and: impl FnOnce(&[Reply]) -> (Vec<Op>, Vec<(String, Stored)>) + Send + 'static,
+    ) -> Then {
+        let history = self
+            .tasks
+            .tally
+            .get()
+            .is_some()
+            .then(|| self.history.clone());
+        let names: Vec<Arc<str>> = self
+            .checks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        Box::new(move |replies: &[Reply]| {
+            let mut ops = Vec::new();
+            if let Some(h) = history {
+                let now = crate::clock::unix_ms();
+                for r in replies {
+                    match r {
+                        Reply::Acked {
+                            check,
+                            ack,
+                            already: false,
+                        } => ops.extend(h.transition_op(
+                            check,
+                            TransitionRecord {
+                                at: ack.at,
+                                to: "acknowledged".into(),
+                                message: format!("acknowledged by {}", ack.by),
+                                after_ms: ack.at.saturating_sub(ack.since),
+                            },
+                        )),
+                        Reply::Silence(s) => {
+                            let length =
+                                vigia_core::alert::human_duration(s.until.saturating_sub(now));
+                            let by = if s.by.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" by {}", s.by)
+                            };
+                            let reason = if s.reason.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {}", s.reason)
+                            };
+                            // Noted on the checks it covers now (a wide pattern on the
+                            // first hundred: the silence list has it whole).
+                            for name in names.iter().filter(|n| s.matches(n)).take(100) {
+                                ops.extend(h.transition_op(
+                                    name,
+                                    TransitionRecord {
+                                        at: s.created_at,
+                                        to: "silenced".into(),
+                                        message: format!(
+                                            "silenced{by} for {length} (silence {}){reason}",
+                                            s.id
+                                        ),
+                                        after_ms: 0,
+                                    },
+                                ));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let (more, messages) = and(replies);
+            ops.extend(more);
+            (ops, messages)
+        })
     }
 }
 

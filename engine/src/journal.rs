@@ -219,6 +219,7 @@ impl Journal {
                 previous_duration_ms: o.state.changed_at.saturating_sub(o.previous_change),
                 failed_message: o.state.failed_message.clone(),
                 transcript: None,
+                ack: None,
             };
             ops.extend(self.history.as_ref().and_then(|h| {
                 h.transition_op(

@@ -99,6 +99,13 @@ enum Command {
         #[command(subcommand)]
         cmd: SilenceCommand,
     },
+    /// Acknowledge a check's failure: you are on it. Its reminders stop until it
+    /// recovers (a new failure is alerted and reminded again); `vigia status`, the HTTP
+    /// API and the status page show who acknowledged it. Needs the running engine.
+    Ack {
+        /// The check's name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -174,6 +181,7 @@ fn main() -> ExitCode {
             }
             Command::Plugins => cmd_plugins(),
             Command::Silence { cmd } => cmd_silence(&cli.config, cmd).await,
+            Command::Ack { name } => cmd_ack(&cli.config, &name).await,
         }
     })
 }
@@ -430,17 +438,28 @@ fn print_status(view: &StatusSnapshot, not_running: Option<&str>) {
     // Down first: that is what the operator came for.
     checks.sort_by(|a, b| a.status.cmp(&b.status).then(a.name.cmp(&b.name)));
     for c in checks {
-        let status = if c.status { "OK" } else { "DOWN" };
+        let status = match (&c.ack, c.status) {
+            (_, true) => "OK",
+            (Some(_), false) => "ACKED",
+            (None, false) => "DOWN",
+        };
         let failures = if c.threshold > 0 {
             format!("{}/{}", c.failures, c.threshold)
         } else {
             c.failures.to_string()
         };
-        let last = c
+        let mut last = c
             .last
             .as_ref()
-            .map(|l| l.message.as_str())
-            .unwrap_or("(not run yet)");
+            .map(|l| l.message.clone())
+            .unwrap_or_else(|| "(not run yet)".into());
+        if let Some(a) = &c.ack {
+            last = format!(
+                "{last} (acknowledged by {} {} ago)",
+                a.by,
+                human_duration(view.now.saturating_sub(a.at))
+            );
+        }
         println!(
             "{:width$}  {:6}  {:>8}  {:>8}  {}",
             c.name,
@@ -503,6 +522,7 @@ async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
             pattern: pattern.clone(),
             for_ms: u64::try_from(duration.get().as_millis()).unwrap_or(u64::MAX),
             reason: reason.clone(),
+            by: cli_user(),
         },
         SilenceCommand::List => EngineCommand::SilenceList,
         SilenceCommand::Remove { id } => EngineCommand::SilenceRemove { id: *id },
@@ -529,8 +549,13 @@ async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
                 println!("No silences.");
             }
             for s in silences {
+                let by = if s.by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (by {})", s.by)
+                };
                 println!(
-                    "{:>6}  {:24}  {:>10} left  {}",
+                    "{:>6}  {:24}  {:>10} left  {}{by}",
                     s.id,
                     s.pattern,
                     human_duration(s.until.saturating_sub(now)),
@@ -542,6 +567,49 @@ async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
         other => return refused(other),
     }
     ExitCode::SUCCESS
+}
+
+/// `cli:ana`: who acts from this terminal, as silences and acknowledgements keep it.
+fn cli_user() -> String {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+async fn cmd_ack(path: &Path, name: &str) -> ExitCode {
+    let state_dir = match Config::load(path) {
+        Ok(c) => c.engine.state_dir,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let socket = state_dir.join(control::SOCKET_FILE);
+    let command = EngineCommand::Ack {
+        name: name.to_string(),
+        by: cli_user(),
+    };
+    match control::send(&socket, &command).await {
+        Ok(Reply::Acked {
+            check,
+            ack,
+            already,
+        }) => {
+            let at = local_time(ack.at);
+            if already {
+                println!("{check} was already acknowledged by {} at {at}.", ack.by);
+            } else {
+                println!("{check} acknowledged: its reminders stop until it recovers.");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(other) => refused(other),
+        Err(e) => {
+            eprintln!("vigia: {e} (an acknowledgement needs the running engine)");
+            ExitCode::from(3)
+        }
+    }
 }
 
 async fn cmd_history(path: &Path, name: &str, since: vigia_api::Dur, json: bool) -> ExitCode {
@@ -588,18 +656,13 @@ async fn cmd_history(path: &Path, name: &str, since: vigia_api::Dur, json: bool)
         return ExitCode::SUCCESS;
     }
     println!("\n{:25}  {:9}  {:>9}  MESSAGE", "WHEN", "STATUS", "AFTER");
-    let tz = jiff::tz::TimeZone::system();
     for t in &report.transitions {
-        let when = jiff::Timestamp::from_millisecond(t.at as i64)
-            .map(|ts| {
-                ts.to_zoned(tz.clone())
-                    .strftime("%Y-%m-%d %H:%M:%S %Z")
-                    .to_string()
-            })
-            .unwrap_or_else(|_| t.at.to_string());
+        let when = local_time(t.at);
         let to = match t.to.as_str() {
             "failed" => "DOWN",
             "recovered" => "UP",
+            "acknowledged" => "ACK",
+            "silenced" => "SILENCED",
             other => other,
         };
         println!(
@@ -609,6 +672,17 @@ async fn cmd_history(path: &Path, name: &str, since: vigia_api::Dur, json: bool)
         );
     }
     ExitCode::SUCCESS
+}
+
+/// `2026-12-02 10:32:05 WET`: a unix ms time in the system's zone.
+fn local_time(ms: u64) -> String {
+    jiff::Timestamp::from_millisecond(ms as i64)
+        .map(|ts| {
+            ts.to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M:%S %Z")
+                .to_string()
+        })
+        .unwrap_or_else(|_| ms.to_string())
 }
 
 /// An answer the command did not ask for: the engine's refusal, or a surprise.

@@ -468,7 +468,7 @@ impl Remediator {
         event.transcript = Some(transcript);
         let _ = self
             .alerts
-            .send(AlertInput::Item(t.seq, Item::Transition(event)))
+            .send(AlertInput::Item(t.seq, Box::new(Item::Transition(event))))
             .await;
     }
 

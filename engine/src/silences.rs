@@ -47,11 +47,13 @@ pub fn execute(
             pattern,
             for_ms,
             reason,
+            by,
         } => match book.add(
             next_id(),
             pattern,
             Duration::from_millis(*for_ms),
             reason,
+            by,
             now,
         ) {
             Ok(s) => {
@@ -75,7 +77,7 @@ pub fn execute(
     Some((reply, ops))
 }
 
-/// The log line of a silence that was added or removed.
+/// The log line of a silence that was added or removed, or of an acknowledgement.
 pub fn log(reply: &Reply, tz: &jiff::tz::TimeZone) {
     match reply {
         Reply::Silence(s) => {
@@ -86,7 +88,19 @@ pub fn log(reply: &Reply, tz: &jiff::tz::TimeZone) {
                         .to_string()
                 })
                 .unwrap_or_else(|_| s.until.to_string());
-            tracing::info!(event = "silence_added", id = s.id, pattern = %s.pattern, reason = %s.reason, until = %until, until_ms = s.until, "Silence {} added: alerts of {} are not sent until {until} ({}).", s.id, s.pattern, s.reason);
+            let by = if s.by.is_empty() {
+                String::new()
+            } else {
+                format!(" by {}", s.by)
+            };
+            tracing::info!(event = "silence_added", id = s.id, pattern = %s.pattern, reason = %s.reason, by = %s.by, until = %until, until_ms = s.until, "Silence {} added{by}: alerts of {} are not sent until {until} ({}).", s.id, s.pattern, s.reason);
+        }
+        Reply::Acked {
+            check,
+            ack,
+            already: false,
+        } => {
+            tracing::info!(event = "ack", check = %check, by = %ack.by, since_ms = ack.since, "{check} acknowledged by {}: its reminders stop until it recovers.", ack.by);
         }
         Reply::Removed { id } => {
             tracing::info!(event = "silence_removed", id, "Silence {id} removed.")

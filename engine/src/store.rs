@@ -96,6 +96,11 @@ const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("alert_
 const TARGETS: TableDefinition<&str, &[u8]> = TableDefinition::new("alert_targets");
 const SILENCES: TableDefinition<u64, &[u8]> = TableDefinition::new("silences");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Acknowledged failures: check → JSON `Ack`, until the check's next transition.
+const ACKS: TableDefinition<&str, &[u8]> = TableDefinition::new("acks");
+/// Telegram messages sent with buttons: (chat, message id) → JSON (what the buttons act
+/// on, and the token their data must carry).
+const BUTTONS: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("telegram_buttons");
 
 /// One change in a transaction; `None` deletes.
 #[derive(Debug, Clone)]
@@ -106,6 +111,11 @@ pub enum Op {
     Outbox(String, u64, Option<Vec<u8>>),
     Target(String, Vec<u8>),
     Silence(u64, Option<Vec<u8>>),
+    Ack(String, Option<Vec<u8>>),
+    /// A message's buttons: (chat, message id).
+    Buttons(i64, i64, Option<Vec<u8>>),
+    /// A counter of the engine's own (`telegram_offset.ops`: the next update to take).
+    Meta(String, u64),
     /// A write of another room's tables (the result history), applied in the same
     /// transaction: the store knows only that it writes.
     Tables(std::sync::Arc<dyn TableWrite>),
@@ -293,6 +303,8 @@ impl Store {
             store.outbox_counts()?;
             store.load_targets()?;
             store.load_silences()?;
+            store.load_acks()?;
+            store.all_buttons()?;
             store.read_meta("seq")
         });
         let last = match read_all {
@@ -397,6 +409,49 @@ impl Store {
         self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// A counter of [`Op::Meta`] (0 when never written).
+    pub fn meta(&self, key: &str) -> Result<u64, StoreError> {
+        self.read_meta(key)
+    }
+
+    /// The acknowledgements held: (check, JSON).
+    pub fn load_acks(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let err = self.io_err("reading acknowledgements");
+        let tx = self.with_db(|db| db.begin_read().map_err(|e| err(e.into())))?;
+        let t = tx.open_table(ACKS).map_err(|e| err(e.into()))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = item.map_err(|e| err(e.into()))?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The buttons of one sent message.
+    pub fn buttons(&self, chat: i64, message: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let err = self.io_err("reading a message's buttons");
+        let tx = self.with_db(|db| db.begin_read().map_err(|e| err(e.into())))?;
+        let t = tx.open_table(BUTTONS).map_err(|e| err(e.into()))?;
+        Ok(t.get((chat, message))
+            .map_err(|e| err(e.into()))?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// The messages with buttons, oldest first, as (chat, message id, JSON), for
+    /// pruning.
+    pub fn all_buttons(&self) -> Result<Vec<(i64, i64, Vec<u8>)>, StoreError> {
+        let err = self.io_err("reading messages' buttons");
+        let tx = self.with_db(|db| db.begin_read().map_err(|e| err(e.into())))?;
+        let t = tx.open_table(BUTTONS).map_err(|e| err(e.into()))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = item.map_err(|e| err(e.into()))?;
+            let (c, m) = k.value();
+            out.push((c, m, v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     fn read_meta(&self, key: &str) -> Result<u64, StoreError> {
         let err = self.io_err("reading metadata");
         let tx = self.with_db(|db| db.begin_read().map_err(|e| err(e.into())))?;
@@ -463,6 +518,8 @@ impl Store {
             let mut targets = tx.open_table(TARGETS).map_err(|e| err(e.into()))?;
             let mut silences = tx.open_table(SILENCES).map_err(|e| err(e.into()))?;
             let mut meta = tx.open_table(META).map_err(|e| err(e.into()))?;
+            let mut acks = tx.open_table(ACKS).map_err(|e| err(e.into()))?;
+            let mut buttons = tx.open_table(BUTTONS).map_err(|e| err(e.into()))?;
             let mut max_seq = 0;
             for op in ops {
                 let r: Result<(), redb::StorageError> = match op {
@@ -494,6 +551,15 @@ impl Store {
                     }
                     Op::Target(t, b) => targets.insert(t.as_str(), b.as_slice()).map(|_| ()),
                     Op::Tables(_) => Ok(()),
+                    Op::Ack(check, Some(b)) => {
+                        acks.insert(check.as_str(), b.as_slice()).map(|_| ())
+                    }
+                    Op::Ack(check, None) => acks.remove(check.as_str()).map(|_| ()),
+                    Op::Buttons(chat, msg, Some(b)) => {
+                        buttons.insert((*chat, *msg), b.as_slice()).map(|_| ())
+                    }
+                    Op::Buttons(chat, msg, None) => buttons.remove((*chat, *msg)).map(|_| ()),
+                    Op::Meta(key, v) => meta.insert(key.as_str(), *v).map(|_| ()),
                     Op::Silence(id, v) => {
                         max_seq = max_seq.max(*id);
                         match v {

@@ -162,6 +162,7 @@ fn down_events<'a>(
                 previous_duration_ms: 0,
                 failed_message: None,
                 transcript: None,
+                ack: None,
             })
         })
         .collect()
@@ -191,6 +192,8 @@ struct Engine {
     http: Option<crate::http::HttpServer>,
     /// `--http-listen`: kept over every reload.
     http_listen: Option<std::net::SocketAddr>,
+    /// The Telegram consoles (channels with `commands: true`), rebuilt with alerting.
+    consoles: Option<crate::console::Consoles>,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -232,6 +235,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     let mut scheduler = Scheduler::new(tasks.clone());
     let targets = pipeline::build_targets(&config.alerting, console.clone())
+        .map_err(|e| anyhow::anyhow!("alerting cannot start: {e}"))?;
+    let console_bots = crate::console::build(&config.alerting)
         .map_err(|e| anyhow::anyhow!("alerting cannot start: {e}"))?;
     let alerting = start_alerting(
         &config.alerting,
@@ -317,8 +322,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         running: Running::of(&config),
         http: None,
         http_listen: opts.http_listen,
+        consoles: None,
     };
     engine.refresh_door();
+    engine.consoles = Some(crate::console::Consoles::start(
+        console_bots,
+        engine.door.clone(),
+        store.clone(),
+    ));
     if config.http.enabled {
         // After the first plan: `/healthz` answers 200 from its first request.
         engine.http = Some(
@@ -406,6 +417,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     control_stop.cancel();
     let _ = control.await;
+    if let Some(c) = engine.consoles.take() {
+        c.stop().await;
+    }
     if let Some(h) = engine.http.take() {
         h.stop().await;
     }
@@ -631,12 +645,18 @@ impl Engine {
             .configure(plan.checks.iter().map(|c| &c.name), unix_ms());
 
         if diff.alerting || host_changed {
-            match pipeline::build_targets(&config.alerting, self.console.clone()) {
+            let built = pipeline::build_targets(&config.alerting, self.console.clone())
+                .and_then(|t| crate::console::build(&config.alerting).map(|c| (t, c)));
+            match built {
                 Err(err) => {
                     applied.alerting = false;
                     tracing::error!(event = "reload_failed", "The new channels cannot be used ({err}); alerting keeps the running channels.");
                 }
-                Ok(targets) => {
+                Ok((targets, bots)) => {
+                    // The consoles hand their work to the pipeline: they go first.
+                    if let Some(c) = self.consoles.take() {
+                        c.stop().await;
+                    }
                     let old = self
                         .alerting
                         .take()
@@ -660,6 +680,11 @@ impl Engine {
                         Ok(stage) => self.alerting = Some(stage),
                         Err((err, _)) => anyhow::bail!("alerting cannot start again: {err}"),
                     }
+                    self.consoles = Some(crate::console::Consoles::start(
+                        bots,
+                        self.door.clone(),
+                        self.store.clone(),
+                    ));
                 }
             }
         } else {
@@ -878,7 +903,7 @@ impl ScriptErrors {
             };
             let _ = self
                 .alerts
-                .send(AlertInput::Item(self.store.next_seq(), item))
+                .send(AlertInput::Item(self.store.next_seq(), Box::new(item)))
                 .await;
             self.reported.insert(b.file.clone(), b.error.clone());
         }

@@ -231,6 +231,21 @@ fn reads_writes_and_refusals() {
     let (code, _, body) = request(&addr, "POST", "/api/v1/checks/nope/run", Some(TOKEN), None);
     assert_eq!(code, 404, "{body}");
 
+    // Acknowledge: a failure that is under way, kept and shown with the check.
+    let (code, _, body) = request(&addr, "POST", "/api/v1/checks/bad/ack", Some(TOKEN), None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["reply"], "acked");
+    let bad = json(&request(&addr, "GET", "/api/v1/checks/bad", None, None).2);
+    assert_eq!(bad["ack"]["by"], "http", "{bad}");
+    let (code, _, body) = request(&addr, "POST", "/api/v1/checks/good/ack", Some(TOKEN), None);
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains("good is up: there is no failure to acknowledge"),
+        "{body}"
+    );
+    let (code, _, _) = request(&addr, "POST", "/api/v1/checks/bad/ack", None, None);
+    assert_eq!(code, 401, "acting needs the token");
+
     // The badge.
     let (code, head, body) = request(&addr, "GET", "/badge/bad.svg", None, None);
     assert_eq!(code, 200);

@@ -12,7 +12,9 @@
 //! Control API: `POST /mode/http/failing`, `POST /mode/tcp/healthy`, `GET /mode`;
 //! `POST /telegram/mode/{ok|error|ratelimit|unauthorized|chat_not_found|hang}`,
 //! `POST /telegram/rate/{per_second}`, `POST /telegram/retry_after/{seconds}`, `GET /telegram/messages`,
-//! `DELETE /telegram/messages`.
+//! `DELETE /telegram/messages`, `GET /telegram/calls` (answers, edits, commands set),
+//! `POST /telegram/updates` (queue a user's message or button press: a JSON
+//! [`telegram::NewUpdate`]), `GET /telegram/updates` (those not confirmed yet).
 
 pub mod http;
 pub mod telegram;
@@ -242,7 +244,10 @@ async fn tcp_conn(s: TcpStream, mode: watch::Receiver<Mode>, delay: Duration) {
 }
 
 async fn control_conn(mut s: TcpStream, mocks: &Mocks) {
-    let Ok(Some(Request { method, path, .. })) = read_request(&mut s).await else {
+    let Ok(Some(Request {
+        method, path, body, ..
+    })) = read_request(&mut s).await
+    else {
         return;
     };
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -270,6 +275,15 @@ async fn control_conn(mut s: TcpStream, mocks: &Mocks) {
             Err(_) => (400, serde_json::json!({ "error": "retry_after is a number of seconds" }).to_string()),
         },
         ("GET", ["telegram", "messages"]) => (200, serde_json::to_string(&mocks.tg.messages()).unwrap_or_default()),
+        ("GET", ["telegram", "calls"]) => (200, serde_json::to_string(&mocks.tg.calls()).unwrap_or_default()),
+        ("GET", ["telegram", "updates"]) => (200, serde_json::to_string(&mocks.tg.pending_updates()).unwrap_or_default()),
+        ("POST", ["telegram", "updates"]) => match serde_json::from_slice::<telegram::NewUpdate>(&body)
+            .map_err(|e| format!("the body is not an update: {e}"))
+            .and_then(|u| mocks.tg.queue(&u))
+        {
+            Ok(id) => (200, serde_json::json!({ "update_id": id }).to_string()),
+            Err(e) => (400, serde_json::json!({ "error": e }).to_string()),
+        },
         ("DELETE", ["telegram", "messages"]) => {
             mocks.tg.clear();
             (200, "[]".to_string())

@@ -66,9 +66,18 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:18099")]
         control: SocketAddr,
     },
-    /// Print the messages the Telegram mock accepted, as JSON.
+    /// Print the messages the Telegram mock accepted, as JSON (as they read now, after
+    /// edits, with their buttons).
     Messages {
         #[arg(long, default_value = "127.0.0.1:18099")]
+        control: SocketAddr,
+    },
+    /// Act as a Telegram user towards the bot: send a message, press a button, or list
+    /// what the bot did (answers, edits).
+    Telegram {
+        #[command(subcommand)]
+        cmd: TelegramCommand,
+        #[arg(long, default_value = "127.0.0.1:18099", global = true)]
         control: SocketAddr,
     },
     /// A cable with latency between two network namespaces (as root): creates a TAP
@@ -88,6 +97,42 @@ enum Command {
         #[arg(long)]
         delay_file: std::path::PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum TelegramCommand {
+    /// A user writes in a chat: `vigia-mock telegram say --chat 1 --user 7 /status`.
+    Say {
+        #[arg(long)]
+        chat: i64,
+        #[arg(long)]
+        user: i64,
+        #[arg(long)]
+        username: Option<String>,
+        /// The message.
+        text: String,
+    },
+    /// A user presses a button of a message the bot sent:
+    /// `vigia-mock telegram press --chat 1 --user 7 "Silence 1h"`.
+    Press {
+        #[arg(long)]
+        chat: i64,
+        #[arg(long)]
+        user: i64,
+        #[arg(long)]
+        username: Option<String>,
+        /// The message (default: the chat's last message with buttons).
+        #[arg(long)]
+        message: Option<u64>,
+        /// Send this callback data instead of the button's (a forged press).
+        #[arg(long)]
+        data: Option<String>,
+        /// The button's label.
+        button: Option<String>,
+    },
+    /// What the bot called besides sending: answerCallbackQuery, editMessageText,
+    /// setMyCommands…, as JSON.
+    Calls,
 }
 
 #[tokio::main]
@@ -155,6 +200,46 @@ async fn main() -> ExitCode {
         )
         .map_err(|e| anyhow::anyhow!("wire: {e}")),
         Command::Messages { control } => call(control, "GET", "/telegram/messages").await,
+        Command::Telegram { cmd, control } => {
+            let update = match cmd {
+                TelegramCommand::Calls => None,
+                TelegramCommand::Say {
+                    chat,
+                    user,
+                    username,
+                    text,
+                } => Some(vigia_mocks::telegram::NewUpdate {
+                    chat,
+                    user,
+                    username,
+                    text: Some(text),
+                    ..Default::default()
+                }),
+                TelegramCommand::Press {
+                    chat,
+                    user,
+                    username,
+                    message,
+                    data,
+                    button,
+                } => Some(vigia_mocks::telegram::NewUpdate {
+                    chat,
+                    user,
+                    username,
+                    press: button,
+                    message_id: message,
+                    data,
+                    ..Default::default()
+                }),
+            };
+            match update {
+                None => call(control, "GET", "/telegram/calls").await,
+                Some(u) => match serde_json::to_string(&u) {
+                    Ok(body) => call_with(control, "POST", "/telegram/updates", &body).await,
+                    Err(e) => Err(e.into()),
+                },
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -179,10 +264,22 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
 }
 
 async fn call(control: SocketAddr, method: &str, path: &str) -> anyhow::Result<()> {
+    call_with(control, method, path, "").await
+}
+
+async fn call_with(
+    control: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<()> {
     let mut s = tokio::net::TcpStream::connect(control)
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the mock's control endpoint {control}: {e}"))?;
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {control}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {control}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     s.write_all(req.as_bytes()).await?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).await?;

@@ -1,15 +1,23 @@
-//! A Telegram Bot API mock: `getMe` and `sendMessage` at `/bot<TOKEN>/<method>`, method
-//! names matched case-insensitively (teloxide sends `SendMessage`). It records every
-//! accepted message, can be switched to fail (500, 429 with `retry_after`, 401, 400 chat
-//! not found) or to hang, and can limit how many messages per second it accepts (the
-//! rest get 429, as the real API does).
+//! A Telegram Bot API mock at `/bot<TOKEN>/<method>`, method names matched
+//! case-insensitively (teloxide sends `SendMessage`): `getMe`, `sendMessage` (with
+//! inline keyboards), `getUpdates` (long polling, `offset` confirms what came before),
+//! `answerCallbackQuery`, `editMessageText`, `editMessageReplyMarkup` and
+//! `setMyCommands`. It records every accepted message and every call; edits change the
+//! recorded message as they change a real chat. Updates — a user's message, a press of
+//! one of a message's buttons — are queued through the control endpoint. It can be
+//! switched to fail (500, 429 with `retry_after`, 401, 400 chat not found) or to hang,
+//! and can limit how many messages per second it accepts (the rest get 429, as the real
+//! API does).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
 use crate::http::{read_request, write_response};
 
@@ -38,7 +46,7 @@ impl std::str::FromStr for TgMode {
     }
 }
 
-/// One accepted message.
+/// One accepted message, as it reads now (after its edits).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TgMessage {
     pub id: u64,
@@ -47,6 +55,46 @@ pub struct TgMessage {
     pub parse_mode: Option<String>,
     /// Unix ms when it was accepted.
     pub at: u64,
+    /// Its inline keyboard (`{"inline_keyboard": [[{"text":…,"callback_data":…}]]}`).
+    #[serde(default)]
+    pub reply_markup: Option<Value>,
+    /// The message it answers.
+    #[serde(default)]
+    pub reply_to: Option<i64>,
+    /// How many times it was edited.
+    #[serde(default)]
+    pub edits: u32,
+}
+
+/// A call of a method other than `sendMessage`, `getMe` and `getUpdates`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TgCall {
+    /// As Telegram names it: `answerCallbackQuery`, `editMessageText`…
+    pub method: String,
+    pub args: Value,
+    pub at: u64,
+}
+
+/// What `POST /telegram/updates` queues: a message from a user, or a press of a button.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUpdate {
+    pub chat: i64,
+    pub user: i64,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// A message (`/status`).
+    #[serde(default)]
+    pub text: Option<String>,
+    /// The label of the button pressed (`Silence 1h`), on `message_id` (default: the
+    /// chat's last message with buttons).
+    #[serde(default)]
+    pub press: Option<String>,
+    #[serde(default)]
+    pub message_id: Option<u64>,
+    /// The callback data sent, instead of the button's own: a forged press.
+    #[serde(default)]
+    pub data: Option<String>,
 }
 
 pub struct Telegram {
@@ -60,6 +108,15 @@ pub struct Telegram {
     next_id: AtomicU64,
     /// Requests answered with an error, by any mode.
     pub refused: AtomicU64,
+    pub calls: Mutex<Vec<TgCall>>,
+    /// Updates not confirmed yet (a `getUpdates` offset past them confirms them).
+    updates: Mutex<VecDeque<Value>>,
+    next_update: AtomicU64,
+    /// The offset of the last `getUpdates`: updates below it were confirmed.
+    pub confirmed: AtomicU64,
+    /// `getUpdates` calls answered.
+    pub polls: AtomicU64,
+    queued: Notify,
 }
 
 fn now_ms() -> u64 {
@@ -79,11 +136,184 @@ impl Telegram {
             messages: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             refused: AtomicU64::new(0),
+            calls: Mutex::new(Vec::new()),
+            updates: Mutex::new(VecDeque::new()),
+            next_update: AtomicU64::new(1),
+            confirmed: AtomicU64::new(0),
+            polls: AtomicU64::new(0),
+            queued: Notify::new(),
         })
+    }
+
+    pub fn calls(&self) -> Vec<TgCall> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn record(&self, method: &str, args: &Value) {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(TgCall {
+                method: method.to_string(),
+                args: args.clone(),
+                at: now_ms(),
+            });
+    }
+
+    /// Queues an update; returns its `update_id`.
+    pub fn queue(&self, u: &NewUpdate) -> Result<u64, String> {
+        let chat = chat_json(u.chat);
+        let name = u
+            .username
+            .clone()
+            .unwrap_or_else(|| format!("user{}", u.user));
+        let mut from = json!({"id": u.user, "is_bot": false, "first_name": name});
+        if let Some(n) = &u.username {
+            from["username"] = json!(n);
+        }
+        let date = now_ms() / 1000;
+        let body = match (&u.text, &u.press, &u.data) {
+            (Some(text), None, None) => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let mut m = json!({"message_id": id, "date": date, "chat": chat, "from": from, "text": text});
+                if text.starts_with('/') {
+                    let len = text
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .encode_utf16()
+                        .count();
+                    m["entities"] = json!([{"type": "bot_command", "offset": 0, "length": len}]);
+                }
+                json!({ "message": m })
+            }
+            (None, press, data) if press.is_some() || data.is_some() => {
+                let messages = self.messages();
+                let msg = match u.message_id {
+                    Some(id) => messages.iter().find(|m| m.id == id),
+                    None => messages
+                        .iter()
+                        .rev()
+                        .find(|m| m.chat_id == json!(u.chat) && m.reply_markup.is_some()),
+                }
+                .ok_or("no such message (give message_id, or send one with buttons first)")?;
+                let data = match (data, press) {
+                    (Some(d), _) => d.clone(),
+                    (None, Some(label)) => msg
+                        .reply_markup
+                        .as_ref()
+                        .and_then(|k| k["inline_keyboard"].as_array())
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|row| row.as_array())
+                        .flatten()
+                        .find(|b| b["text"] == json!(label))
+                        .and_then(|b| b["callback_data"].as_str())
+                        .map(str::to_string)
+                        .ok_or_else(|| format!("message {} has no button `{label}`", msg.id))?,
+                    (None, None) => return Err("give `press` or `data`".into()),
+                };
+                let update_id = self.next_update.load(Ordering::Relaxed);
+                json!({ "callback_query": {
+                    "id": format!("cbq-{update_id}"),
+                    "from": from,
+                    "message": {
+                        "message_id": msg.id, "date": msg.at / 1000, "chat": chat_json(msg.chat_id.as_i64().unwrap_or(u.chat)),
+                        "from": bot_user(), "text": msg.text,
+                    },
+                    "chat_instance": format!("ci{}", u.chat),
+                    "data": data,
+                }})
+            }
+            _ => return Err("give `text` (a message) or `press` / `data` (a button press)".into()),
+        };
+        let mut q = self.updates.lock().unwrap_or_else(|p| p.into_inner());
+        let id = self.next_update.fetch_add(1, Ordering::Relaxed);
+        let mut update = body;
+        update["update_id"] = json!(id);
+        q.push_back(update);
+        drop(q);
+        self.queued.notify_waiters();
+        Ok(id)
+    }
+
+    /// `getUpdates`: confirms what is below `offset`, then answers what is left, at once
+    /// or within `timeout` seconds.
+    async fn get_updates(&self, args: &Value) -> Value {
+        let offset = args["offset"].as_u64().unwrap_or(0);
+        let timeout = args["timeout"].as_u64().unwrap_or(0).min(50);
+        let limit = args["limit"].as_u64().unwrap_or(100).clamp(1, 100) as usize;
+        self.confirmed.fetch_max(offset, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+        loop {
+            let waiting = self.queued.notified();
+            if self.mode() != TgMode::Ok {
+                return json!([]);
+            }
+            {
+                let mut q = self.updates.lock().unwrap_or_else(|p| p.into_inner());
+                q.retain(|u| u["update_id"].as_u64().unwrap_or(0) >= offset);
+                if !q.is_empty() {
+                    return Value::Array(q.iter().take(limit).cloned().collect());
+                }
+            }
+            if tokio::time::timeout_at(deadline, waiting).await.is_err() {
+                return json!([]);
+            }
+        }
+    }
+
+    /// Updates queued and not confirmed yet.
+    pub fn pending_updates(&self) -> Vec<Value> {
+        let confirmed = self.confirmed.load(Ordering::Relaxed);
+        self.updates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|u| u["update_id"].as_u64().unwrap_or(0) >= confirmed)
+            .cloned()
+            .collect()
+    }
+
+    /// editMessageText / editMessageReplyMarkup on a recorded message.
+    fn edit(&self, args: &Value, text: bool) -> Result<Value, (u16, String)> {
+        let id = args["message_id"].as_u64().unwrap_or(0);
+        let mut ms = self.messages.lock().unwrap_or_else(|p| p.into_inner());
+        let m = ms
+            .iter_mut()
+            .find(|m| m.id == id && m.chat_id == args["chat_id"])
+            .ok_or((400, "Bad Request: message to edit not found".to_string()))?;
+        let markup = args.get("reply_markup").cloned().filter(|k| {
+            k["inline_keyboard"].as_array().is_some_and(|rows| {
+                rows.iter()
+                    .any(|r| r.as_array().is_some_and(|r| !r.is_empty()))
+            })
+        });
+        let new_text = if text {
+            args["text"].as_str().unwrap_or_default().to_string()
+        } else {
+            m.text.clone()
+        };
+        if new_text == m.text && markup == m.reply_markup {
+            return Err((400, "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message".into()));
+        }
+        m.text = new_text;
+        m.reply_markup = markup;
+        m.edits += 1;
+        Ok(json!({
+            "message_id": m.id, "date": m.at / 1000, "chat": chat_json(m.chat_id.as_i64().unwrap_or(0)),
+            "from": bot_user(), "text": m.text, "edit_date": now_ms() / 1000,
+        }))
     }
 
     pub fn set_mode(&self, m: TgMode) {
         *self.mode.lock().unwrap_or_else(|p| p.into_inner()) = m;
+        // Long polls in flight end now, as a real outage ends them.
+        self.queued.notify_waiters();
+    }
+
+    fn mode(&self) -> TgMode {
+        *self.mode.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn messages(&self) -> Vec<TgMessage> {
@@ -126,10 +356,19 @@ pub async fn serve(listener: TcpListener, tg: Arc<Telegram>) {
     }
 }
 
+fn chat_json(id: i64) -> Value {
+    if id < 0 {
+        json!({"id": id, "type": "group", "title": "ops"})
+    } else {
+        json!({"id": id, "type": "private", "first_name": "ops"})
+    }
+}
+
 fn bot_user() -> serde_json::Value {
     serde_json::json!({
         "id": 4242, "is_bot": true, "first_name": "Vigia mock", "username": "vigia_mock_bot",
-        "can_join_groups": true, "can_read_all_group_messages": false, "supports_inline_queries": false
+        "can_join_groups": true, "can_read_all_group_messages": false, "supports_inline_queries": false,
+        "can_connect_to_business": false, "has_main_web_app": false
     })
 }
 
@@ -199,9 +438,11 @@ async fn conn(mut s: TcpStream, tg: &Telegram) {
                             text: text.clone(),
                             parse_mode: args["parse_mode"].as_str().map(str::to_string),
                             at: now_ms(),
+                            reply_markup: args.get("reply_markup").cloned(),
+                            reply_to: args["reply_parameters"]["message_id"].as_i64(),
+                            edits: 0,
                         });
-                    let chat =
-                        serde_json::json!({"id": chat_id, "type": "private", "first_name": "ops"});
+                    let chat = chat_json(chat_id.as_i64().unwrap_or(0));
                     (
                         200,
                         serde_json::json!({"ok": true, "result": {
@@ -209,6 +450,44 @@ async fn conn(mut s: TcpStream, tg: &Telegram) {
                             "from": bot_user(), "text": text
                         }}),
                     )
+                }
+            }
+            "getupdates" => {
+                let args: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+                let updates = tg.get_updates(&args).await;
+                tg.polls.fetch_add(1, Ordering::Relaxed);
+                match tg.mode() {
+                    TgMode::Ok | TgMode::ChatNotFound => {
+                        (200, json!({"ok": true, "result": updates}))
+                    }
+                    // The API failed while the poll waited.
+                    _ => fail(500, "Internal Server Error", None),
+                }
+            }
+            "answercallbackquery" | "setmycommands" => {
+                let args: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+                let name = if method == "setmycommands" {
+                    "setMyCommands"
+                } else {
+                    "answerCallbackQuery"
+                };
+                tg.record(name, &args);
+                (200, json!({"ok": true, "result": true}))
+            }
+            "editmessagetext" | "editmessagereplymarkup" => {
+                let args: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+                let text = method == "editmessagetext";
+                tg.record(
+                    if text {
+                        "editMessageText"
+                    } else {
+                        "editMessageReplyMarkup"
+                    },
+                    &args,
+                );
+                match tg.edit(&args, text) {
+                    Ok(m) => (200, json!({"ok": true, "result": m})),
+                    Err((code, d)) => fail(code, &d, None),
                 }
             }
             other => fail(404, &format!("Not Found: method {other}"), None),

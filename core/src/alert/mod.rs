@@ -39,6 +39,22 @@ pub struct AlertEvent {
     /// What remediation did about it, one line per action.
     #[serde(default)]
     pub transcript: Option<String>,
+    /// For a recovery: who had acknowledged the failure, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<Ack>,
+}
+
+/// Someone said they are on it: an acknowledgement of one failure. It stops that
+/// failure's reminders and ends with it (a new failure after a recovery is reminded
+/// again); the recovery's message names who it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// `telegram:@ana`, `cli:root`, `http`.
+    pub by: String,
+    /// Unix ms of the acknowledgement.
+    pub at: u64,
+    /// Unix ms of the start of the failure it acknowledges (the check's `changed_at`).
+    pub since: u64,
 }
 
 /// "3m12s" for a duration in ms.

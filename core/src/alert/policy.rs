@@ -21,7 +21,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::window::{next_open, Window};
-use super::AlertEvent;
+use super::{Ack, AlertEvent};
 use crate::alert::human_duration;
 use crate::silence::SilenceBook;
 use crate::status::Transition;
@@ -132,6 +132,10 @@ pub struct Ctx {
     pub stable_for: String,
     pub file: String,
     pub error: String,
+    /// A recovery of an acknowledged failure: who acknowledged it, and at what time
+    /// (`10:32`).
+    pub acked_by: String,
+    pub acked_at: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -223,6 +227,8 @@ pub struct Policy {
     flap: HashMap<Arc<str>, FlapState>,
     reminders: HashMap<Arc<str>, Reminder>,
     suppressed: HashMap<Arc<str>, Vec<Arc<str>>>,
+    /// The acknowledged failures, by check.
+    acks: HashMap<Arc<str>, Ack>,
     pub silences: SilenceBook,
 }
 
@@ -236,8 +242,43 @@ impl Policy {
             flap: HashMap::new(),
             reminders: HashMap::new(),
             suppressed: HashMap::new(),
+            acks: HashMap::new(),
             silences: SilenceBook::default(),
         }
+    }
+
+    /// Acknowledges the failure of `check` that started at `since` (the caller read it
+    /// from the status map: the check is down). Its reminders stop. `Err` holds the
+    /// acknowledgement already there, which stays.
+    pub fn acknowledge(&mut self, check: &str, by: &str, since: u64, now: u64) -> Result<Ack, Ack> {
+        if let Some(a) = self.acks.get(check) {
+            if a.since == since {
+                return Err(a.clone());
+            }
+        }
+        let ack = Ack {
+            by: by.to_string(),
+            at: now,
+            since,
+        };
+        self.reminders.remove(check);
+        self.acks.insert(check.into(), ack.clone());
+        Ok(ack)
+    }
+
+    /// The acknowledgement of a check's current failure.
+    pub fn ack_of(&self, check: &str) -> Option<&Ack> {
+        self.acks.get(check)
+    }
+
+    /// Every acknowledgement held.
+    pub fn acks(&self) -> impl Iterator<Item = (&Arc<str>, &Ack)> {
+        self.acks.iter()
+    }
+
+    /// Puts back an acknowledgement from the store (before `restore_reminder`).
+    pub fn restore_ack(&mut self, check: Arc<str>, ack: Ack) {
+        self.acks.insert(check, ack);
     }
 
     /// A reload: new check settings (channels and windows need a restart).
@@ -264,6 +305,13 @@ impl Policy {
         let Some(every) = self.alerting(&event.check).remind_every else {
             return;
         };
+        if self
+            .acks
+            .get(&event.check)
+            .is_some_and(|a| a.since == event.at)
+        {
+            return;
+        }
         let every = every.as_millis() as u64;
         let count = (now.saturating_sub(event.at) / every.max(1)) as u32;
         self.reminders.insert(
@@ -281,6 +329,14 @@ impl Policy {
     /// (the caller stores them, and removes the item from the inbox, in one transaction).
     pub fn accept(&mut self, seq: u64, item: Item, now: u64) -> (Fate, Vec<(Arc<str>, Held)>) {
         let mut item = item;
+        if let Item::Transition(e) = &mut item {
+            // A transition ends the acknowledged failure: a recovery carries who
+            // acknowledged it into its message; a new failure starts unacknowledged.
+            let ack = self.acks.remove(&e.check);
+            if e.transition == Transition::Recovered {
+                e.ack = ack;
+            }
+        }
         if let Item::Transition(e) = &item {
             let e = e.clone();
             let f = &self.cfg.flapping;
@@ -740,6 +796,10 @@ impl Policy {
                 let mut ctx = self.event_base(kind, e, now);
                 ctx.status = kind.into();
                 ctx.duration = human_duration(e.previous_duration_ms);
+                if let Some(a) = &e.ack {
+                    ctx.acked_by = a.by.clone();
+                    ctx.acked_at = self.times(a.at).1;
+                }
                 ctx.suppressed = match e.transition {
                     Transition::Failed => self
                         .suppressed

@@ -35,7 +35,7 @@ pub enum Flavor {
 
 const TEXT: &[(&str, &str)] = &[
     ("failed", "ALERT FAILED {{ check }} on {{ host }}: {{ message }} ({{ failures }} consecutive failures){% if comment %} | {{ comment }}{% endif %}{% if suppressed %} | suppressed meanwhile: {{ suppressed|join(', ') }}{% endif %}{% if transcript %} | {{ transcript }}{% endif %}"),
-    ("recovered", "ALERT RECOVERED {{ check }} on {{ host }} after {{ duration }} down: {{ message }}{% if comment %} | {{ comment }}{% endif %}{% if suppressed %} | suppressed while it was down: {{ suppressed|join(', ') }}{% endif %}{% if transcript %} | {{ transcript }}{% endif %}"),
+    ("recovered", "ALERT RECOVERED {{ check }} on {{ host }} after {{ duration }} down: {{ message }}{% if acked_by %} | acknowledged by {{ acked_by }} at {{ acked_at }}{% endif %}{% if comment %} | {{ comment }}{% endif %}{% if suppressed %} | suppressed while it was down: {{ suppressed|join(', ') }}{% endif %}{% if transcript %} | {{ transcript }}{% endif %}"),
     ("grouped", "{% if group %}ALERT {{ status|upper }} {{ count }} of {{ group }} on {{ host }}: {{ names|join(', ') }}{% if comment %} | {{ comment }}{% endif %}{% else %}ALERT {{ count }} changes on {{ host }}: {% for e in events %}{{ e.check }} {{ e.status }} ({{ e.message }}){% if not loop.last %}; {% endif %}{% endfor %}{% if comment %} | {{ comment }}{% endif %}{% endif %}"),
     ("digest", "DIGEST on {{ host }}, held while the send window was closed: {{ summary|join('; ') }}"),
     ("reminder", "REMINDER {{ check }} on {{ host }} still failing after {{ duration }} (reminder {{ reminders }}): {{ message }}{% if comment %} | {{ comment }}{% endif %}"),
@@ -45,7 +45,7 @@ const TEXT: &[(&str, &str)] = &[
 
 const HTML: &[(&str, &str)] = &[
     ("failed", "🔴 <b>{{ check }}</b> failed on {{ host }}\n{{ message }}{% if comment %}\n\n<i>{{ comment }}</i>{% endif %}\n\n{{ failures }}/{{ threshold }} failures · {{ clock }}{% if suppressed %}\nSuppressed meanwhile: {{ suppressed|join(', ') }}{% endif %}{% if transcript %}\n\n<pre>{{ transcript }}</pre>{% endif %}"),
-    ("recovered", "✅ <b>{{ check }}</b> recovered on {{ host }} after {{ duration }}\n{{ message }}{% if suppressed %}\nSuppressed while it was down: {{ suppressed|join(', ') }}{% endif %}{% if transcript %}\n\n<pre>{{ transcript }}</pre>{% endif %}"),
+    ("recovered", "✅ <b>{{ check }}</b> recovered on {{ host }} after {{ duration }}\n{{ message }}{% if acked_by %}\nAcknowledged by {{ acked_by }} at {{ acked_at }}{% endif %}{% if suppressed %}\nSuppressed while it was down: {{ suppressed|join(', ') }}{% endif %}{% if transcript %}\n\n<pre>{{ transcript }}</pre>{% endif %}"),
     ("grouped", "{% if group %}{% if status == 'failed' %}🔴{% else %}✅{% endif %} <b>{{ count }} of {{ group }}</b> {{ status }} on {{ host }}\n{{ names|join(', ') }}{% if comment %}\n\n<i>{{ comment }}</i>{% endif %}{% else %}<b>{{ count }} changes</b> on {{ host }}{% for e in events %}\n{% if e.status == 'failed' %}🔴{% elif e.status == 'recovered' %}✅{% else %}•{% endif %} <b>{{ e.check }}</b> {{ e.status }}: {{ e.message }}{% endfor %}{% if comment %}\n\n<i>{{ comment }}</i>{% endif %}{% endif %}"),
     ("digest", "🕗 <b>While the send window was closed</b> on {{ host }}:{% for s in summary %}\n• {{ s }}{% endfor %}"),
     ("reminder", "⏰ <b>{{ check }}</b> still failing on {{ host }} after {{ duration }} (reminder {{ reminders }})\n{{ message }}{% if comment %}\n\n<i>{{ comment }}</i>{% endif %}"),

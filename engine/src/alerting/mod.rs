@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 
 pub use vigia_core::alert::{human_duration, AlertEvent};
 
+pub mod buttons;
 pub mod pipeline;
 pub mod sink;
 

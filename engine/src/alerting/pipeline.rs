@@ -24,10 +24,11 @@ use tokio_util::sync::CancellationToken;
 use vigia_config::alerting::{AlertingSetup, ChannelKind};
 use vigia_core::alert::policy::{CheckAlerting, Fate, Held, Item, Message, Note, Policy};
 use vigia_core::alert::template::{Flavor, Templates};
-use vigia_core::alert::AlertEvent;
+use vigia_core::alert::{Ack, AlertEvent};
 use vigia_core::command::{Command, Reply};
 pub use vigia_core::snapshot::TargetStats;
 
+use super::buttons::{Button, ButtonSet};
 use super::sink::{
     split_html, ConsoleSink, SendError, Sink, TelegramSink, WebhookSink, TELEGRAM_LIMIT,
 };
@@ -47,12 +48,57 @@ pub struct Stored {
     #[serde(default)]
     pub document: String,
     pub created_at: u64,
+    /// What to do with it (a send, unless the Telegram console edits or answers).
+    #[serde(default, skip_serializing_if = "Action::is_send")]
+    pub action: Action,
+}
+
+/// What a stored message asks of its target. Only Telegram targets get anything but
+/// `Send`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "snake_case")]
+pub enum Action {
+    /// Send it: every message of earlier releases.
+    #[default]
+    Send,
+    /// Send it with buttons; once Telegram gave it an id, the set is stored under it.
+    SendWithButtons { set: Box<ButtonSet> },
+    /// A reply to a chat's message.
+    Reply { to: i64 },
+    /// Replace the text and buttons of a message sent before.
+    Edit {
+        message_id: i64,
+        buttons: Vec<Button>,
+    },
+    /// Answer a button press with a short toast (`text`).
+    Answer { callback_id: String },
+}
+
+impl Action {
+    fn is_send(&self) -> bool {
+        *self == Action::Send
+    }
+}
+
+impl Stored {
+    /// A message of the Telegram console (a reply, an edit, a toast).
+    pub fn console(kind: &str, text: String, action: Action) -> Stored {
+        Stored {
+            kind: kind.to_string(),
+            text,
+            document: String::new(),
+            created_at: unix_ms(),
+            action,
+        }
+    }
 }
 
 /// What `vigia status` shows of alerting: one entry per delivery target.
 #[derive(Default)]
 pub struct AlertStatus {
     pub targets: Mutex<BTreeMap<String, TargetStats>>,
+    /// The acknowledged failures, by check.
+    pub acks: Mutex<HashMap<String, Ack>>,
 }
 
 impl AlertStatus {
@@ -63,6 +109,23 @@ impl AlertStatus {
             .clone()
     }
 
+    /// The acknowledgement of a check's current failure.
+    pub fn ack(&self, check: &str) -> Option<Ack> {
+        self.acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(check)
+            .cloned()
+    }
+
+    fn set_ack(&self, check: &str, ack: Option<Ack>) {
+        let mut a = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        match ack {
+            Some(x) => a.insert(check.to_string(), x),
+            None => a.remove(check),
+        };
+    }
+
     fn update(&self, target: &str, f: impl FnOnce(&mut TargetStats)) -> TargetStats {
         let mut t = self.targets.lock().unwrap_or_else(|p| p.into_inner());
         let s = t.entry(target.to_string()).or_default();
@@ -71,15 +134,29 @@ impl AlertStatus {
     }
 }
 
+/// What the Telegram console hands over after carrying out the rest: from the replies
+/// to its commands, the store writes and the messages (target key, message) to keep with
+/// them.
+pub type Then = Box<dyn FnOnce(&[Reply]) -> (Vec<Op>, Vec<(String, Stored)>) + Send>;
+
+/// Commands carried out together with writes of the caller's, in one transaction: the
+/// Telegram console's update offset, a message's buttons, the replies it sends.
+pub struct Work {
+    pub commands: Vec<Command>,
+    pub ops: Vec<Op>,
+    pub then: Then,
+}
+
 /// What reaches the pipeline other than the bus.
 pub enum Input {
     /// An item with its inbox entry: a transition with its remediation transcript, or a
     /// script error.
-    Item(u64, Item),
+    Item(u64, Box<Item>),
     /// A reload changed the checks: their alert settings.
     Checks(HashMap<Arc<str>, Arc<CheckAlerting>>),
-    /// A silence command, with its answer.
-    Command(Command, oneshot::Sender<Reply>),
+    /// Silence and acknowledgement commands with the caller's writes, and their answers
+    /// (one per command), or why nothing could be stored.
+    Work(Box<Work>, oneshot::Sender<Result<Vec<Reply>, String>>),
 }
 
 /// The pipeline's two queues; a stage hands them to the next one.
@@ -95,6 +172,8 @@ pub struct Target {
     flavor: Flavor,
     /// Telegram: split long messages.
     split: bool,
+    /// Telegram with `commands: true`: the silence buttons under failures.
+    buttons: Option<Arc<[Duration]>>,
     sink: Arc<dyn Sink>,
     wake: Arc<Notify>,
 }
@@ -108,12 +187,19 @@ pub fn build_targets(
 ) -> Result<Vec<Target>, String> {
     let mut targets: Vec<Target> = Vec::new();
     for ch in &setup.channels {
+        let buttons: Option<Arc<[Duration]>> = match &ch.kind {
+            ChannelKind::Telegram {
+                console: Some(c), ..
+            } => Some(c.silence_buttons.clone().into()),
+            _ => None,
+        };
         let mut add = |key: String, split: bool, sink: Arc<dyn Sink>| {
             targets.push(Target {
                 key,
                 channel: ch.name.clone(),
                 flavor: ch.flavor(),
                 split,
+                buttons: buttons.clone(),
                 sink,
                 wake: Arc::new(Notify::new()),
             })
@@ -128,6 +214,7 @@ pub fn build_targets(
                 token,
                 chat_ids,
                 api_url,
+                ..
             } => {
                 let token = token
                     .resolve()
@@ -186,14 +273,15 @@ pub fn start(
         let saved = store.load_targets()?;
         let held = store.load_held()?;
         let silences = crate::silences::load(&store)?;
+        let acks = store.load_acks()?;
         let inbox = if setup.replay_inbox {
             store.load_inbox()?
         } else {
             Vec::new()
         };
-        Ok::<_, crate::store::StoreError>((counts, saved, held, silences, inbox))
+        Ok::<_, crate::store::StoreError>((counts, saved, held, silences, acks, inbox))
     })();
-    let (counts, saved, held, silences, inbox) = match loaded {
+    let (counts, saved, held, silences, acks, inbox) = match loaded {
         Ok(x) => x,
         Err(e) => return Err((e.to_string(), inputs)),
     };
@@ -227,6 +315,30 @@ pub fn start(
         }
     }
     policy.silences = silences;
+    // An acknowledgement holds while its failure lasts: one whose check recovered (or
+    // left the config) while the engine was stopped is forgotten.
+    let mut stale = Vec::new();
+    let mut held_acks = HashMap::new();
+    for (check, bytes) in acks {
+        let ack = serde_json::from_slice::<Ack>(&bytes).ok();
+        let current = book.check(&check);
+        match ack {
+            Some(a) if current.is_some_and(|c| !c.status && c.changed_at == a.since) => {
+                held_acks.insert(check.clone(), a.clone());
+                policy.restore_ack(check.as_str().into(), a);
+            }
+            _ => stale.push(Op::Ack(check, None)),
+        }
+    }
+    *status.acks.lock().unwrap_or_else(|p| p.into_inner()) = held_acks;
+    if !stale.is_empty() {
+        if let Err(e) = store.apply(&stale) {
+            tracing::warn!(
+                event = "alert_store",
+                "Old acknowledgements could not be removed ({e}); they are ignored."
+            );
+        }
+    }
     let now = unix_ms();
     for event in setup.down {
         policy.restore_reminder(event, now);
@@ -351,28 +463,92 @@ impl Pipeline {
 
     async fn input(&mut self, i: Input) {
         match i {
-            Input::Item(seq, item) => self.accept(seq, item).await,
+            Input::Item(seq, item) => self.accept(seq, *item).await,
             Input::Checks(map) => self.policy.set_checks(map),
-            Input::Command(cmd, reply) => {
-                let store = self.store.clone();
-                let answer = match crate::silences::execute(
-                    &mut self.policy.silences,
-                    &cmd,
-                    || store.next_seq(),
-                    unix_ms(),
-                ) {
-                    Some((answer, ops)) => {
-                        if self.persist(ops).await {
-                            crate::silences::log(&answer, &self.tz);
-                            answer
-                        } else {
-                            Reply::error("the silence could not be saved (see the engine's log)")
-                        }
-                    }
-                    None => Reply::error("alerting does not carry out this command"),
-                };
-                let _ = reply.send(answer);
+            Input::Work(work, reply) => {
+                let answers = self.work(*work).await;
+                let _ = reply.send(answers);
             }
+        }
+    }
+
+    /// Carries out silence and acknowledgement commands, and stores what they changed
+    /// with the caller's writes and messages, in one transaction.
+    async fn work(&mut self, work: Work) -> Result<Vec<Reply>, String> {
+        let Work {
+            commands,
+            mut ops,
+            then,
+        } = work;
+        let now = unix_ms();
+        let mut replies = Vec::with_capacity(commands.len());
+        for cmd in &commands {
+            let (reply, more) = self.command(cmd, now);
+            ops.extend(more);
+            replies.push(reply);
+        }
+        let (more, messages) = then(&replies);
+        ops.extend(more);
+        let mut woken = Vec::new();
+        for (key, stored) in messages {
+            let Some(t) = self.targets.iter().find(|t| t.key == key) else {
+                tracing::warn!(event = "alert_store", target = %key, "A reply for {key} is dropped: the config has no such target.");
+                continue;
+            };
+            let seq = self.store.next_seq();
+            ops.push(Op::Outbox(key, seq, serde_json::to_vec(&stored).ok()));
+            self.status.update(&t.key, |s| s.pending += 1);
+            woken.push(t.wake.clone());
+        }
+        if !self.persist(ops).await {
+            return Err("the change could not be saved (see the engine's log)".into());
+        }
+        for w in woken {
+            w.notify_one();
+        }
+        for r in &replies {
+            crate::silences::log(r, &self.tz);
+        }
+        Ok(replies)
+    }
+
+    /// One command: its answer and the writes that keep it.
+    fn command(&mut self, cmd: &Command, now: u64) -> (Reply, Vec<Op>) {
+        if let Command::Ack { name, by } = cmd {
+            let Some(state) = self.book.check(name).filter(|c| !c.status) else {
+                return (
+                    Reply::error(format!("{name} is up: there is no failure to acknowledge")),
+                    Vec::new(),
+                );
+            };
+            return match self.policy.acknowledge(name, by, state.changed_at, now) {
+                Ok(ack) => {
+                    self.status.set_ack(name, Some(ack.clone()));
+                    let op = Op::Ack(name.clone(), serde_json::to_vec(&ack).ok());
+                    let reply = Reply::Acked {
+                        check: name.clone(),
+                        ack,
+                        already: false,
+                    };
+                    (reply, vec![op])
+                }
+                Err(ack) => (
+                    Reply::Acked {
+                        check: name.clone(),
+                        ack,
+                        already: true,
+                    },
+                    Vec::new(),
+                ),
+            };
+        }
+        let store = self.store.clone();
+        match crate::silences::execute(&mut self.policy.silences, cmd, || store.next_seq(), now) {
+            Some(x) => x,
+            None => (
+                Reply::error("alerting does not carry out this command"),
+                Vec::new(),
+            ),
         }
     }
 
@@ -396,6 +572,14 @@ impl Pipeline {
 
     async fn accept(&mut self, seq: u64, item: Item) {
         let check = item.check().map(str::to_string);
+        // A transition ends the acknowledged failure (the policy moves the ack into a
+        // recovery's message).
+        let ended_ack = match &item {
+            Item::Transition(e) if self.policy.ack_of(&e.check).is_some() => {
+                Some(e.check.to_string())
+            }
+            _ => None,
+        };
         let (fate, held) = self.policy.accept(seq, item, unix_ms());
         match (&fate, &check) {
             (Fate::Silenced(id), Some(c)) => {
@@ -414,6 +598,10 @@ impl Pipeline {
             .map(|(ch, h)| Op::Held(ch.to_string(), h.seq, serde_json::to_vec(h).ok()))
             .collect();
         ops.push(Op::Inbox(seq, None));
+        if let Some(c) = ended_ack {
+            self.status.set_ack(&c, None);
+            ops.push(Op::Ack(c, None));
+        }
         self.persist(ops).await;
     }
 
@@ -514,6 +702,7 @@ struct Look {
     channel: Arc<str>,
     flavor: Flavor,
     split: bool,
+    buttons: Option<Arc<[Duration]>>,
 }
 
 impl Target {
@@ -522,6 +711,7 @@ impl Target {
             channel: self.channel.clone(),
             flavor: self.flavor,
             split: self.split,
+            buttons: self.buttons.clone(),
         }
     }
 }
@@ -557,15 +747,24 @@ fn render(templates: &Templates, host: &str, t: &Look, m: &Message) -> Vec<Store
     } else {
         vec![text]
     };
-    parts
+    let mut stored: Vec<Stored> = parts
         .into_iter()
         .map(|text| Stored {
             kind: m.kind.to_string(),
             text,
             document: document.clone(),
             created_at: now,
+            action: Action::Send,
         })
-        .collect()
+        .collect();
+    // The buttons go under the last part.
+    if let (Some(silences), Some(last)) = (&t.buttons, stored.last_mut()) {
+        if let Some(mut set) = ButtonSet::for_message(m, &t.channel, silences, now) {
+            set.text = last.text.clone();
+            last.action = Action::SendWithButtons { set: Box::new(set) };
+        }
+    }
+    stored
 }
 
 async fn sleep_until_ms(deadline: Option<u64>) {
@@ -626,7 +825,7 @@ async fn sender(
         };
         let now = unix_ms();
         match result {
-            Ok(()) => {
+            Ok(sent) => {
                 backoff = first_wait;
                 let stats = status.update(&key, |s| {
                     s.pending = s.pending.saturating_sub(1);
@@ -634,10 +833,16 @@ async fn sender(
                     s.last_delivered_at = Some(now);
                     s.asked_wait_ms = None;
                 });
-                let ops = vec![
+                let mut ops = vec![
                     Op::Outbox(key.clone(), seq, None),
                     Op::Target(key.clone(), serde_json::to_vec(&stats).unwrap_or_default()),
                 ];
+                // A message with buttons: they act from now on, on this message only.
+                if let (Action::SendWithButtons { set }, Some((chat, id))) =
+                    (&msg.action, sent.message)
+                {
+                    ops.push(Op::Buttons(chat, id, serde_json::to_vec(set).ok()));
+                }
                 // Recorded before the next message, or a restart would send it again.
                 if !crate::store::persist_until_ok(&store, ops, "a delivered message", &stop).await
                 {

@@ -5,12 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use teloxide::payloads::SendMessageSetters;
+use teloxide::payloads::{AnswerCallbackQuerySetters, EditMessageTextSetters, SendMessageSetters};
 use teloxide::prelude::Requester;
-use teloxide::types::{ChatId, ParseMode};
+use teloxide::types::{
+    CallbackQueryId, ChatId, InlineKeyboardButton, InlineKeyboardMarkup, MessageId, ParseMode,
+    ReplyParameters,
+};
 use teloxide::{ApiError, RequestError};
 
-use super::pipeline::Stored;
+use super::buttons::Button;
+use super::pipeline::{Action, Stored};
 use super::Console;
 use vigia_config::alerting::shown_url;
 
@@ -25,8 +29,15 @@ pub enum SendError {
     Permanent { reason: String },
 }
 
+/// What a target said of a message it took.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sent {
+    /// Telegram: (chat, message id) of the message sent.
+    pub message: Option<(i64, i64)>,
+}
+
 pub trait Sink: Send + Sync {
-    fn send<'a>(&'a self, msg: &'a Stored) -> BoxFuture<'a, Result<(), SendError>>;
+    fn send<'a>(&'a self, msg: &'a Stored) -> BoxFuture<'a, Result<Sent, SendError>>;
     /// `telegram chat 12345`, `webhook https://…`, `console`: for logs (never a secret).
     fn describe(&self) -> String;
 }
@@ -35,11 +46,11 @@ pub trait Sink: Send + Sync {
 pub struct ConsoleSink(pub Option<Console>);
 
 impl Sink for ConsoleSink {
-    fn send<'a>(&'a self, msg: &'a Stored) -> BoxFuture<'a, Result<(), SendError>> {
+    fn send<'a>(&'a self, msg: &'a Stored) -> BoxFuture<'a, Result<Sent, SendError>> {
         if let Some(c) = &self.0 {
             c.print(&msg.text);
         }
-        Box::pin(async { Ok(()) })
+        Box::pin(async { Ok(Sent::default()) })
     }
 
     fn describe(&self) -> String {
@@ -125,15 +136,72 @@ impl TelegramSink {
     }
 }
 
+/// An inline keyboard of one row.
+fn keyboard(buttons: &[Button]) -> InlineKeyboardMarkup {
+    InlineKeyboardMarkup::new([buttons
+        .iter()
+        .map(|b| InlineKeyboardButton::callback(b.label.clone(), b.data.clone()))
+        .collect::<Vec<_>>()])
+}
+
 impl Sink for TelegramSink {
-    fn send<'a>(&'a self, msg: &'a Stored) -> BoxFuture<'a, Result<(), SendError>> {
+    fn send<'a>(&'a self, msg: &'a Stored) -> BoxFuture<'a, Result<Sent, SendError>> {
         Box::pin(async move {
-            self.bot
-                .send_message(ChatId(self.chat), msg.text.clone())
-                .parse_mode(ParseMode::Html)
-                .await
-                .map(|_| ())
-                .map_err(|e| self.classify(e))
+            let chat = ChatId(self.chat);
+            let sent = |m: teloxide::types::Message| Sent {
+                message: Some((m.chat.id.0, i64::from(m.id.0))),
+            };
+            match &msg.action {
+                Action::Send => self
+                    .bot
+                    .send_message(chat, msg.text.clone())
+                    .parse_mode(ParseMode::Html)
+                    .await
+                    .map(sent),
+                Action::SendWithButtons { set } => self
+                    .bot
+                    .send_message(chat, msg.text.clone())
+                    .parse_mode(ParseMode::Html)
+                    .reply_markup(keyboard(&set.buttons))
+                    .await
+                    .map(sent),
+                Action::Reply { to } => self
+                    .bot
+                    .send_message(chat, msg.text.clone())
+                    .parse_mode(ParseMode::Html)
+                    .reply_parameters(
+                        ReplyParameters::new(MessageId(*to as i32)).allow_sending_without_reply(),
+                    )
+                    .await
+                    .map(sent),
+                Action::Edit {
+                    message_id,
+                    buttons,
+                } => {
+                    let edit = self
+                        .bot
+                        .edit_message_text(chat, MessageId(*message_id as i32), msg.text.clone())
+                        .parse_mode(ParseMode::Html);
+                    let edit = if buttons.is_empty() {
+                        edit.reply_markup(InlineKeyboardMarkup::default())
+                    } else {
+                        edit.reply_markup(keyboard(buttons))
+                    };
+                    match edit.await {
+                        Ok(_) => Ok(Sent::default()),
+                        // Pressed twice, or sent again after a restart: already so.
+                        Err(RequestError::Api(ApiError::MessageNotModified)) => Ok(Sent::default()),
+                        Err(e) => Err(e),
+                    }
+                }
+                Action::Answer { callback_id } => self
+                    .bot
+                    .answer_callback_query(CallbackQueryId(callback_id.clone()))
+                    .text(msg.text.clone())
+                    .await
+                    .map(|_| Sent::default()),
+            }
+            .map_err(|e| self.classify(e))
         })
     }
 
@@ -164,7 +232,7 @@ impl WebhookSink {
 }
 
 impl Sink for WebhookSink {
-    fn send<'a>(&'a self, msg: &'a Stored) -> BoxFuture<'a, Result<(), SendError>> {
+    fn send<'a>(&'a self, msg: &'a Stored) -> BoxFuture<'a, Result<Sent, SendError>> {
         Box::pin(async move {
             let mut req = self
                 .client
@@ -180,7 +248,7 @@ impl Sink for WebhookSink {
             })?;
             let status = resp.status();
             if status.is_success() {
-                return Ok(());
+                return Ok(Sent::default());
             }
             let retry_after = resp
                 .headers()

@@ -158,6 +158,10 @@ fn redact(c: &mut CheckSnapshot) {
         l.message.clear();
         l.value = None;
     }
+    // That someone is on it shows; who does not.
+    if let Some(a) = &mut c.ack {
+        a.by.clear();
+    }
 }
 
 pub(super) fn redact_all(s: &mut StatusSnapshot) {
@@ -244,22 +248,31 @@ async fn check(
 
 /// `POST /api/v1/checks/{name}/run`.
 async fn check_action(State(s): State<AppState>, Path(rest): Path<String>) -> Response {
-    let Some(name) = rest.strip_suffix("/run") else {
+    let (name, cmd) = if let Some(name) = rest.strip_suffix("/run") {
+        (
+            name,
+            Command::RunNow {
+                name: name.to_string(),
+            },
+        )
+    } else if let Some(name) = rest.strip_suffix("/ack") {
+        (
+            name,
+            Command::Ack {
+                name: name.to_string(),
+                by: "http".into(),
+            },
+        )
+    } else {
         return error(
             StatusCode::NOT_FOUND,
-            format!("no such action: POST /api/v1/checks/{rest}; the action is POST /api/v1/checks/{{name}}/run"),
+            format!("no such action: POST /api/v1/checks/{rest}; the actions are POST /api/v1/checks/{{name}}/run and /ack"),
         );
     };
     if let Err(names) = s.door.check(name) {
         return unknown_check(name, names);
     }
-    reply(
-        s.door
-            .execute(Command::RunNow {
-                name: name.to_string(),
-            })
-            .await,
-    )
+    reply(s.door.execute(cmd).await)
 }
 
 async fn silences(State(s): State<AppState>, Extension(viewer): Extension<Viewer>) -> Response {
@@ -284,6 +297,9 @@ struct NewSilence {
     duration: vigia_api::Dur,
     #[serde(default)]
     reason: String,
+    /// Who asks (kept with the silence); default `http`.
+    #[serde(default)]
+    by: Option<String>,
 }
 
 async fn silence_add(State(s): State<AppState>, body: Bytes) -> Response {
@@ -297,6 +313,10 @@ async fn silence_add(State(s): State<AppState>, body: Bytes) -> Response {
             pattern: new.pattern,
             for_ms: new.duration.get().as_millis() as u64,
             reason: new.reason,
+            by: new
+                .by
+                .map(|b| format!("http:{b}"))
+                .unwrap_or_else(|| "http".into()),
         })
         .await;
     match r {

@@ -64,6 +64,8 @@ struct Row {
     bar: Value,
     spark: Value,
     uptime: String,
+    /// `acknowledged by telegram:@ana 5m ago` (without the name on a public page).
+    ack: String,
 }
 
 #[derive(Serialize)]
@@ -225,6 +227,15 @@ fn row(c: &CheckSnapshot, h: Option<&Summary>, now: u64, bar_hours: &BarHours) -
         bar: Value::from_safe_string(bar_svg),
         spark: Value::from_safe_string(spark),
         uptime: up,
+        ack: match &c.ack {
+            Some(a) if a.by.is_empty() => "acknowledged".into(),
+            Some(a) => format!(
+                "acknowledged by {} {} ago",
+                a.by,
+                human_duration(now.saturating_sub(a.at))
+            ),
+            None => String::new(),
+        },
     }
 }
 

@@ -241,6 +241,63 @@ impl Mock {
     }
 }
 
+impl Mock {
+    /// A request to the mock's control endpoint: (HTTP status, body).
+    pub fn control(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.control)).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, body.to_string())
+    }
+
+    /// Queues a Telegram update (a user's message or button press): its update_id.
+    pub fn telegram_update(&self, update: Value) -> u64 {
+        let (status, body) = self.control("POST", "/telegram/updates", &update.to_string());
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["update_id"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// The Bot API calls other than sendMessage/getMe/getUpdates.
+    pub fn telegram_calls(&self) -> Vec<Value> {
+        serde_json::from_str(&self.control("GET", "/telegram/calls", "").1).unwrap_or_default()
+    }
+
+    /// Updates the bot has not confirmed yet (by polling past them).
+    pub fn telegram_pending(&self) -> Vec<Value> {
+        serde_json::from_str(&self.control("GET", "/telegram/updates", "").1).unwrap_or_default()
+    }
+}
+
+/// Polls `f` until it gives `Some`, for at most `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(x) = f() {
+            return x;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 pub fn write_config(dir: &Path, mock: &Mock, extra: &str) -> PathBuf {
     let file = dir.join("config.yaml");
     std::fs::write(
