@@ -68,6 +68,24 @@ sleep 3
 grep "ALERT" "$WORK/alerts.txt"
 "$BIN/vigia" status -c config.yaml
 
+say "On Telegram, the failure comes with buttons; @ana presses Acknowledge (vigia-mock telegram press)"
+show_tg() { # show_tg MESSAGE_FILTER: the mock's messages that contain it, with their buttons
+  "$BIN/vigia-mock" messages | python3 -c 'import json,sys
+for m in json.load(sys.stdin):
+    if sys.argv[1] in m["text"]:
+        keys = [b["text"] for row in (m.get("reply_markup") or {}).get("inline_keyboard", []) for b in row]
+        print("--- message %s to chat %s%s:\n%s" % (m["id"], m["chat_id"], " (edited)" if m.get("edits") else "", m["text"]))
+        print("    buttons: %s" % (" | ".join("[%s]" % k for k in keys) or "none"))' "$1"
+}
+for _ in $(seq 50); do "$BIN/vigia-mock" messages | grep -q 'inline_keyboard' && break; sleep 0.1; done
+show_tg "failed"
+"$BIN/vigia-mock" telegram press --chat 100200300 --user 111 --username ana Acknowledge >/dev/null
+for _ in $(seq 50); do "$BIN/vigia-mock" messages | grep -q 'acknowledged by @ana' && break; sleep 0.1; done
+echo "The bot answered the press and edited its message:"
+show_tg "acknowledged by"
+echo "The toast it showed: $("$BIN/vigia-mock" telegram calls | python3 -c 'import json,sys; print([c["args"]["text"] for c in json.load(sys.stdin) if c["method"] == "answerCallbackQuery"][-1])')"
+"$BIN/vigia" status -c config.yaml | grep -E '^(CHECK|web )'
+
 say "The same from outside: the HTTP API on http://127.0.0.1:2813/ (README: HTTP API and /metrics)"
 echo "GET /api/v1/checks/web:"
 python3 -c 'import json, urllib.request

@@ -286,6 +286,21 @@ fn a_token_pasted_as_the_name_of_token_env_is_never_echoed() {
 }
 
 #[test]
+fn console_keys_need_commands_and_sane_buttons() {
+    let err = errors_of(
+        "channels:\n  ops:\n    type: telegram\n    token_env: T\n    chat_ids: [1]\n    admins: [7]\n    silence_buttons: [1h]\n  hook:\n    type: webhook\n    url: http://x\n    commands: true\n  chat:\n    type: telegram\n    token_env: T\n    chat_ids: [1]\n    commands: true\n    silence_buttons: [1h, 0s, 2h, 3h, 4h]\n",
+    );
+    assert_eq!(
+        err,
+        "config.yaml:6:13: channels.ops.admins: `admins` needs `commands: true` (the chat console it configures is off)\n\
+config.yaml:7:22: channels.ops.silence_buttons: `silence_buttons` needs `commands: true` (the chat console it configures is off)\n\
+config.yaml:11:15: channels.hook.commands: `commands` does not apply to a webhook channel\n\
+config.yaml:17:22: channels.chat.silence_buttons: at most 4 silence buttons fit under a message\n\
+config.yaml:17:22: channels.chat.silence_buttons.1: a silence lasts more than 0s and at most 366d"
+    );
+}
+
+#[test]
 fn an_alias_bomb_is_refused_with_its_position() {
     let mut text = String::from("x: &a [y, y, y, y, y, y, y, y, y]\n");
     for (prev, name) in ["a", "b", "c", "d", "e", "f", "g"]

@@ -146,6 +146,8 @@ pub struct EventCtx {
     pub comment: String,
     pub time: String,
     pub clock: String,
+    /// A recovery of an acknowledged failure: who acknowledged it.
+    pub acked_by: String,
 }
 
 /// A channel as the policy sees it.
@@ -757,6 +759,7 @@ impl Policy {
                 comment: e.comment.to_string(),
                 time,
                 clock,
+                acked_by: e.ack.as_ref().map(|a| a.by.clone()).unwrap_or_default(),
             },
             Item::Reminder { event, count, .. } => EventCtx {
                 check: event.check.to_string(),
@@ -765,6 +768,7 @@ impl Policy {
                 comment: event.comment.to_string(),
                 time,
                 clock,
+                acked_by: String::new(),
             },
             Item::Flapping { event, status, .. } => EventCtx {
                 check: event.check.to_string(),
@@ -777,6 +781,7 @@ impl Policy {
                 comment: event.comment.to_string(),
                 time,
                 clock,
+                acked_by: String::new(),
             },
             Item::ScriptError { file, error, .. } => EventCtx {
                 check: file.clone(),
@@ -785,6 +790,7 @@ impl Policy {
                 comment: String::new(),
                 time,
                 clock,
+                acked_by: String::new(),
             },
         }
     }

@@ -46,6 +46,8 @@ use chat::{escape, Asked};
 
 /// How long one `getUpdates` waits for an update (Telegram allows up to 50 s).
 const POLL_SECS: u32 = 25;
+/// How long the buttons of a message act (a failure older than that is long handled).
+pub const BUTTONS_KEPT: Duration = Duration::from_secs(30 * 86400);
 /// The longest wait between two polls while Telegram cannot be reached.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -205,6 +207,7 @@ impl Poller {
                 return;
             }
         };
+        self.prune().await;
         let mut registered = false;
         let first_wait = Duration::from_secs(1);
         let mut backoff = first_wait;
@@ -273,6 +276,38 @@ impl Poller {
                 }
                 offset = next;
             }
+        }
+    }
+
+    /// Forgets the buttons of this channel's messages older than [`BUTTONS_KEPT`]: a
+    /// press on one is then refused like any unknown data.
+    async fn prune(&self) {
+        let store = self.store.clone();
+        let channel = self.bot.channel.to_string();
+        let oldest = unix_ms().saturating_sub(BUTTONS_KEPT.as_millis() as u64);
+        let pruned = tokio::task::spawn_blocking(move || {
+            let old: Vec<Op> = store
+                .all_buttons()?
+                .into_iter()
+                .filter(|(_, _, b)| {
+                    serde_json::from_slice::<ButtonSet>(b)
+                        .map(|s| s.channel == channel && s.created_at < oldest)
+                        .unwrap_or(true)
+                })
+                .map(|(chat, id, _)| Op::Buttons(chat, id, None))
+                .collect();
+            let n = old.len();
+            store.apply(&old).map(|_| n)
+        })
+        .await;
+        match pruned {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(event = "telegram_console", channel = %self.bot.channel, "The buttons of {n} messages older than {} were forgotten.", vigia_api::Dur(BUTTONS_KEPT))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(event = "store_error", channel = %self.bot.channel, "Old buttons could not be forgotten ({e}); they are tried again at the next start.")
+            }
+            _ => {}
         }
     }
 

@@ -33,7 +33,7 @@
     source = new EventSource("/api/v1/events");
     source.onopen = function () { live(true); clearInterval(timer); timer = setInterval(swap, Math.max(refresh, 60000)); };
     source.onerror = function () { live(false); };
-    ["alert", "alert_silenced", "silence_added", "silence_removed", "reloaded", "delivered", "delivery_failed"].forEach(function (k) {
+    ["alert", "alert_silenced", "silence_added", "silence_removed", "ack", "reloaded", "delivered", "delivery_failed"].forEach(function (k) {
       source.addEventListener(k, soon);
     });
   }
