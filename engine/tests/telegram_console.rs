@@ -114,9 +114,27 @@ fn say(mock: &Mock, chat: i64, user: i64, text: &str) -> u64 {
     mock.telegram_update(json!({ "chat": chat, "user": user, "username": "ana", "text": text }))
 }
 
+/// Polls `f` until it gives `Some`; on a timeout, the engine's log is in the panic.
+fn wait_on<T>(engine: &Proc, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(x) = f() {
+            return x;
+        }
+        if start.elapsed() > timeout {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\nstdout:\n{}\nstderr:\n{}",
+                engine.stdout.lock().unwrap().join("\n"),
+                engine.stderr_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 /// Waits until the engine has taken update `id` (it polled past it: handled and stored).
-fn wait_taken(mock: &Mock, id: u64) {
-    wait_until(&format!("update {id} to be taken"), WAIT, || {
+fn wait_taken(engine: &Proc, mock: &Mock, id: u64) {
+    wait_on(engine, &format!("update {id} to be taken"), WAIT, || {
         let pending = mock.telegram_pending();
         (!pending.iter().any(|u| u["update_id"] == json!(id))).then_some(())
     });
@@ -141,7 +159,7 @@ fn a_press_on_silence_silences_the_check_and_edits_the_message() {
     drop(web);
     let config = config(dir.path(), &mock, web_port, "    remind_every: 1m\n");
     let engine = start(&config);
-    let alert = wait_until("the failure with buttons", WAIT, || {
+    let alert = wait_on(&engine, "the failure with buttons", WAIT, || {
         message_with(&mock, "<b>web</b> failed").filter(|m| !buttons(m).is_empty())
     });
     assert_eq!(
@@ -149,14 +167,14 @@ fn a_press_on_silence_silences_the_check_and_edits_the_message() {
         ["Acknowledge", "Silence 1h", "Silence 24h"]
     );
     // The bot registered its commands, so Telegram offers them.
-    wait_until("setMyCommands", WAIT, || {
+    wait_on(&engine, "setMyCommands", WAIT, || {
         mock.telegram_calls()
             .into_iter()
             .find(|c| c["method"] == "setMyCommands")
     });
     let id = alert["id"].as_u64().unwrap();
     press(&mock, ADMIN, "ana", id, "Silence 1h");
-    let edited = wait_until("the edited message", WAIT, || {
+    let edited = wait_on(&engine, "the edited message", WAIT, || {
         message_with(&mock, "<b>web</b> failed").filter(|m| m["edits"].as_u64() >= Some(1))
     });
     let text = edited["text"].as_str().unwrap();
@@ -166,7 +184,7 @@ fn a_press_on_silence_silences_the_check_and_edits_the_message() {
         ["Acknowledge"],
         "the silence buttons went"
     );
-    wait_until("the toast", WAIT, || {
+    wait_on(&engine, "the toast", WAIT, || {
         answers(&mock)
             .into_iter()
             .find(|a| a.starts_with("Silenced for 1h"))
@@ -209,7 +227,7 @@ fn acknowledge_status_and_the_recovery_that_names_who_acknowledged() {
     drop(web);
     let config = config(dir.path(), &mock, web_port, "");
     let engine = start(&config);
-    let alert = wait_until("the failure with buttons", WAIT, || {
+    let alert = wait_on(&engine, "the failure with buttons", WAIT, || {
         message_with(&mock, "<b>web</b> failed").filter(|m| !buttons(m).is_empty())
     });
     press(
@@ -219,7 +237,7 @@ fn acknowledge_status_and_the_recovery_that_names_who_acknowledged() {
         alert["id"].as_u64().unwrap(),
         "Acknowledge",
     );
-    let edited = wait_until("the edited message", WAIT, || {
+    let edited = wait_on(&engine, "the edited message", WAIT, || {
         message_with(&mock, "<b>web</b> failed").filter(|m| m["edits"].as_u64() >= Some(1))
     });
     assert!(
@@ -249,12 +267,24 @@ fn acknowledge_status_and_the_recovery_that_names_who_acknowledged() {
         .events()
         .iter()
         .any(|e| e["event"] == "ack" && e["check"] == "web" && e["by"] == "telegram:@ana"));
+    // It survives a kill -9: the acknowledgement is in the store with the failure.
+    let mut engine = engine;
+    engine.signal(libc::SIGKILL);
+    engine.wait_exit(WAIT);
+    let engine = start(&config);
+    let status = String::from_utf8_lossy(&vigia(&["status"], &config).stdout).to_string();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("web ") && l.contains("ACKED")),
+        "{status}"
+    );
     // A second press of Acknowledge (from a phone that still shows it): nothing more.
     let data = alert["reply_markup"]["inline_keyboard"][0][0]["callback_data"].clone();
     mock.telegram_update(json!({
         "chat": CHAT, "user": ADMIN, "username": "ana", "message_id": alert["id"], "data": data
     }));
-    wait_until("the already-done toast", WAIT, || {
+    wait_on(&engine, "the already-done toast", WAIT, || {
         answers(&mock)
             .into_iter()
             .find(|a| a.starts_with("Already done: ✔ acknowledged by @ana"))
@@ -280,12 +310,12 @@ fn acknowledge_status_and_the_recovery_that_names_who_acknowledged() {
     let out = vigia(&["ack", "wbe"], &config);
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `web`?"));
     let asked = say(&mock, CHAT, OTHER, "/status");
-    let reply = wait_until("the /status reply", WAIT, || {
+    let reply = wait_on(&engine, "the /status reply", WAIT, || {
         mock.telegram_messages()
             .into_iter()
             .find(|m| m["reply_to"].is_i64() && m["text"].as_str().unwrap().contains("checks down"))
     });
-    wait_taken(&mock, asked);
+    wait_taken(&engine, &mock, asked);
     let text = reply["text"].as_str().unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert!(
@@ -305,7 +335,7 @@ fn acknowledge_status_and_the_recovery_that_names_who_acknowledged() {
 
     // web comes back: the recovery says who acknowledged it and how long it was down.
     let _web = std::net::TcpListener::bind(("127.0.0.1", web_port)).unwrap();
-    let recovered = wait_until("the recovery", WAIT, || {
+    let recovered = wait_on(&engine, "the recovery", WAIT, || {
         message_with(&mock, "<b>web</b> recovered")
     });
     let text = recovered["text"].as_str().unwrap();
@@ -330,7 +360,7 @@ fn acknowledge_status_and_the_recovery_that_names_who_acknowledged() {
         alert["id"].as_u64().unwrap(),
         "Silence 1h",
     );
-    wait_until("the stale toast", WAIT, || {
+    wait_on(&engine, "the stale toast", WAIT, || {
         answers(&mock)
             .into_iter()
             .find(|a| a == "web has recovered since this alert: nothing was done.")
@@ -350,16 +380,16 @@ fn who_may_act_and_forged_presses() {
     drop(web);
     let config = config(dir.path(), &mock, web_port, "");
     let engine = start(&config);
-    let alert = wait_until("the failure with buttons", WAIT, || {
+    let alert = wait_on(&engine, "the failure with buttons", WAIT, || {
         message_with(&mock, "<b>web</b> failed").filter(|m| !buttons(m).is_empty())
     });
     let id = alert["id"].as_u64().unwrap();
     let first = press(&mock, OTHER, "rui", id, "Silence 1h");
     let second = press(&mock, OTHER, "rui", id, "Acknowledge");
     let outsider = say(&mock, 999, ADMIN, "/status");
-    wait_taken(&mock, first);
-    wait_taken(&mock, second);
-    wait_taken(&mock, outsider);
+    wait_taken(&engine, &mock, first);
+    wait_taken(&engine, &mock, second);
+    wait_taken(&engine, &mock, outsider);
     assert!(answers(&mock).is_empty(), "{:?}", mock.telegram_calls());
     assert!(
         message_with(&mock, "checks down").is_none(),
@@ -394,9 +424,9 @@ fn who_may_act_and_forged_presses() {
         let u = mock.telegram_update(json!({
             "chat": CHAT, "user": ADMIN, "username": "ana", "message_id": id, "data": data
         }));
-        wait_taken(&mock, u);
+        wait_taken(&engine, &mock, u);
     }
-    wait_until("three refusals", WAIT, || {
+    wait_on(&engine, "three refusals", WAIT, || {
         (answers(&mock)
             .iter()
             .filter(|a| a.starts_with("This button does not belong to this message"))
@@ -423,7 +453,7 @@ fn who_may_act_and_forged_presses() {
     // Commands: an unknown one and an unknown name get a did-you-mean.
     say(&mock, CHAT, ADMIN, "/stauts");
     say(&mock, CHAT, ADMIN, "/ack wbe");
-    wait_until("did-you-means", WAIT, || {
+    wait_on(&engine, "did-you-means", WAIT, || {
         let texts: Vec<String> = mock
             .telegram_messages()
             .iter()
@@ -456,25 +486,27 @@ fn an_update_is_handled_exactly_once_across_kill_9() {
     drop(web);
     let config = config(dir.path(), &mock, web_port, "");
     let mut engine = start(&config);
-    wait_until("the console to poll", WAIT, || {
+    wait_on(&engine, "the console to poll", WAIT, || {
         mock.telegram_calls()
             .into_iter()
             .find(|c| c["method"] == "setMyCommands")
     });
     let asked = say(&mock, CHAT, ADMIN, "/silence web 1h deploy");
-    wait_until("the reply", WAIT, || message_with(&mock, "Silence #"));
+    wait_on(&engine, "the reply", WAIT, || {
+        message_with(&mock, "Silence #")
+    });
     // Handled: its silence, its reply and the offset past it are one commit.
     engine.signal(libc::SIGKILL);
     engine.wait_exit(WAIT);
     let engine = start(&config);
-    wait_taken(&mock, asked);
+    wait_taken(&engine, &mock, asked);
     // Then a second command, while the engine runs: once it is answered, everything
     // before it was handled (in order) and the first was not handled again.
     let second = say(&mock, CHAT, ADMIN, "/silences");
-    wait_until("the /silences reply", WAIT, || {
+    wait_on(&engine, "the /silences reply", WAIT, || {
         message_with(&mock, "<b>Silences</b>")
     });
-    wait_taken(&mock, second);
+    wait_taken(&engine, &mock, second);
     let replies: Vec<Value> = mock
         .telegram_messages()
         .into_iter()
@@ -491,10 +523,10 @@ fn an_update_is_handled_exactly_once_across_kill_9() {
     engine.wait_exit(WAIT);
     let late = say(&mock, CHAT, ADMIN, "/silence api 2h");
     let engine = start(&config);
-    wait_until("the late reply", WAIT, || {
+    wait_on(&engine, "the late reply", WAIT, || {
         message_with(&mock, "<b>api</b> are not sent")
     });
-    wait_taken(&mock, late);
+    wait_taken(&engine, &mock, late);
     let list = String::from_utf8_lossy(&vigia(&["silence", "list"], &config).stdout).to_string();
     assert_eq!(list.lines().count(), 2, "{list}");
     assert_eq!(

@@ -132,3 +132,165 @@ fn serve_switch_and_refuse() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown service `ftp`"));
 }
+
+fn bot_call(port: u16, method: &str, body: &str) -> serde_json::Value {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /bot1:x/{method} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (_, body) = out.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(body).unwrap()
+}
+
+fn mock_cli(control: u16, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vigia-mock"))
+        .args(args)
+        .args(["--control", &format!("127.0.0.1:{control}")])
+        .output()
+        .unwrap()
+}
+
+/// The Telegram side a user has: `telegram say` and `telegram press` queue updates that
+/// `getUpdates` hands out (a press carries the button's own data, found by its label),
+/// an offset confirms them, edits change the recorded message, and `telegram calls`
+/// lists what the bot did.
+#[test]
+fn telegram_users_say_and_press() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigia-mock"))
+        .args([
+            "serve",
+            "--http-port",
+            "0",
+            "--tcp-port",
+            "0",
+            "--control-port",
+            "0",
+            "--telegram-port",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _guard = Child(child);
+    let ports: Ports = serde_json::from_str(&line).unwrap();
+    let (tg, control) = (ports.telegram, ports.control);
+
+    let sent = bot_call(
+        tg,
+        "sendMessage",
+        r#"{"chat_id":5,"text":"web failed","reply_markup":{"inline_keyboard":[[{"text":"Acknowledge","callback_data":"t1:ack"},{"text":"Silence 1h","callback_data":"t1:s3600"}]]}}"#,
+    );
+    let id = sent["result"]["message_id"].as_u64().unwrap();
+
+    let out = mock_cli(
+        control,
+        &[
+            "telegram",
+            "say",
+            "--chat",
+            "5",
+            "--user",
+            "7",
+            "--username",
+            "ana",
+            "/status now",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = mock_cli(
+        control,
+        &[
+            "telegram",
+            "press",
+            "--chat",
+            "5",
+            "--user",
+            "7",
+            "Silence 1h",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = mock_cli(
+        control,
+        &["telegram", "press", "--chat", "5", "--user", "7", "Reboot"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no button `Reboot`"));
+
+    let updates = bot_call(tg, "getUpdates", r#"{"offset":0,"timeout":0}"#)["result"].clone();
+    let updates = updates.as_array().unwrap();
+    assert_eq!(updates.len(), 2, "{updates:?}");
+    let m = &updates[0]["message"];
+    assert_eq!(m["text"], "/status now");
+    assert_eq!(m["from"]["username"], "ana");
+    assert_eq!(m["entities"][0]["type"], "bot_command");
+    assert_eq!(m["entities"][0]["length"], 7);
+    let q = &updates[1]["callback_query"];
+    assert_eq!(q["data"], "t1:s3600");
+    assert_eq!(q["message"]["message_id"].as_u64(), Some(id));
+    assert_eq!(q["message"]["chat"]["id"], 5);
+
+    // An offset past the first confirms it; a long poll with nothing new waits, then
+    // answers empty.
+    let next = updates[1]["update_id"].as_u64().unwrap() + 1;
+    let t = std::time::Instant::now();
+    let none = bot_call(
+        tg,
+        "getUpdates",
+        &format!(r#"{{"offset":{next},"timeout":1}}"#),
+    );
+    assert_eq!(none["result"], serde_json::json!([]));
+    assert!(t.elapsed() >= Duration::from_millis(900));
+
+    // An edit changes the message; the same edit again is "not modified", as Telegram says.
+    let edit = format!(
+        r#"{{"chat_id":5,"message_id":{id},"text":"web failed\n\nsilenced","reply_markup":{{"inline_keyboard":[]}}}}"#
+    );
+    assert_eq!(bot_call(tg, "editMessageText", &edit)["ok"], true);
+    let again = bot_call(tg, "editMessageText", &edit);
+    assert_eq!(again["ok"], false);
+    assert!(again["description"]
+        .as_str()
+        .unwrap()
+        .contains("message is not modified"));
+    bot_call(
+        tg,
+        "answerCallbackQuery",
+        r#"{"callback_query_id":"cbq-2","text":"Silenced"}"#,
+    );
+    let out = mock_cli(control, &["messages"]);
+    let messages: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(messages[0]["text"], "web failed\n\nsilenced");
+    assert_eq!(messages[0]["edits"], 1);
+    assert!(messages[0]["reply_markup"].is_null(), "the keyboard went");
+    let out = mock_cli(control, &["telegram", "calls"]);
+    let calls: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let methods: Vec<&str> = calls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        methods,
+        ["editMessageText", "editMessageText", "answerCallbackQuery"]
+    );
+}

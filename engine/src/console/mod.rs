@@ -48,6 +48,8 @@ use chat::{escape, Asked};
 const POLL_SECS: u32 = 25;
 /// How long the buttons of a message act (a failure older than that is long handled).
 pub const BUTTONS_KEPT: Duration = Duration::from_secs(30 * 86400);
+/// How long a press may wait for its message's buttons to be stored.
+const BUTTONS_WAIT: Duration = Duration::from_secs(3);
 /// The longest wait between two polls while Telegram cannot be reached.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -311,6 +313,30 @@ impl Poller {
         }
     }
 
+    /// The buttons stored with a message. The sender stores them in the commit right
+    /// after Telegram gave the message its id, so a press that looks like one of ours
+    /// (a token of 16 hex digits) may come a moment before: it waits for that commit,
+    /// up to [`BUTTONS_WAIT`].
+    async fn buttons_of(&self, chat: i64, message_id: i64, data: &str) -> Option<ButtonSet> {
+        let ours = data
+            .split_once(':')
+            .is_some_and(|(t, _)| t.len() == 16 && t.bytes().all(|b| b.is_ascii_hexdigit()));
+        let deadline = tokio::time::Instant::now() + BUTTONS_WAIT;
+        loop {
+            let store = self.store.clone();
+            let found = tokio::task::spawn_blocking(move || store.buttons(chat, message_id))
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .flatten()
+                .and_then(|b| serde_json::from_slice::<ButtonSet>(&b).ok());
+            if found.is_some() || !ours || tokio::time::Instant::now() >= deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Stores writes and messages without commands (the offset past an update that
     /// changes nothing, a reply to a question).
     async fn keep(&self, ops: Vec<Op>, messages: Vec<(String, Stored)>) -> bool {
@@ -455,13 +481,7 @@ impl Poller {
             }
         };
         let data = q.data.clone().unwrap_or_default();
-        let store = self.store.clone();
-        let set = tokio::task::spawn_blocking(move || store.buttons(chat, message_id))
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .flatten()
-            .and_then(|b| serde_json::from_slice::<ButtonSet>(&b).ok());
+        let set = self.buttons_of(chat, message_id, &data).await;
         if let Some(set) = set
             .as_ref()
             .filter(|s| s.press(&data).is_none() && s.done_before(&data))
