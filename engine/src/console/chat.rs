@@ -166,7 +166,8 @@ pub fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// The most down checks `/status` lists one by one.
+/// The most down checks `/status` lists one by one (and silences `/silences`): a
+/// reply stays well under Telegram's 4096 characters.
 pub const STATUS_LINES: usize = 25;
 
 /// `/status`: down checks first (newest outage on top), then how many are up.
@@ -194,7 +195,7 @@ pub fn status(snap: &StatusSnapshot) -> String {
             .as_ref()
             .map(|l| l.message.lines().next().unwrap_or_default().to_string())
             .unwrap_or_default();
-        let message: String = message.chars().take(120).collect();
+        let message: String = message.chars().take(100).collect();
         let ack = c
             .ack
             .as_ref()
@@ -251,7 +252,7 @@ pub fn silences(list: &[Silence], now: u64) -> String {
         return "No silences.".into();
     }
     let mut out = String::from("🔕 <b>Silences</b>");
-    for s in list {
+    for s in list.iter().take(STATUS_LINES) {
         let by = if s.by.is_empty() {
             String::new()
         } else {
@@ -263,6 +264,12 @@ pub fn silences(list: &[Silence], now: u64) -> String {
             escape(&s.pattern),
             human_duration(s.until.saturating_sub(now)),
             escape(&s.reason)
+        ));
+    }
+    if list.len() > STATUS_LINES {
+        out.push_str(&format!(
+            "\n… and {} more (vigia silence list shows them all)",
+            list.len() - STATUS_LINES
         ));
     }
     out.push_str("\n/unsilence ID ends one.");

@@ -48,6 +48,8 @@ use chat::{escape, Asked};
 const POLL_SECS: u32 = 25;
 /// How long the buttons of a message act (a failure older than that is long handled).
 pub const BUTTONS_KEPT: Duration = Duration::from_secs(30 * 86400);
+/// The longest toast Telegram shows.
+const TOAST_CHARS: usize = 200;
 /// How long a press may wait for its message's buttons to be stored.
 const BUTTONS_WAIT: Duration = Duration::from_secs(3);
 /// The longest wait between two polls while Telegram cannot be reached.
@@ -474,6 +476,8 @@ impl Poller {
         let answer = {
             let target = target.clone();
             move |text: String| {
+                // Telegram shows at most 200 characters of a toast.
+                let text: String = text.chars().take(TOAST_CHARS).collect();
                 (
                     target,
                     Stored::console("answer", text, Action::Answer { callback_id }),
