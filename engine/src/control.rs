@@ -104,6 +104,16 @@ impl Door {
         }
     }
 
+    /// The names of the scheduled checks (for a did-you-mean).
+    pub fn names(&self) -> Vec<String> {
+        self.checks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|c| c.name.to_string())
+            .collect()
+    }
+
     /// Why the engine is not healthy, if it is not: the store cannot be written.
     pub fn unhealthy(&self) -> Option<String> {
         self.store.failing().map(|(since, why)| {

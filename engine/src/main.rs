@@ -344,12 +344,9 @@ async fn cmd_check(path: &Path, name: &str, json: bool) -> ExitCode {
 async fn cmd_status(path: &Path, json: bool) -> ExitCode {
     // Only the engine section is needed (no check is built, no script runs): a config
     // with a broken check still has a socket.
-    let state_dir = match Config::load(path) {
-        Ok(c) => c.engine.state_dir,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(1);
-        }
+    let state_dir = match state_dir_of(path) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     let socket = state_dir.join(control::SOCKET_FILE);
     match control::send(&socket, &EngineCommand::Status).await {
@@ -505,12 +502,9 @@ fn print_status(view: &StatusSnapshot, not_running: Option<&str>) {
 }
 
 async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
-    let state_dir = match Config::load(path) {
-        Ok(c) => c.engine.state_dir,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(1);
-        }
+    let state_dir = match state_dir_of(path) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     let socket = state_dir.join(control::SOCKET_FILE);
     let command = match &cmd {
@@ -569,6 +563,15 @@ async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The config's `engine.state_dir` (where the store and the control socket are), or the
+/// config's problems printed and exit 1.
+fn state_dir_of(path: &Path) -> Result<std::path::PathBuf, ExitCode> {
+    Config::load(path).map(|c| c.engine.state_dir).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(1)
+    })
+}
+
 /// `cli:ana`: who acts from this terminal, as silences and acknowledgements keep it.
 fn cli_user() -> String {
     let user = std::env::var("SUDO_USER")
@@ -578,12 +581,9 @@ fn cli_user() -> String {
 }
 
 async fn cmd_ack(path: &Path, name: &str) -> ExitCode {
-    let state_dir = match Config::load(path) {
-        Ok(c) => c.engine.state_dir,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(1);
-        }
+    let state_dir = match state_dir_of(path) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     let socket = state_dir.join(control::SOCKET_FILE);
     let command = EngineCommand::Ack {
@@ -613,12 +613,9 @@ async fn cmd_ack(path: &Path, name: &str) -> ExitCode {
 }
 
 async fn cmd_history(path: &Path, name: &str, since: vigia_api::Dur, json: bool) -> ExitCode {
-    let state_dir = match Config::load(path) {
-        Ok(c) => c.engine.state_dir,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(1);
-        }
+    let state_dir = match state_dir_of(path) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     let since_ms = unix_ms().saturating_sub(since.get().as_millis() as u64);
     let command = EngineCommand::History {

@@ -81,6 +81,35 @@ checks:
     file
 }
 
+struct Setup {
+    _dir: tempfile::TempDir,
+    mock: Mock,
+    /// `web`'s port: closed (so it fails) until a test listens on it.
+    web_port: u16,
+    config: PathBuf,
+}
+
+fn setup(extra_web: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start();
+    let (web, web_port) = listen();
+    drop(web);
+    let config = config(dir.path(), &mock, web_port, extra_web);
+    Setup {
+        _dir: dir,
+        mock,
+        web_port,
+        config,
+    }
+}
+
+/// `web`'s failure, once the mock has it with its buttons.
+fn first_alert(engine: &Proc, mock: &Mock) -> Value {
+    wait_on(engine, "the failure with buttons", WAIT, || {
+        message_with(mock, "<b>web</b> failed").filter(|m| !buttons(m).is_empty())
+    })
+}
+
 fn start(config: &Path) -> Proc {
     start_engine_with(config, &[("VIGIA_E2E_TOKEN", TOKEN)])
 }
@@ -153,15 +182,14 @@ fn answers(mock: &Mock) -> Vec<String> {
 /// edits the message; no reminder of `web` comes while `db`'s does.
 #[test]
 fn a_press_on_silence_silences_the_check_and_edits_the_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let mock = Mock::start();
-    let (web, web_port) = listen();
-    drop(web);
-    let config = config(dir.path(), &mock, web_port, "    remind_every: 1m\n");
+    let Setup {
+        _dir,
+        mock,
+        web_port: _,
+        config,
+    } = setup("    remind_every: 1m\n");
     let engine = start(&config);
-    let alert = wait_on(&engine, "the failure with buttons", WAIT, || {
-        message_with(&mock, "<b>web</b> failed").filter(|m| !buttons(m).is_empty())
-    });
+    let alert = first_alert(&engine, &mock);
     assert_eq!(
         buttons(&alert),
         ["Acknowledge", "Silence 1h", "Silence 24h"]
@@ -221,15 +249,14 @@ fn a_press_on_silence_silences_the_check_and_edits_the_message() {
 /// not act) lists the down checks first, and the recovery names who acknowledged it.
 #[test]
 fn acknowledge_status_and_the_recovery_that_names_who_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let mock = Mock::start();
-    let (web, web_port) = listen();
-    drop(web);
-    let config = config(dir.path(), &mock, web_port, "");
+    let Setup {
+        _dir,
+        mock,
+        web_port,
+        config,
+    } = setup("");
     let engine = start(&config);
-    let alert = wait_on(&engine, "the failure with buttons", WAIT, || {
-        message_with(&mock, "<b>web</b> failed").filter(|m| !buttons(m).is_empty())
-    });
+    let alert = first_alert(&engine, &mock);
     press(
         &mock,
         ADMIN,
@@ -374,15 +401,14 @@ fn acknowledge_status_and_the_recovery_that_names_who_acknowledged() {
 /// press (another check's name in the data, a made-up token) is refused with a toast.
 #[test]
 fn who_may_act_and_forged_presses() {
-    let dir = tempfile::tempdir().unwrap();
-    let mock = Mock::start();
-    let (web, web_port) = listen();
-    drop(web);
-    let config = config(dir.path(), &mock, web_port, "");
+    let Setup {
+        _dir,
+        mock,
+        web_port: _,
+        config,
+    } = setup("");
     let engine = start(&config);
-    let alert = wait_on(&engine, "the failure with buttons", WAIT, || {
-        message_with(&mock, "<b>web</b> failed").filter(|m| !buttons(m).is_empty())
-    });
+    let alert = first_alert(&engine, &mock);
     let id = alert["id"].as_u64().unwrap();
     let first = press(&mock, OTHER, "rui", id, "Silence 1h");
     let second = press(&mock, OTHER, "rui", id, "Acknowledge");
@@ -480,11 +506,12 @@ fn who_may_act_and_forged_presses() {
 /// came while the engine was down is handled once after the restart.
 #[test]
 fn an_update_is_handled_exactly_once_across_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let mock = Mock::start();
-    let (web, web_port) = listen();
-    drop(web);
-    let config = config(dir.path(), &mock, web_port, "");
+    let Setup {
+        _dir,
+        mock,
+        web_port: _,
+        config,
+    } = setup("");
     let mut engine = start(&config);
     wait_on(&engine, "the console to poll", WAIT, || {
         mock.telegram_calls()

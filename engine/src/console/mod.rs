@@ -409,14 +409,7 @@ impl Poller {
             // People talk in a group: only commands are for the bot.
             return self.keep(vec![offset], Vec::new()).await;
         };
-        let names: Vec<String> = self
-            .door
-            .checks
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|c| c.name.to_string())
-            .collect();
+        let names = self.door.names();
         let by = Self::by(&user);
         let asked = chat::parse(word, args, &names, &by);
         if !self.allowed(chat, &user, asked.acts(), &format!("/{word}")) {

@@ -199,14 +199,7 @@ pub async fn uptime(State(s): State<AppState>, uri: axum::http::Uri) -> Response
             format!("`window={label}`: history keeps 400 days"),
         );
     }
-    let names: Vec<String> = s
-        .door
-        .checks
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|c| c.name.to_string())
-        .collect();
+    let names = s.door.names();
     let history = s.door.history.clone();
     let now = crate::clock::unix_ms();
     let read = tokio::task::spawn_blocking(move || {
