@@ -31,6 +31,9 @@ command -v socat >/dev/null 2>&1 || missing+=(socat)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # engine/tests/packaging.rs verifies the unit file with systemd-analyze.
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# ... builds the Debian package (scripts/deb.sh), lints it with lintian and installs it.
+command -v lintian >/dev/null 2>&1 || missing+=(lintian)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "Installing ${missing[*]} ..."
   apt-get -o DPkg::Lock::Timeout=600 update -q
@@ -53,6 +56,12 @@ export VIGIA_PROMTOOL="$PROMTOOL_DIR/usr/bin/promtool"
 if ! command -v cargo >/dev/null 2>&1; then
   echo "scripts/test.sh: cargo is missing: install a Rust toolchain (https://rustup.rs)" >&2
   exit 1
+fi
+
+# cargo-deb, for the package test (a few minutes to build, once).
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  echo "Installing cargo-deb (cargo install cargo-deb) ..."
+  cargo install --locked --quiet cargo-deb --version 3.8.0
 fi
 
 # --workspace also builds vigia-mock, which the end-to-end tests start as a process.

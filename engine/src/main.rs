@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use vigia_api::Severity;
 use vigia_core::alert::human_duration;
 use vigia_core::command::{Command as EngineCommand, Reply};
@@ -14,10 +14,18 @@ use vigia_engine::logging::{self, LogFormat};
 use vigia_engine::scheduler::{run_once, unix_ms, Stats};
 use vigia_engine::supervisor::{self as engine, RunOptions};
 
+/// `0.1.0 (commit 1e5e73e0c1ab)`: what `--version` prints after the name.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("VIGIA_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "vigia",
-    version,
+    version = VERSION,
     about = "Vigia watches the servers that run a business: it runs checks on a schedule, \
              decides when a service is really down, and alerts once per change.",
     long_about = None,
@@ -106,6 +114,13 @@ enum Command {
         /// The check's name.
         name: String,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell); the
+    /// Debian package installs them.
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page vigia(1), in roff.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -182,6 +197,21 @@ fn main() -> ExitCode {
             Command::Plugins => cmd_plugins(),
             Command::Silence { cmd } => cmd_silence(&cli.config, cmd).await,
             Command::Ack { name } => cmd_ack(&cli.config, &name).await,
+            Command::Completions { shell } => {
+                let mut cmd = Cli::command();
+                clap_complete::generate(shell, &mut cmd, "vigia", &mut std::io::stdout());
+                ExitCode::SUCCESS
+            }
+            Command::Man => {
+                let man = clap_mangen::Man::new(Cli::command());
+                match man.render(&mut std::io::stdout()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("vigia: cannot write the man page: {e}");
+                        ExitCode::from(1)
+                    }
+                }
+            }
         }
     })
 }

@@ -352,8 +352,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         checks = n_checks,
         state_dir = %state_dir.display(),
         config = %opts.config.display(),
-        "Vigia {} started: {} checks scheduled.",
+        version = env!("CARGO_PKG_VERSION"),
+        commit = env!("VIGIA_COMMIT"),
+        "Vigia {} (commit {}) started: {} checks scheduled.",
         env!("CARGO_PKG_VERSION"),
+        env!("VIGIA_COMMIT"),
         n_checks
     );
     systemd::notify("READY=1");

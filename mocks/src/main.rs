@@ -61,6 +61,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:18099")]
         control: SocketAddr,
     },
+    /// Print the man page vigia-mock(1), in roff.
+    #[command(hide = true)]
+    Man,
     /// Print the current modes of a running mock.
     Get {
         #[arg(long, default_value = "127.0.0.1:18099")]
@@ -176,6 +179,9 @@ async fn main() -> ExitCode {
             }
         }
         Command::Get { control } => call(control, "GET", "/mode").await,
+        Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .map_err(|e| anyhow::anyhow!("cannot write the man page: {e}")),
         Command::Wire {
             netns_a,
             if_a,

@@ -31,12 +31,13 @@ pub fn render(
         o,
         "vigia_build_info",
         "gauge",
-        "The running Vigia's version; always 1.",
+        "The running Vigia's version and the git commit it was built from; always 1.",
     );
     let _ = writeln!(
         o,
-        "vigia_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
+        "vigia_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        env!("VIGIA_COMMIT")
     );
     family(
         o,
