@@ -17,7 +17,13 @@ use crate::{Config, EngineConfig};
 
 /// The `engine:` keys a running engine cannot change: the store and the control
 /// socket live in `state_dir`, and the runtime's threads are made before anything runs.
-pub const RESTART_KEYS: &[&str] = &["state_dir", "worker_threads", "history"];
+pub const RESTART_KEYS: &[&str] = &[
+    "state_dir",
+    "worker_threads",
+    "history",
+    "record",
+    "record_size",
+];
 
 /// What differs between the running config and a new one.
 #[derive(Debug, Default, Clone, PartialEq)]

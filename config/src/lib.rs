@@ -69,6 +69,18 @@ pub struct EngineConfig {
     /// status page and `vigia history` (default true; a change waits for a restart).
     #[serde(default = "yes")]
     pub history: bool,
+    /// Record every check run (check, time, outcome, value, message, duration) as JSON
+    /// lines in this directory (default: off; relative to the config
+    /// file; `vigia run --record DIR` too).
+    #[serde(default)]
+    pub record: Option<PathBuf>,
+    /// The most the recording keeps: its oldest files go (default 256MiB).
+    #[serde(default = "default_record_size")]
+    pub record_size: vigia_api::Bytes,
+}
+
+fn default_record_size() -> vigia_api::Bytes {
+    vigia_api::Bytes(256 << 20)
 }
 
 fn default_state_dir() -> PathBuf {
@@ -102,6 +114,8 @@ impl Default for EngineConfig {
             history: true,
             checks_dir: default_checks_dir(),
             watch: true,
+            record: None,
+            record_size: default_record_size(),
         }
     }
 }
@@ -437,6 +451,9 @@ impl Config {
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
             if engine.state_dir.is_relative() {
                 engine.state_dir = dir.join(&engine.state_dir);
+            }
+            if let Some(r) = engine.record.as_mut().filter(|r| r.is_relative()) {
+                *r = dir.join(&*r);
             }
             if engine.checks_dir.is_relative() {
                 engine.checks_dir = dir.join(&engine.checks_dir);

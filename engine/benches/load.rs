@@ -90,8 +90,14 @@ impl Measure {
 fn vigia_config(s: &Scenario, t: &Targets, dir: &Path) -> PathBuf {
     // VIGIA_BENCH_HISTORY=off: result history off, for the A/B of what it costs.
     let history = std::env::var("VIGIA_BENCH_HISTORY").map_or(true, |v| v != "off");
+    // VIGIA_BENCH_RECORD=on: every run recorded (`engine.record`), for the A/B of what
+    // the recording costs.
+    let record = match std::env::var("VIGIA_BENCH_RECORD").as_deref() {
+        Ok("on") => format!("  record: {}/record\n", dir.display()),
+        _ => String::new(),
+    };
     let mut out = format!(
-        "engine:\n  state_dir: {}/state\n  status_log_interval: 1h\n  max_concurrent_checks: 4096\n  history: {history}\nhttp: {{ listen: 127.0.0.1:0 }}\nchecks:\n",
+        "engine:\n  state_dir: {}/state\n  status_log_interval: 1h\n  max_concurrent_checks: 4096\n  history: {history}\n{record}http: {{ listen: 127.0.0.1:0 }}\nchecks:\n",
         dir.display()
     );
     let secs = s.interval.as_secs();

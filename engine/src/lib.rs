@@ -18,6 +18,7 @@ pub mod history;
 pub mod http;
 pub mod journal;
 pub mod logging;
+pub mod record;
 pub mod remediation;
 pub mod scheduler;
 pub mod silences;

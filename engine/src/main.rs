@@ -67,6 +67,10 @@ enum Command {
         /// named in the `http_listening` event).
         #[arg(long, env = "VIGIA_HTTP_LISTEN", value_name = "ADDR:PORT")]
         http_listen: Option<std::net::SocketAddr>,
+        /// Record every check run into DIR as JSON lines (what each check saw), instead of
+        /// `engine.record`; at most `engine.record_size` (default 256MiB) is kept.
+        #[arg(long, value_name = "DIR")]
+        record: Option<PathBuf>,
     },
     /// Check the config and the files it names; print every problem and exit 1 if any.
     Validate,
@@ -187,7 +191,8 @@ fn main() -> ExitCode {
             Command::Run {
                 no_console,
                 http_listen,
-            } => cmd_run(&cli.config, !no_console, http_listen).await,
+                record,
+            } => cmd_run(&cli.config, !no_console, http_listen, record).await,
             Command::Validate => cmd_validate(&cli.config),
             Command::Check { name, json } => cmd_check(&cli.config, &name, json).await,
             Command::Status { json } => cmd_status(&cli.config, json).await,
@@ -220,12 +225,14 @@ async fn cmd_run(
     config: &Path,
     console: bool,
     http_listen: Option<std::net::SocketAddr>,
+    record: Option<PathBuf>,
 ) -> ExitCode {
     vigia_engine::fds::raise();
     match engine::run(RunOptions {
         config: config.to_path_buf(),
         console,
         http_listen,
+        record,
     })
     .await
     {

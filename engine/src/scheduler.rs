@@ -176,10 +176,18 @@ pub trait RunTally: Send + Sync {
     fn count(&self, check: &Arc<str>, ok: bool, duration_ms: f64, at: u64);
 }
 
+/// Where every run goes whole as it ends (the recording). The
+/// scheduler knows only this much of it.
+pub trait RunRecord: Send + Sync {
+    fn run(&self, check: &str, outcome: &CheckOutcome, duration_ms: f64, at: u64);
+}
+
 pub struct SchedulerShared {
     pub book: Arc<StatusBook>,
     /// Set once at start when history is on.
     pub tally: std::sync::OnceLock<Arc<dyn RunTally>>,
+    /// Set once at start when recording (`engine.record`, `--record`).
+    pub recorder: std::sync::OnceLock<Arc<dyn RunRecord>>,
     pub observations: mpsc::Sender<Observation>,
     pub stats: Stats,
     semaphore: Arc<Semaphore>,
@@ -204,6 +212,7 @@ impl SchedulerShared {
         Arc::new(SchedulerShared {
             book,
             tally: std::sync::OnceLock::new(),
+            recorder: std::sync::OnceLock::new(),
             observations,
             stats: Stats::default(),
             semaphore: Arc::new(Semaphore::new(n)),
@@ -838,6 +847,9 @@ fn record(
     let ok = outcome.is_ok();
     if let Some(t) = shared.tally.get() {
         t.count(&spec.name, ok, duration_ms, now);
+    }
+    if let Some(r) = shared.recorder.get() {
+        r.run(&spec.name, &outcome, duration_ms, now);
     }
     let observation = shared
         .book

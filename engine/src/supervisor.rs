@@ -57,6 +57,8 @@ pub struct RunOptions {
     pub console: bool,
     /// Listen here instead of `http.listen` (`--http-listen`, `VIGIA_HTTP_LISTEN`).
     pub http_listen: Option<std::net::SocketAddr>,
+    /// Record every run here instead of `engine.record` (`--record DIR`).
+    pub record: Option<PathBuf>,
 }
 
 /// Queue sizes between the stages.
@@ -233,6 +235,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     if config.engine.history {
         let _ = tasks.tally.set(history.clone());
     }
+    let recording = match opts.record.as_ref().or(config.engine.record.as_ref()) {
+        Some(dir) => {
+            let max = config.engine.record_size.0;
+            let r = crate::record::Recording::start(dir, max, &host)
+                .map_err(|e| anyhow::anyhow!("the recording cannot start: {e}"))?;
+            let _ = tasks.recorder.set(r.recorder());
+            tracing::info!(event = "recording", dir = %dir.display(), max_bytes = max, "Every check run is recorded into {} (at most {}; the oldest files go).", dir.display(), vigia_api::Bytes(max));
+            Some(r)
+        }
+        None => None,
+    };
     let mut scheduler = Scheduler::new(tasks.clone());
     let targets = pipeline::build_targets(&config.alerting, console.clone())
         .map_err(|e| anyhow::anyhow!("alerting cannot start: {e}"))?;
@@ -417,6 +430,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             aborted,
             "{aborted} checks did not finish within the grace period and were cancelled."
         );
+    }
+    if let Some(r) = recording {
+        r.stop();
     }
     control_stop.cancel();
     let _ = control.await;

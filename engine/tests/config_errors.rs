@@ -259,8 +259,8 @@ fn every_problem_of_a_file_in_one_run() {
         .replace(&format!("{}/", dir.path().display()), "");
     assert_eq!(
         err,
-        "config.yaml:3:3: engine.bogus: unknown key `bogus`; expected one of: hostname, state_dir, status_log_interval, max_concurrent_checks, shutdown_grace, worker_threads, checks_dir, watch, history\n\
-         config.yaml:4:3: engine.bogus2: unknown key `bogus2`; expected one of: hostname, state_dir, status_log_interval, max_concurrent_checks, shutdown_grace, worker_threads, checks_dir, watch, history\n\
+        "config.yaml:3:3: engine.bogus: unknown key `bogus`; expected one of: hostname, state_dir, status_log_interval, max_concurrent_checks, shutdown_grace, worker_threads, checks_dir, watch, history, record, record_size\n\
+         config.yaml:4:3: engine.bogus2: unknown key `bogus2`; expected one of: hostname, state_dir, status_log_interval, max_concurrent_checks, shutdown_grace, worker_threads, checks_dir, watch, history, record, record_size\n\
          config.yaml:9:11: checks[0].port: \"80\" is quoted text; a port number (1-65535) is expected here (write it without quotes)\n\
          config.yaml:10:5: checks[0].prot: unknown key `prot` (did you mean `port`?)\n\
          config.yaml:15:16: checks[1].threshold: 1099511627776 is out of range; a whole number from 0 to 4294967295 is expected\n\
