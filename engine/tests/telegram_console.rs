@@ -110,6 +110,18 @@ fn first_alert(engine: &Proc, mock: &Mock) -> Value {
     })
 }
 
+/// One check as `vigia status --json` shows it.
+fn check_json(config: &Path, name: &str) -> Value {
+    let json: Value = serde_json::from_slice(&vigia(&["status", "--json"], config).stdout).unwrap();
+    json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .unwrap()
+}
+
 fn start(config: &Path) -> Proc {
     start_engine_with(config, &[("VIGIA_E2E_TOKEN", TOKEN)])
 }
@@ -281,14 +293,7 @@ fn acknowledge_status_and_the_recovery_that_names_who_acknowledged() {
         line.contains("ACKED") && line.contains("acknowledged by telegram:@ana"),
         "{status}"
     );
-    let json: Value =
-        serde_json::from_slice(&vigia(&["status", "--json"], &config).stdout).unwrap();
-    let web_json = json["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "web")
-        .unwrap();
+    let web_json = check_json(&config, "web");
     assert_eq!(web_json["ack"]["by"], "telegram:@ana");
     assert!(engine
         .events()
@@ -370,14 +375,7 @@ fn acknowledge_status_and_the_recovery_that_names_who_acknowledged() {
     assert!(text.contains("Acknowledged by telegram:@ana at "), "{text}");
     assert!(buttons(&recovered).is_empty());
     // The acknowledgement ended with the failure.
-    let json: Value =
-        serde_json::from_slice(&vigia(&["status", "--json"], &config).stdout).unwrap();
-    let web_json = json["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "web")
-        .unwrap();
+    let web_json = check_json(&config, "web");
     assert!(web_json["ack"].is_null(), "{web_json}");
     // A press on the old failure's message now is stale, and says so.
     press(

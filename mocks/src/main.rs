@@ -102,28 +102,42 @@ enum Command {
     },
 }
 
+/// Who writes or presses, and where.
+#[derive(clap::Args)]
+struct Who {
+    #[arg(long)]
+    chat: i64,
+    #[arg(long)]
+    user: i64,
+    #[arg(long)]
+    username: Option<String>,
+}
+
+impl Who {
+    fn update(self) -> vigia_mocks::telegram::NewUpdate {
+        vigia_mocks::telegram::NewUpdate {
+            chat: self.chat,
+            user: self.user,
+            username: self.username,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum TelegramCommand {
     /// A user writes in a chat: `vigia-mock telegram say --chat 1 --user 7 /status`.
     Say {
-        #[arg(long)]
-        chat: i64,
-        #[arg(long)]
-        user: i64,
-        #[arg(long)]
-        username: Option<String>,
+        #[command(flatten)]
+        who: Who,
         /// The message.
         text: String,
     },
     /// A user presses a button of a message the bot sent:
     /// `vigia-mock telegram press --chat 1 --user 7 "Silence 1h"`.
     Press {
-        #[arg(long)]
-        chat: i64,
-        #[arg(long)]
-        user: i64,
-        #[arg(long)]
-        username: Option<String>,
+        #[command(flatten)]
+        who: Who,
         /// The message (default: the chat's last message with buttons).
         #[arg(long)]
         message: Option<u64>,
@@ -209,33 +223,20 @@ async fn main() -> ExitCode {
         Command::Telegram { cmd, control } => {
             let update = match cmd {
                 TelegramCommand::Calls => None,
-                TelegramCommand::Say {
-                    chat,
-                    user,
-                    username,
-                    text,
-                } => Some(vigia_mocks::telegram::NewUpdate {
-                    chat,
-                    user,
-                    username,
+                TelegramCommand::Say { who, text } => Some(vigia_mocks::telegram::NewUpdate {
                     text: Some(text),
-                    ..Default::default()
+                    ..who.update()
                 }),
                 TelegramCommand::Press {
-                    chat,
-                    user,
-                    username,
+                    who,
                     message,
                     data,
                     button,
                 } => Some(vigia_mocks::telegram::NewUpdate {
-                    chat,
-                    user,
-                    username,
                     press: button,
                     message_id: message,
                     data,
-                    ..Default::default()
+                    ..who.update()
                 }),
             };
             match update {

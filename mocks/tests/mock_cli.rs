@@ -42,8 +42,8 @@ fn set(control: u16, service: &str, mode: &str) {
     );
 }
 
-#[test]
-fn serve_switch_and_refuse() {
+/// `vigia-mock serve` on free ports (`slow` answers after 300 ms), killed on drop.
+fn serve() -> (Child, Ports) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vigia-mock"))
         .args([
             "serve",
@@ -65,8 +65,12 @@ fn serve_switch_and_refuse() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let _guard = Child(child);
-    let ports: Ports = serde_json::from_str(&line).unwrap();
+    (Child(child), serde_json::from_str(&line).unwrap())
+}
+
+#[test]
+fn serve_switch_and_refuse() {
+    let (_guard, ports) = serve();
 
     let r = http_get(ports.http, "/health").unwrap();
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
@@ -162,27 +166,7 @@ fn mock_cli(control: u16, args: &[&str]) -> std::process::Output {
 /// lists what the bot did.
 #[test]
 fn telegram_users_say_and_press() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigia-mock"))
-        .args([
-            "serve",
-            "--http-port",
-            "0",
-            "--tcp-port",
-            "0",
-            "--control-port",
-            "0",
-            "--telegram-port",
-            "0",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _guard = Child(child);
-    let ports: Ports = serde_json::from_str(&line).unwrap();
+    let (_guard, ports) = serve();
     let (tg, control) = (ports.telegram, ports.control);
 
     let sent = bot_call(

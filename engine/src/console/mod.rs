@@ -373,13 +373,7 @@ impl Poller {
     }
 
     fn clock(&self, ms: u64) -> String {
-        jiff::Timestamp::from_millisecond(ms as i64)
-            .map(|t| {
-                t.to_zoned(self.bot.tz.clone())
-                    .strftime("%H:%M")
-                    .to_string()
-            })
-            .unwrap_or_default()
+        clock_in(&self.bot.tz, ms)
     }
 
     /// Whether `user` in `chat` may do it; if not, says so in the log once per sender.
