@@ -8,6 +8,8 @@
 //! - [`history`]: result buckets per minute, hour and day, and their encoding.
 //! - [`remedy`]: which remediation may run now (cooldown, max_runs), and a check's
 //!   actions.
+//! - [`replay`]: recorded runs through the state machine and the policy, on the
+//!   recorded clock.
 //! - [`snapshot`] and [`command`]: the two doors of the status map for everything
 //!   outside the engine — one snapshot type to read it, one typed command enum (with
 //!   typed replies) to act on it. The control socket speaks them; so will the HTTP API,
@@ -21,6 +23,7 @@ pub mod alert;
 pub mod command;
 pub mod history;
 pub mod remedy;
+pub mod replay;
 pub mod silence;
 pub mod snapshot;
 pub mod status;

@@ -20,6 +20,7 @@ pub mod journal;
 pub mod logging;
 pub mod record;
 pub mod remediation;
+pub mod replay;
 pub mod scheduler;
 pub mod silences;
 pub mod status_log;

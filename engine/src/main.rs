@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use vigia_api::Severity;
 use vigia_core::alert::human_duration;
 use vigia_core::command::{Command as EngineCommand, Reply};
@@ -118,6 +118,28 @@ enum Command {
         /// The check's name.
         name: String,
     },
+    /// Replay a recording (`vigia run --record DIR`) through the same state machine and
+    /// alert policy, on the recorded clock: the messages that would have gone out, per
+    /// channel and when, and each check's timeline. Nothing is sent. Without -c it
+    /// replays under the config the recording was made with; with -c OTHER.yaml it also
+    /// answers "what if": the difference from that config (or from --base).
+    Replay {
+        /// The recording's directory.
+        dir: PathBuf,
+        /// Show what was released from this time on (the runs before still set the
+        /// state): 2026-12-01 03:00 (the config's time zone), 2026-12-01, or RFC 3339.
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
+        /// Stop at this time.
+        #[arg(long, value_name = "TIME")]
+        to: Option<String>,
+        /// Compare with this config instead of the one the recording was made with.
+        #[arg(long, value_name = "FILE")]
+        base: Option<PathBuf>,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell); the
     /// Debian package installs them.
     #[command(hide = true)]
@@ -150,7 +172,11 @@ enum SilenceCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // `vigia replay` replays under the recorded config unless -c says otherwise.
+    let config_given =
+        matches.value_source("config") != Some(clap::parser::ValueSource::DefaultValue);
     if !matches!(cli.command, Command::Run { .. }) {
         // A command whose output goes to `head` ends quietly when the pipe closes, as
         // other Unix tools do, instead of panicking in println!. `run` keeps Rust's
@@ -202,6 +228,19 @@ fn main() -> ExitCode {
             Command::Plugins => cmd_plugins(),
             Command::Silence { cmd } => cmd_silence(&cli.config, cmd).await,
             Command::Ack { name } => cmd_ack(&cli.config, &name).await,
+            Command::Replay {
+                dir,
+                from,
+                to,
+                base,
+                json,
+            } => cmd_replay(
+                &dir,
+                config_given.then_some(cli.config.as_path()),
+                base.as_deref(),
+                (from.as_deref(), to.as_deref()),
+                json,
+            ),
             Command::Completions { shell } => {
                 let mut cmd = Cli::command();
                 clap_complete::generate(shell, &mut cmd, "vigia", &mut std::io::stdout());
@@ -243,6 +282,73 @@ async fn cmd_run(
             ExitCode::from(1)
         }
     }
+}
+
+fn cmd_replay(
+    dir: &Path,
+    config: Option<&Path>,
+    base: Option<&Path>,
+    (from, to): (Option<&str>, Option<&str>),
+    json: bool,
+) -> ExitCode {
+    use vigia_engine::replay;
+    let origin = match replay::origin(dir) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("vigia: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let recorded = origin.config.clone().filter(|p| p.exists());
+    let Some(primary) = config.map(Path::to_path_buf).or(recorded.clone()) else {
+        eprintln!(
+            "vigia: the recording does not name the config it was made with (or it is gone): give one with -c"
+        );
+        return ExitCode::from(1);
+    };
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    };
+    let base = base
+        .map(Path::to_path_buf)
+        .or(recorded.filter(|r| !same(r, &primary)));
+    let mut sides = Vec::new();
+    for path in base.iter().chain([&primary]) {
+        match replay::Side::load(path, origin.host.as_deref()) {
+            Ok(s) => sides.push(s),
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!("vigia: {} cannot be used for the replay.", path.display());
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let tz = sides[sides.len() - 1].tz.clone();
+    let mut window = [None, None];
+    for (i, t) in [from, to].into_iter().enumerate() {
+        if let Some(t) = t {
+            match replay::parse_time(t, &tz) {
+                Ok(ms) => window[i] = Some(ms),
+                Err(e) => {
+                    eprintln!("vigia: --{}: {e}", if i == 0 { "from" } else { "to" });
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    }
+    let problems = replay::feed(dir, &mut sides, window[0], window[1]);
+    if json {
+        println!("{:#}", replay::json(&sides, &problems));
+    } else {
+        let last = &sides[sides.len() - 1];
+        print!("{}", replay::report(last, &problems));
+        if sides.len() == 2 {
+            println!();
+            print!("{}", replay::what_if(&sides[0], &sides[1]));
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn cmd_validate(path: &Path) -> ExitCode {

@@ -120,8 +120,14 @@ pub struct Recording {
 
 impl Recording {
     /// Creates `dir` if needed and starts the writer; an error says why the directory
-    /// cannot be used.
-    pub fn start(dir: &Path, max_bytes: usize, host: &str) -> Result<Recording, String> {
+    /// cannot be used. `config`: the config file, named in each file's header (what
+    /// `vigia replay` replays under by default).
+    pub fn start(
+        dir: &Path,
+        max_bytes: usize,
+        host: &str,
+        config: &Path,
+    ) -> Result<Recording, String> {
         std::fs::create_dir_all(dir).map_err(|e| {
             format!(
                 "cannot create the recording directory {}: {e}",
@@ -144,7 +150,12 @@ impl Recording {
         let w = Writer {
             dir: dir.to_path_buf(),
             max_bytes: max_bytes.max(MIN_FILE),
-            header: header(host),
+            header: header(
+                host,
+                &config
+                    .canonicalize()
+                    .unwrap_or_else(|_| config.to_path_buf()),
+            ),
             recorder: recorder.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -178,9 +189,10 @@ impl Recording {
     }
 }
 
-fn header(host: &str) -> Vec<u8> {
+fn header(host: &str, config: &Path) -> Vec<u8> {
     let mut h = serde_json::to_vec(&serde_json::json!({
         "vigia_record": FORMAT,
+        "config": config,
         "version": env!("CARGO_PKG_VERSION"),
         "commit": env!("VIGIA_COMMIT"),
         "host": host,
@@ -385,7 +397,7 @@ mod tests {
     fn files_rotate_and_the_oldest_go_beyond_the_size() {
         let dir = tempfile::tempdir().unwrap();
         // 512 KiB in all: files of 64 KiB.
-        let rec = Recording::start(dir.path(), 512 << 10, "h").unwrap();
+        let rec = Recording::start(dir.path(), 512 << 10, "h", Path::new("config.yaml")).unwrap();
         let r = rec.recorder();
         let message = "x".repeat(200);
         let mut runs = 0u64;

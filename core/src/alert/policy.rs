@@ -451,6 +451,11 @@ impl Policy {
         out
     }
 
+    /// How many entries the channels hold, waiting for their release.
+    pub fn held_entries(&self) -> usize {
+        self.held.values().map(Vec::len).sum()
+    }
+
     /// The next moment something is due (a release, a reminder, the end of flapping).
     pub fn next_deadline(&self) -> Option<u64> {
         let held = self.held.values().flatten().map(|h| h.release_at);
