@@ -97,6 +97,26 @@ fn string(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+impl Recorder {
+    /// A line that is not a run: `{"t":…,"silence":{…}}`, `{"t":…,"unsilence":7}`,
+    /// `{"t":…,"ack":"db","by":"telegram:@ana"}` — what alerting changed, so that a
+    /// replay applies the silences and acknowledgements in force at the time.
+    pub fn note(&self, at: u64, fields: serde_json::Value) {
+        let mut line = serde_json::json!({ "t": at });
+        if let (Some(l), serde_json::Value::Object(f)) = (line.as_object_mut(), fields) {
+            l.extend(f);
+        }
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.closed || p.buf.len() > MAX_PENDING {
+            drop(p);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let _ = serde_json::to_writer(&mut p.buf, &line);
+        p.buf.push(b'\n');
+    }
+}
+
 impl RunRecord for Recorder {
     fn run(&self, check: &str, outcome: &CheckOutcome, duration_ms: f64, at: u64) {
         // Formatted straight into the buffer: no allocation per run. The lock is held

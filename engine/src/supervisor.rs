@@ -241,6 +241,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             let r = crate::record::Recording::start(dir, max, &host, &opts.config)
                 .map_err(|e| anyhow::anyhow!("the recording cannot start: {e}"))?;
             let _ = tasks.recorder.set(r.recorder());
+            let _ = alert_status.recorder.set(r.recorder());
             tracing::info!(event = "recording", dir = %dir.display(), max_bytes = max, "Every check run is recorded into {} (at most {}; the oldest files go).", dir.display(), vigia_api::Bytes(max));
             Some(r)
         }

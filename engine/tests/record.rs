@@ -62,6 +62,24 @@ fn every_run_is_recorded_with_its_outcome() {
         .iter()
         .any(|e| e["event"] == "recording" && e["dir"] == rec.display().to_string()));
     wait_rounds(&config, 5, Duration::from_secs(20));
+    // db's failure goes out (after group_wait), so the recording covers it.
+    engine.wait_for("db's alert to be delivered", Duration::from_secs(20), |e| {
+        e.iter().any(|e| e["event"] == "delivered")
+    });
+    // A silence goes into the recording too, for a replay to apply.
+    let out = std::process::Command::new(vigia_bin())
+        .args([
+            "silence", "add", "web", "--for", "1h", "--reason", "deploy", "-c",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_rounds(&config, 2, Duration::from_secs(20));
     engine.signal(libc::SIGTERM);
     assert_eq!(engine.wait_exit(Duration::from_secs(20)), Some(0));
     assert!(has_event(&engine.events(), "stopped"));
@@ -70,6 +88,17 @@ fn every_run_is_recorded_with_its_outcome() {
     assert_eq!(headers[0]["vigia_record"], 1);
     assert_eq!(headers[0]["host"], "e2e-host");
     assert_eq!(headers[0]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        headers[0]["config"],
+        config.canonicalize().unwrap().display().to_string()
+    );
+    let silences: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l.get("silence").is_some())
+        .collect();
+    assert_eq!(silences.len(), 1, "{silences:?}");
+    assert_eq!(silences[0]["silence"]["pattern"], "web");
+    assert_eq!(silences[0]["silence"]["reason"], "deploy");
     let web: Vec<&Value> = lines.iter().filter(|l| l["c"] == "web").collect();
     let db: Vec<&Value> = lines.iter().filter(|l| l["c"] == "db").collect();
     assert!(
@@ -95,6 +124,26 @@ fn every_run_is_recorded_with_its_outcome() {
         out_of_order * 10 <= times.len(),
         "mostly in order: {times:?}"
     );
+    // Replayed under the config it names: db's failure, alerted once, and nothing else.
+    let out = std::process::Command::new(vigia_bin())
+        .arg("replay")
+        .arg(&rec)
+        .env_remove("VIGIA_CONFIG")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        report.matches("ALERT FAILED db on e2e-host").count(),
+        1,
+        "{report}"
+    );
+    assert!(report.contains("(1 check was up all along)"), "{report}");
+    assert!(!report.contains("Problems with the recording"), "{report}");
 }
 
 #[test]

@@ -99,6 +99,9 @@ pub struct AlertStatus {
     pub targets: Mutex<BTreeMap<String, TargetStats>>,
     /// The acknowledged failures, by check.
     pub acks: Mutex<HashMap<String, Ack>>,
+    /// The recording, when there is one: silences and acknowledgements go into it for
+    /// `vigia replay`.
+    pub recorder: std::sync::OnceLock<Arc<crate::record::Recorder>>,
 }
 
 impl AlertStatus {
@@ -315,6 +318,14 @@ pub fn start(
         }
     }
     policy.silences = silences;
+    if let Some(r) = status.recorder.get() {
+        // The silences in force when this stage starts (the engine's start, a reload):
+        // a replay from here on knows them.
+        let now = unix_ms();
+        for s in policy.silences.active(now) {
+            r.note(now, serde_json::json!({ "silence": s }));
+        }
+    }
     // An acknowledgement holds while its failure lasts: one whose check recovered (or
     // left the config) while the engine was stopped is forgotten.
     let mut stale = Vec::new();
@@ -508,6 +519,18 @@ impl Pipeline {
         }
         for r in &replies {
             crate::silences::log(r, &self.tz);
+            if let Some(rec) = self.status.recorder.get() {
+                match r {
+                    Reply::Silence(s) => rec.note(now, serde_json::json!({ "silence": s })),
+                    Reply::Removed { id } => rec.note(now, serde_json::json!({ "unsilence": id })),
+                    Reply::Acked {
+                        check,
+                        ack,
+                        already: false,
+                    } => rec.note(now, serde_json::json!({ "ack": check, "by": ack.by })),
+                    _ => {}
+                }
+            }
         }
         Ok(replies)
     }
