@@ -1,7 +1,8 @@
 //! The recording (`vigia run --record DIR`, `engine.record`): every check run — check,
 //! time, ok, severity, value, message, duration — as one JSON line: what each check
-//! saw, run by run, for whoever asks later why it was (or was not) alerted (a replay
-//! through the alert policy is the next step).
+//! saw, run by run, for whoever asks later why it was (or was not) alerted (`vigia replay`,
+//! `replay.rs`, feeds it back through the alert policy). Alerting adds the silences and
+//! acknowledgements (`Recorder::note`).
 //!
 //! A run only formats its line and appends it to a buffer (one short lock); a thread of
 //! its own writes the buffer out every 250 ms into `DIR/record-<unix ms>-<n>.jsonl`, starts
