@@ -67,18 +67,11 @@ fn every_run_is_recorded_with_its_outcome() {
         e.iter().any(|e| e["event"] == "delivered")
     });
     // A silence goes into the recording too, for a replay to apply.
-    let out = std::process::Command::new(vigia_bin())
-        .args([
-            "silence", "add", "web", "--for", "1h", "--reason", "deploy", "-c",
-        ])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = vigia(
+        &["silence", "add", "web", "--for", "1h", "--reason", "deploy"],
+        &config,
     );
+    assert!(out.status.success(), "{out:?}");
     wait_rounds(&config, 2, Duration::from_secs(20));
     engine.signal(libc::SIGTERM);
     assert_eq!(engine.wait_exit(Duration::from_secs(20)), Some(0));
