@@ -12,18 +12,8 @@ use crate::alert::policy::{Item, Message, Policy, PolicyConfig};
 use crate::alert::template::{Flavor, Templates};
 use crate::alert::AlertEvent;
 use crate::silence::Silence;
+pub use crate::status::CheckSpec;
 use crate::status::{CheckState, Transition};
-
-/// What replay needs of a check: its name and the settings of its state machine (the
-/// alert settings are in the policy's config).
-#[derive(Clone, Debug)]
-pub struct CheckSpec {
-    pub name: Arc<str>,
-    pub group: Option<Arc<str>>,
-    pub threshold: u32,
-    pub recover_after: u32,
-    pub comment: Arc<str>,
-}
 
 /// A message that would have gone out.
 #[derive(Clone, Debug)]
@@ -157,24 +147,15 @@ impl Replay {
         if transition == Transition::Failed {
             state.failed_message = Some(message.to_string());
         }
-        let event = AlertEvent {
-            host: self.host.clone(),
-            check: spec.name.clone(),
-            group: spec.group.clone(),
+        let event = AlertEvent::of_transition(
+            self.host.clone(),
+            spec,
             transition,
-            message: message.to_string(),
+            message,
             value,
-            failures: state.failures,
-            threshold: spec.threshold,
-            successes: state.successes,
-            recover_after: spec.recover_after,
-            comment: spec.comment.clone(),
-            at: state.changed_at,
-            previous_duration_ms: state.changed_at.saturating_sub(previous_change),
-            failed_message: state.failed_message.clone(),
-            transcript: None,
-            ack: None,
-        };
+            state,
+            previous_change,
+        );
         self.timeline[check].push(Change {
             at: now,
             status: state.status,

@@ -5,6 +5,8 @@
 //! false, `recover_after` consecutive successes flip it back: one `Recovered`. Nothing
 //! else produces a transition, so nothing else produces an alert.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use vigia_api::Severity;
 
@@ -22,6 +24,17 @@ impl Transition {
             Transition::Recovered => "recovered",
         }
     }
+}
+
+/// A check as its state machine and its alert events see it: its name and settings
+/// (the alert settings are in the policy's config).
+#[derive(Clone, Debug)]
+pub struct CheckSpec {
+    pub name: Arc<str>,
+    pub group: Option<Arc<str>>,
+    pub threshold: u32,
+    pub recover_after: u32,
+    pub comment: Arc<str>,
 }
 
 /// The last run of a check.

@@ -203,24 +203,22 @@ impl Journal {
             let Some(transition) = o.transition else {
                 continue;
             };
-            let event = AlertEvent {
-                host: host.clone(),
-                check: o.spec.name.clone(),
+            let spec = vigia_core::status::CheckSpec {
+                name: o.spec.name.clone(),
                 group: o.spec.group.clone(),
-                transition,
-                message: o.outcome.message.clone(),
-                value: o.outcome.value,
-                failures: o.state.failures,
                 threshold: o.spec.threshold,
-                successes: o.state.successes,
                 recover_after: o.spec.recover_after,
                 comment: o.spec.comment.clone(),
-                at: o.state.changed_at,
-                previous_duration_ms: o.state.changed_at.saturating_sub(o.previous_change),
-                failed_message: o.state.failed_message.clone(),
-                transcript: None,
-                ack: None,
             };
+            let event = AlertEvent::of_transition(
+                host.clone(),
+                &spec,
+                transition,
+                &o.outcome.message,
+                o.outcome.value,
+                &o.state,
+                o.previous_change,
+            );
             ops.extend(self.history.as_ref().and_then(|h| {
                 h.transition_op(
                     &o.spec.name,

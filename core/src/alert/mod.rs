@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::status::Transition;
+use crate::status::{CheckSpec, CheckState, Transition};
 
 pub mod policy;
 pub mod template;
@@ -42,6 +42,40 @@ pub struct AlertEvent {
     /// For a recovery: who had acknowledged the failure, and when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack: Option<Ack>,
+}
+
+impl AlertEvent {
+    /// The event of the transition `state.record` just returned (`state` is the check's
+    /// state after the run, `previous_change` its `changed_at` before it): the one way
+    /// the engine's journal and the replay build it.
+    pub fn of_transition(
+        host: Arc<str>,
+        check: &CheckSpec,
+        transition: Transition,
+        message: &str,
+        value: Option<f64>,
+        state: &CheckState,
+        previous_change: u64,
+    ) -> AlertEvent {
+        AlertEvent {
+            host,
+            check: check.name.clone(),
+            group: check.group.clone(),
+            transition,
+            message: message.to_string(),
+            value,
+            failures: state.failures,
+            threshold: check.threshold,
+            successes: state.successes,
+            recover_after: check.recover_after,
+            comment: check.comment.clone(),
+            at: state.changed_at,
+            previous_duration_ms: state.changed_at.saturating_sub(previous_change),
+            failed_message: state.failed_message.clone(),
+            transcript: None,
+            ack: None,
+        }
+    }
 }
 
 /// Someone said they are on it: an acknowledgement of one failure. It stops that
