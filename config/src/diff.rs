@@ -47,6 +47,7 @@ pub struct Running {
     pub alerting: u64,
     pub remediation: u64,
     pub http: crate::http::HttpConfig,
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Running {
@@ -56,12 +57,17 @@ impl Running {
             alerting: config.alerting.fingerprint,
             remediation: config.remediation.fingerprint,
             http: config.http.clone(),
+            cluster: config.cluster.clone(),
         }
     }
 
     /// The diff from this config to `new` (checks aside: see the module's doc).
     pub fn diff(&self, new: &Config) -> ConfigDiff {
-        let (engine_live, needs_restart) = engine_keys(&self.engine, &new.engine);
+        let (engine_live, mut needs_restart) = engine_keys(&self.engine, &new.engine);
+        // A replica's connection, identity and leases are made once, at start.
+        if self.cluster != new.cluster {
+            needs_restart.push("cluster".to_string());
+        }
         ConfigDiff {
             engine_live,
             needs_restart,

@@ -25,6 +25,7 @@ use vigia_api::{
 };
 
 pub mod alerting;
+pub mod cluster;
 pub mod diff;
 pub mod http;
 pub mod remediation;
@@ -168,6 +169,14 @@ pub struct CommonCheckConfig {
     /// A Lua runbook (from `runbooks:`) run on both changes of status.
     #[serde(default)]
     pub runbook: Option<String>,
+    /// In a cluster: run only on the replica whose config has it (default: true for
+    /// process checks, the VRRP and csync2 scripts and checks with remediation; false,
+    /// placed by the cluster, for the rest). Standalone engines ignore it.
+    #[serde(default)]
+    pub pinned: Option<bool>,
+    /// Labels to select checks by in `vigia cluster start/stop --label k=v`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl CommonCheckConfig {
@@ -289,6 +298,8 @@ pub struct Config {
     pub remediation: crate::remediation::RemediationSetup,
     /// `http:`: the API, `/metrics` and the status page.
     pub http: crate::http::HttpConfig,
+    /// `cluster:`; `None`: standalone.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// The file held no YAML at all (empty, or only comments and blanks): an editor
     /// that truncates before it writes shows this for a moment.
     pub blank: bool,
@@ -305,6 +316,7 @@ const TOP_KEYS: &[&str] = &[
     "actions",
     "commands",
     "http",
+    "cluster",
     "checks",
 ];
 
@@ -468,6 +480,7 @@ impl Config {
         let commands = Arc::new(commands);
         let remediation = crate::remediation::parse(&root, &config_dir, &commands, &mut errors);
         let http = crate::http::parse(&root, &config_dir, &mut errors);
+        let cluster = crate::cluster::parse(&root, &config_dir, &mut errors);
         let config = Config {
             file: file.to_path_buf(),
             engine,
@@ -476,6 +489,7 @@ impl Config {
             alerting,
             remediation,
             http,
+            cluster,
             blank: matches!(root.value, vigia_api::yaml::Value::Null),
             root,
         };
@@ -778,6 +792,9 @@ impl Config {
                             ));
                             continue;
                         }
+                        let pinned = c.pinned.unwrap_or_else(|| {
+                            pinned_by_default(factory.kind(), b.source.as_deref(), c.remedy().is_some())
+                        });
                         let planned = PlannedCheck {
                             name: b.name.into(),
                             group: b.group.map(Into::into),
@@ -792,6 +809,8 @@ impl Config {
                                 .into(),
                             source: b.source.map(Into::into),
                             alerting: c.alerting(),
+                            pinned,
+                            labels: (!c.labels.is_empty()).then(|| Arc::new(c.labels.clone())),
                             remedy: c.remedy(),
                             // The target too: a terminal renamed in ips.txt (same
                             // address) is a changed check, not a kept one. And the
@@ -847,7 +866,9 @@ impl Config {
                     continue;
                 }
                 let schedule = format!("{:?}", b.settings);
+                let pinned = pinned_by_default("lua", Some(&src), false);
                 checks.push(PlannedCheck {
+                    pinned,
                     fingerprint: b.version ^ fnv1a(&schedule) ^ fnv1a(b.check.target()),
                     name: b.name.into(),
                     group: None,
@@ -861,6 +882,7 @@ impl Config {
                     source: Some(src.into()),
                     alerting: None,
                     remedy: None,
+                    labels: None,
                 });
             }
         }
@@ -951,6 +973,17 @@ impl Registry {
     }
 }
 
+/// Whether a check stays on its own replica unless its entry says `pinned: false`:
+/// what reads this machine (processes; the shipped VRRP and csync2 scripts) or acts
+/// on it (remediation).
+pub fn pinned_by_default(kind: &str, source: Option<&Path>, remedy: bool) -> bool {
+    let script = source
+        .and_then(Path::file_stem)
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    remedy || kind == "process" || script.starts_with("vrrp") || script.starts_with("csync2")
+}
+
 /// A check ready to schedule.
 #[derive(Clone)]
 pub struct PlannedCheck {
@@ -971,6 +1004,10 @@ pub struct PlannedCheck {
     pub alerting: Option<Arc<CheckAlerting>>,
     /// `on_failed`, `on_recovered`.
     pub remedy: Option<Arc<CheckRemedy>>,
+    /// In a cluster, whether it runs only here (see `CommonCheckConfig::pinned`).
+    pub pinned: bool,
+    /// `labels:`; `None` when it has none.
+    pub labels: Option<Arc<BTreeMap<String, String>>>,
     /// The fingerprint of the config entry it came from: equal fingerprints mean an
     /// unchanged check on reload. (A hash, not the node: a node per check would cost
     /// kilobytes at 10 000 checks.)

@@ -23,6 +23,7 @@ pub mod alert;
 pub mod command;
 pub mod history;
 pub mod remedy;
+pub mod placement;
 pub mod replay;
 pub mod silence;
 pub mod snapshot;

@@ -85,6 +85,8 @@ fn planned(factory: &LuaFactory, file: &Path, ctx: &BuildContext, name: &str) ->
         source: None,
         alerting: None,
         remedy: None,
+        pinned: false,
+        labels: None,
         fingerprint: 0,
     }
 }

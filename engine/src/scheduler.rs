@@ -969,6 +969,8 @@ mod size_tests {
             source: None,
             alerting: None,
             remedy: None,
+            pinned: false,
+            labels: None,
             fingerprint: 0,
         });
         let slot = Slot::new(spec, None);

@@ -98,6 +98,8 @@ fn planned(
         source: None,
         alerting: None,
         remedy: None,
+        pinned: false,
+        labels: None,
         fingerprint: Node::parse(&format!("name: {name}\nversion: {version}"))
             .unwrap()
             .fingerprint(),
