@@ -110,7 +110,10 @@ pub fn parse(root: &Node, config_dir: &Path, errors: &mut ConfigErrors) -> Optio
         .filter(|u| !u.is_empty())
         .collect();
     if nats.is_empty() {
-        err("nats", "give the NATS server's URL, e.g. nats://127.0.0.1:4222".into());
+        err(
+            "nats",
+            "give the NATS server's URL, e.g. nats://127.0.0.1:4222".into(),
+        );
     }
     for u in &nats {
         let scheme_ok = ["nats://", "tls://", "ws://", "wss://"]
@@ -125,7 +128,10 @@ pub fn parse(root: &Node, config_dir: &Path, errors: &mut ConfigErrors) -> Optio
     }
     if let Some(id) = &s.replica_id {
         if !valid_token(id) {
-            err("replica_id", format!("`{id}`: use letters, digits, `-` and `_` (at most 64)"));
+            err(
+                "replica_id",
+                format!("`{id}`: use letters, digits, `-` and `_` (at most 64)"),
+            );
         }
     }
     if s.capacity == 0 {
@@ -134,7 +140,10 @@ pub fn parse(root: &Node, config_dir: &Path, errors: &mut ConfigErrors) -> Optio
     let heartbeat = s.heartbeat.unwrap_or(Dur::secs(1));
     let lease = s.lease.unwrap_or(Dur::secs(3));
     if heartbeat.get() < Duration::from_millis(200) || heartbeat.get() > Duration::from_secs(60) {
-        err("heartbeat", format!("{heartbeat} is out of range (200ms-60s)"));
+        err(
+            "heartbeat",
+            format!("{heartbeat} is out of range (200ms-60s)"),
+        );
     }
     // A bucket's max_age is whole seconds on the server; two heartbeats may be missed.
     if lease.get() < heartbeat.get() * 2 || lease.get() < Duration::from_secs(2) {
@@ -144,14 +153,23 @@ pub fn parse(root: &Node, config_dir: &Path, errors: &mut ConfigErrors) -> Optio
         );
     }
     if lease.get().subsec_millis() != 0 {
-        err("lease", format!("{lease}: NATS keeps whole seconds, say e.g. 3s"));
+        err(
+            "lease",
+            format!("{lease}: NATS keeps whole seconds, say e.g. 3s"),
+        );
     }
     for (k, v) in &s.labels {
         if !valid_token(k) {
-            err("labels", format!("label `{k}`: use letters, digits, `-` and `_`"));
+            err(
+                "labels",
+                format!("label `{k}`: use letters, digits, `-` and `_`"),
+            );
         }
         if v.is_empty() || v.contains(char::is_whitespace) {
-            err("labels", format!("label `{k}` has the value `{v}`: give a word"));
+            err(
+                "labels",
+                format!("label `{k}` has the value `{v}`: give a word"),
+            );
         }
     }
     if s.credentials.is_some() as u8 + s.token_file.is_some() as u8 + s.user.is_some() as u8 > 1 {
@@ -168,7 +186,10 @@ pub fn parse(root: &Node, config_dir: &Path, errors: &mut ConfigErrors) -> Optio
     }
     let prefix = s.prefix.unwrap_or_else(|| "vigia".into());
     if !valid_token(&prefix) {
-        err("prefix", format!("`{prefix}`: use letters, digits, `-` and `_`"));
+        err(
+            "prefix",
+            format!("`{prefix}`: use letters, digits, `-` and `_`"),
+        );
     }
     let abs = |p: Option<PathBuf>| {
         p.map(|f| match f.is_absolute() {

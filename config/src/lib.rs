@@ -224,6 +224,8 @@ pub const COMMON_KEYS: &[&str] = &[
     "on_failed",
     "on_recovered",
     "runbook",
+    "pinned",
+    "labels",
 ];
 
 fn default_interval() -> Dur {
@@ -793,7 +795,11 @@ impl Config {
                             continue;
                         }
                         let pinned = c.pinned.unwrap_or_else(|| {
-                            pinned_by_default(factory.kind(), b.source.as_deref(), c.remedy().is_some())
+                            pinned_by_default(
+                                factory.kind(),
+                                b.source.as_deref(),
+                                c.remedy().is_some(),
+                            )
                         });
                         let planned = PlannedCheck {
                             name: b.name.into(),

@@ -22,8 +22,8 @@
 pub mod alert;
 pub mod command;
 pub mod history;
-pub mod remedy;
 pub mod placement;
+pub mod remedy;
 pub mod replay;
 pub mod silence;
 pub mod snapshot;

@@ -121,8 +121,16 @@ impl Placement {
     /// mean (rounded up) to those below it (rounded down), draining ones emptied.
     /// `assigned`: check → replica. Returns (check, from, to), the checks taken in name
     /// order from the fullest replica.
-    pub fn rebalance(&mut self, assigned: &BTreeMap<String, String>) -> Vec<(String, String, String)> {
-        let takers: Vec<Replica> = self.replicas.iter().filter(|r| !r.draining).cloned().collect();
+    pub fn rebalance(
+        &mut self,
+        assigned: &BTreeMap<String, String>,
+    ) -> Vec<(String, String, String)> {
+        let takers: Vec<Replica> = self
+            .replicas
+            .iter()
+            .filter(|r| !r.draining)
+            .cloned()
+            .collect();
         if takers.is_empty() {
             return Vec::new();
         }
@@ -198,7 +206,11 @@ impl std::fmt::Display for StartSummary {
             let mut reasons: Vec<&str> = self.refused.iter().map(|(_, r)| r.as_str()).collect();
             reasons.sort();
             reasons.dedup();
-            parts.push(format!("{} refused ({})", self.refused.len(), reasons.join("; ")));
+            parts.push(format!(
+                "{} refused ({})",
+                self.refused.len(),
+                reasons.join("; ")
+            ));
         }
         if !self.unknown.is_empty() {
             parts.push(format!(
@@ -245,7 +257,10 @@ mod tests {
         );
         p.release("b");
         assert_eq!(p.start(), Ok("b".to_string()));
-        assert_eq!(Placement::new(vec![], [], 0).start(), Err(Refusal::NoReplica));
+        assert_eq!(
+            Placement::new(vec![], [], 0).start(),
+            Err(Refusal::NoReplica)
+        );
     }
 
     #[test]
@@ -266,8 +281,9 @@ mod tests {
 
     #[test]
     fn rebalance_evens_out_a_joined_replica_within_one() {
-        let assigned: BTreeMap<String, String> =
-            (0..31).map(|i| (format!("c{i:02}"), "a".to_string())).collect();
+        let assigned: BTreeMap<String, String> = (0..31)
+            .map(|i| (format!("c{i:02}"), "a".to_string()))
+            .collect();
         let mut p = Placement::new(
             replicas(&[("a", 100), ("b", 100), ("c", 100)]),
             assigned.values().map(String::as_str),
@@ -275,7 +291,10 @@ mod tests {
         );
         let moves = p.rebalance(&assigned);
         let loads = [p.load_of("a"), p.load_of("b"), p.load_of("c")];
-        assert!(loads.iter().max().unwrap() - loads.iter().min().unwrap() <= 1, "{loads:?}");
+        assert!(
+            loads.iter().max().unwrap() - loads.iter().min().unwrap() <= 1,
+            "{loads:?}"
+        );
         assert_eq!(moves.len(), 31 - loads[0]);
         // Balanced already: nothing moves.
         let mut now = assigned.clone();
@@ -295,9 +314,15 @@ mod tests {
         let s = StartSummary {
             asked: 5,
             started: vec![("x".into(), "a".into()); 3],
-            refused: vec![("y".into(), Refusal::AtCapacity), ("z".into(), Refusal::AtCapacity)],
+            refused: vec![
+                ("y".into(), Refusal::AtCapacity),
+                ("z".into(), Refusal::AtCapacity),
+            ],
             ..Default::default()
         };
-        assert_eq!(s.to_string(), "started 3 of 5: 2 refused (all replicas at capacity)");
+        assert_eq!(
+            s.to_string(),
+            "started 3 of 5: 2 refused (all replicas at capacity)"
+        );
     }
 }

@@ -91,6 +91,11 @@ impl StatusBook {
         expired
     }
 
+    /// A check's whole state (the cluster hands it to the check's next owner).
+    pub(crate) fn state(&self, name: &str) -> Option<CheckState> {
+        self.map.get(name).map(|e| e.clone())
+    }
+
     /// The state a check keeps between runs (a script's `ctx.state`).
     pub(crate) fn saved_state(&self, name: &str) -> Option<String> {
         self.map.get(name).and_then(|e| e.state.clone())

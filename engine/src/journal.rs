@@ -29,6 +29,17 @@ pub struct Journal {
     /// Result history (when on): its open minutes and closed buckets are written every
     /// [`crate::history::FLUSH_MS`], its transitions with the batch that made them.
     pub history: Option<Arc<crate::history::History>>,
+    /// In a cluster: who may still commit a floating check's result (see [`Fence`]).
+    pub fence: Option<Arc<dyn Fence>>,
+}
+
+/// Decides, before a batch is committed, which observations this engine may still
+/// commit: in a cluster, a floating check's result counts only while this replica
+/// owns the check (the cluster writes the check's state with the revision it last
+/// wrote; a stale owner's write is refused and its result dropped, with whatever
+/// alert or remediation it would have made). The journal knows nothing more of it.
+pub trait Fence: Send + Sync {
+    fn admit(&self, batch: Vec<Observation>) -> futures::future::BoxFuture<'_, Vec<Observation>>;
 }
 
 /// Whether the store can be written, as the journal last found it.
@@ -187,6 +198,9 @@ impl Journal {
     }
 
     async fn commit(&self, batch: &mut Vec<Observation>, pending: &mut Pending) {
+        if let Some(fence) = &self.fence {
+            *batch = fence.admit(std::mem::take(batch)).await;
+        }
         let host = self.host.borrow().clone();
         let mut ops: Vec<Op> = batch
             .iter()

@@ -10,6 +10,7 @@ pub mod alloc;
 pub mod book;
 pub mod bus;
 pub mod clock;
+pub mod cluster;
 pub mod console;
 pub mod control;
 pub mod fds;

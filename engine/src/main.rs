@@ -140,6 +140,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The cluster (`cluster:` in the config): its replicas, where the floating checks
+    /// run, and the commands of its replica scheduler. Talks to NATS, not to a local
+    /// engine, so it works from any machine with the config.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell); the
     /// Debian package installs them.
     #[command(hide = true)]
@@ -147,6 +154,70 @@ enum Command {
     /// Print the man page vigia(1), in roff.
     #[command(hide = true)]
     Man,
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// The live replicas (checks placed, capacity, leader, draining), and the checks
+    /// stopped, waiting for room, or moving.
+    Status {
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// How many checks a replica runs, asked of it now (every live one without REPLICA).
+    Info { replica: Option<String> },
+    /// Start floating checks: round-robin over the replicas, skipping those at capacity;
+    /// says how many started and why the others did not.
+    Start(SelectArgs),
+    /// Stop floating checks where they run; they stay stopped (over restarts) until
+    /// `start`. A check not running anywhere is "not monitored".
+    Stop(SelectArgs),
+    /// Move every floating check off REPLICA; it takes no new ones until `undrain`.
+    Drain { replica: String },
+    /// Let REPLICA take checks again (it gets some at the next `rebalance`).
+    Undrain { replica: String },
+    /// Move checks so that every replica runs about as many (within capacity).
+    Rebalance {
+        /// Only say what would move.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct SelectArgs {
+    /// Check names, or group names (all members of the group).
+    checks: Vec<String>,
+    /// Checks with this label, e.g. --label company=acme (repeatable: all must match).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Every floating check of the config.
+    #[arg(long)]
+    all: bool,
+}
+
+impl SelectArgs {
+    fn selector(self) -> Result<vigia_engine::cluster::Selector, String> {
+        let mut labels = std::collections::BTreeMap::new();
+        for l in &self.labels {
+            let Some((k, v)) = l.split_once('=') else {
+                return Err(format!(
+                    "--label {l}: give KEY=VALUE, e.g. --label company=acme"
+                ));
+            };
+            labels.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        let sel = vigia_engine::cluster::Selector {
+            checks: self.checks,
+            labels,
+            all: self.all,
+        };
+        if sel.is_empty() {
+            return Err("name checks or groups, or give --label KEY=VALUE or --all".into());
+        }
+        Ok(sel)
+    }
 }
 
 #[derive(Subcommand)]
@@ -228,6 +299,7 @@ fn main() -> ExitCode {
             Command::Plugins => cmd_plugins(),
             Command::Silence { cmd } => cmd_silence(&cli.config, cmd).await,
             Command::Ack { name } => cmd_ack(&cli.config, &name).await,
+            Command::Cluster { cmd } => cmd_cluster(&cli.config, cmd).await,
             Command::Replay {
                 dir,
                 from,
@@ -721,6 +793,53 @@ fn cli_user() -> String {
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "unknown".into());
     format!("cli:{user}")
+}
+
+async fn cmd_cluster(path: &Path, cmd: ClusterCmd) -> ExitCode {
+    use vigia_engine::cluster::{self, ClusterCommand};
+    let cfg = match Config::load(path) {
+        Ok(c) => match c.cluster {
+            Some(cl) => cl,
+            None => {
+                eprintln!(
+                    "vigia: {} has no `cluster:` section: this engine runs standalone",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        },
+        Err(e) => {
+            eprintln!("vigia: the config has problems:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = &cfg;
+    let command = |c: ClusterCommand| async move { cluster::command(cfg, &c).await };
+    let result = match cmd {
+        ClusterCmd::Status { json } => cluster::status(cfg, json).await,
+        ClusterCmd::Info { replica } => cluster::info(cfg, replica.as_deref()).await,
+        ClusterCmd::Start(a) => match a.selector() {
+            Ok(s) => command(ClusterCommand::Start(s)).await,
+            Err(e) => Err(e),
+        },
+        ClusterCmd::Stop(a) => match a.selector() {
+            Ok(s) => command(ClusterCommand::Stop(s)).await,
+            Err(e) => Err(e),
+        },
+        ClusterCmd::Drain { replica } => command(ClusterCommand::Drain(replica)).await,
+        ClusterCmd::Undrain { replica } => command(ClusterCommand::Undrain(replica)).await,
+        ClusterCmd::Rebalance { dry_run } => command(ClusterCommand::Rebalance { dry_run }).await,
+    };
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vigia: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 async fn cmd_ack(path: &Path, name: &str) -> ExitCode {

@@ -223,6 +223,16 @@ impl SchedulerShared {
         })
     }
 
+    /// How many scheduled checks satisfy `f`, counted now.
+    pub fn count_running(&self, f: impl Fn(&PlannedCheck) -> bool) -> usize {
+        self.running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| f(&s.spec))
+            .count()
+    }
+
     /// Runs `name` now, outside its schedule, and records the outcome like any run:
     /// its snapshot after the run. A run of it in progress ends first (a check never
     /// overlaps itself); a tick that comes during this run is skipped, as the check

@@ -17,7 +17,7 @@
 //! end when the bus closes; running actions finish) → alerting (drains its queues) →
 //! senders (a few seconds to deliver; the rest stays in the outbox).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -196,6 +196,32 @@ struct Engine {
     http_listen: Option<std::net::SocketAddr>,
     /// The Telegram consoles (channels with `commands: true`), rebuilt with alerting.
     consoles: Option<crate::console::Consoles>,
+    /// In a cluster: the member task, and the whole plan (the scheduler runs its
+    /// pinned checks and the floating ones placed here).
+    cluster: Option<ClusterRun>,
+}
+
+struct ClusterRun {
+    member: crate::cluster::MemberHandle,
+    plan: Plan,
+}
+
+/// What the scheduler runs: every check standalone; in a cluster the pinned ones and
+/// the floating ones placed here.
+fn scheduled(plan: &Plan, assigned: Option<&BTreeSet<Arc<str>>>) -> Plan {
+    match assigned {
+        None => plan.clone(),
+        Some(a) => Plan {
+            checks: plan
+                .checks
+                .iter()
+                .filter(|c| c.pinned || a.contains(&c.name))
+                .cloned()
+                .collect(),
+            files: plan.files.clone(),
+            broken: plan.broken.clone(),
+        },
+    }
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -212,7 +238,28 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let state_dir = config.engine.state_dir.clone();
     let store = Arc::new(open_store(&state_dir).await?);
     let book = StatusBook::new();
-    restore(&book, &store, &plan, store.load_checks()?).await;
+    // In a cluster, the floating checks' states come from NATS when they are placed
+    // here; what the local store has of them is only kept aside.
+    let nats = match &config.cluster {
+        Some(c) => {
+            let id = c.replica_id.clone().unwrap_or_else(|| host.to_string());
+            let nats = crate::cluster::connect(c, &format!("vigia {id}"))
+                .await
+                .map_err(|e| anyhow::anyhow!("the cluster cannot start: {e}"))?;
+            tracing::info!(event = "cluster_joined", replica = %id, nats = %c.nats.join(","), "Joined the cluster at {} as {id} (capacity {}).", c.nats.join(","), c.capacity);
+            Some((nats, c.clone(), id))
+        }
+        None => None,
+    };
+    let no_assignment = BTreeSet::new();
+    let assigned0 = nats.as_ref().map(|_| &no_assignment);
+    restore(
+        &book,
+        &store,
+        &scheduled(&plan, assigned0),
+        store.load_checks()?,
+    )
+    .await;
     let history = Arc::new(crate::history::History::load(store.clone())?);
     history.configure(plan.checks.iter().map(|c| &c.name), unix_ms());
 
@@ -280,6 +327,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         remedy_events,
     );
     let logger = start_logger(&book, &host_rx, &config, log_events);
+    let cluster = nats.map(|(nats, cfg, id)| ClusterRun {
+        member: crate::cluster::Member::start(
+            nats,
+            cfg,
+            id,
+            host.to_string(),
+            book.clone(),
+            tasks.clone(),
+            &plan.checks,
+        ),
+        plan: plan.clone(),
+    });
     let journal_stop = CancellationToken::new();
     let store_health = Arc::new(crate::journal::StoreHealth::default());
     let journal = tokio::spawn(
@@ -289,6 +348,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             bus,
             health: store_health.clone(),
             history: config.engine.history.then(|| history.clone()),
+            fence: cluster
+                .as_ref()
+                .map(|c| c.member.member.clone() as Arc<dyn crate::journal::Fence>),
         }
         .run(observations_rx, journal_stop.clone()),
     );
@@ -310,7 +372,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let control = control::serve(&socket_path, door.clone(), control_stop.clone())
         .with_context(|| format!("cannot open the control socket {}", socket_path.display()))?;
 
-    scheduler.apply(&plan);
+    scheduler.apply(&scheduled(&plan, assigned0));
     let mut engine = Engine {
         config_file: opts.config.clone(),
         registry,
@@ -337,6 +399,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         http: None,
         http_listen: opts.http_listen,
         consoles: None,
+        cluster,
     };
     engine.refresh_door();
     engine.consoles = Some(crate::console::Consoles::start(
@@ -398,7 +461,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 None => std::future::pending().await,
             }
         };
+        let placed = async {
+            match engine.cluster.as_mut() {
+                Some(c) => c.member.assigned.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            true = placed => engine.apply_placement(),
             _ = hup.recv() => {
                 systemd::notify("RELOADING=1");
                 tracing::info!(event = "reload", "SIGHUP received: reloading {}.", opts.config.display());
@@ -450,6 +520,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // The journal commits and publishes what the checks left queued; the bus closes.
     journal_stop.cancel();
     let _ = journal.await;
+    // After the last results are fenced and committed: the checks' states are handed
+    // back for the next owner.
+    if let Some(c) = engine.cluster.take() {
+        c.member.stop().await;
+    }
     if let Some(l) = engine.logger.take() {
         let _ = l.handle.await;
     }
@@ -608,6 +683,20 @@ impl Engine {
         }
     }
 
+    /// The cluster placed checks here or moved some away: the scheduler runs the new
+    /// set (taken-over checks start at once, from the state their last owner left).
+    fn apply_placement(&mut self) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let assigned = c.member.assigned.borrow_and_update().clone();
+        let s = self.scheduler.apply(&scheduled(&c.plan, Some(&assigned)));
+        if s.added > 0 || !s.removed.is_empty() {
+            tracing::info!(event = "cluster_checks", added = s.added, removed = s.removed.len(), running = assigned.len(), "Placement changed: {} floating checks started here, {} stopped here; {} run here now.", s.added, s.removed.len(), assigned.len());
+        }
+        self.refresh_door();
+    }
+
     /// SIGHUP or a saved file: build the new config aside; apply it only if it is
     /// entirely valid, as the diff with the running one says. `Err` only when a stage
     /// could not be handed over (its task died): the engine then stops.
@@ -658,7 +747,15 @@ impl Engine {
         self.tasks.set_max_concurrent(e.max_concurrent_checks);
 
         // The checks first: a rebuilt alerting stage then sees the new set.
-        let summary = self.scheduler.apply(&plan);
+        let summary = match self.cluster.as_mut() {
+            Some(c) => {
+                c.member.member.set_checks(&plan.checks);
+                c.plan = plan.clone();
+                let assigned = c.member.assigned.borrow().clone();
+                self.scheduler.apply(&scheduled(&plan, Some(&assigned)))
+            }
+            None => self.scheduler.apply(&plan),
+        };
         self.refresh_door();
         self.door
             .history

@@ -1,0 +1,913 @@
+//! A replica's member task: its heartbeat, the leader's lease and placement, the
+//! checks placed here taken over (their state loaded before their first run) and
+//! released, the fence every floating result passes, and the answers to `info` and
+//! to the cluster commands (the leader's).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use vigia_config::cluster::ClusterConfig;
+use vigia_config::PlannedCheck;
+use vigia_core::placement::{Placement, Replica, StartSummary};
+use vigia_core::status::CheckState;
+
+use super::client::{ClusterCommand, Selector};
+use super::{key_of, name_of, CheckRecord, Nats, PlaceRecord, ReplicaRecord};
+use crate::book::StatusBook;
+use crate::clock::unix_ms;
+use crate::scheduler::{Observation, SchedulerShared};
+use crate::store::StoredCheck;
+
+/// What placement needs of a floating check of the config.
+#[derive(Clone, Debug)]
+struct Floating {
+    group: Option<Arc<str>>,
+    labels: Option<Arc<BTreeMap<String, String>>>,
+}
+
+/// The set of floating checks placed here and taken over: what the scheduler runs
+/// (with the pinned ones).
+pub type Assigned = Arc<BTreeSet<Arc<str>>>;
+
+pub struct Member {
+    pub nats: Nats,
+    pub id: String,
+    cfg: ClusterConfig,
+    host: String,
+    book: Arc<StatusBook>,
+    tasks: Arc<SchedulerShared>,
+    floating: Mutex<Arc<BTreeMap<Arc<str>, Floating>>>,
+    pinned: Mutex<usize>,
+    /// Floating checks owned here → the revision of their record we last wrote.
+    owned: Mutex<HashMap<Arc<str>, u64>>,
+    /// The placements as the watch last showed them: check → (record, revision).
+    places: Mutex<BTreeMap<String, (PlaceRecord, u64)>>,
+    /// The replicas alive at the last look.
+    live: Mutex<BTreeMap<String, ReplicaRecord>>,
+    assigned: watch::Sender<Assigned>,
+    wake: Notify,
+    started: Instant,
+    started_ms: u64,
+}
+
+/// The running member: its task and what it tells the supervisor.
+pub struct MemberHandle {
+    pub member: Arc<Member>,
+    /// The floating checks to run here.
+    pub assigned: watch::Receiver<Assigned>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    watcher: JoinHandle<()>,
+}
+
+impl MemberHandle {
+    /// Leaves the cluster: releases its checks (their state stays for the next owner),
+    /// drops its heartbeat and, if it leads, the lease, so the others need not wait.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        self.watcher.abort();
+    }
+}
+
+impl Member {
+    pub fn start(
+        nats: Nats,
+        cfg: ClusterConfig,
+        id: String,
+        host: String,
+        book: Arc<StatusBook>,
+        tasks: Arc<SchedulerShared>,
+        checks: &[PlannedCheck],
+    ) -> MemberHandle {
+        let (assigned, rx) = watch::channel(Arc::new(BTreeSet::new()));
+        let member = Arc::new(Member {
+            nats,
+            id,
+            cfg,
+            host,
+            book,
+            tasks,
+            floating: Mutex::default(),
+            pinned: Mutex::new(0),
+            owned: Mutex::default(),
+            places: Mutex::default(),
+            live: Mutex::default(),
+            assigned,
+            wake: Notify::new(),
+            started: Instant::now(),
+            started_ms: unix_ms(),
+        });
+        member.set_checks(checks);
+        let stop = CancellationToken::new();
+        let watcher = tokio::spawn(member.clone().watch_places());
+        let task = tokio::spawn(member.clone().run(stop.clone()));
+        MemberHandle {
+            member,
+            assigned: rx,
+            stop,
+            task,
+            watcher,
+        }
+    }
+
+    /// The config's checks (at start and after each reload): the floating ones are
+    /// the cluster's to place.
+    pub fn set_checks(&self, checks: &[PlannedCheck]) {
+        let floating: BTreeMap<Arc<str>, Floating> = checks
+            .iter()
+            .filter(|c| !c.pinned)
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    Floating {
+                        group: c.group.clone(),
+                        labels: c.labels.clone(),
+                    },
+                )
+            })
+            .collect();
+        *lock(&self.pinned) = checks.iter().filter(|c| c.pinned).count();
+        *lock(&self.floating) = Arc::new(floating);
+        self.wake.notify_one();
+    }
+
+    fn hb(&self) -> Duration {
+        self.cfg.heartbeat.get()
+    }
+
+    fn lease(&self) -> Duration {
+        self.cfg.lease.get()
+    }
+
+    /// Keeps `places` equal to the bucket: a watch of its last values and changes,
+    /// started again on an error (after a NATS restart the watch stalls for seconds)
+    /// and every minute (a reconcile, whatever the watch missed).
+    async fn watch_places(self: Arc<Self>) {
+        loop {
+            match self.nats.placements().await {
+                Ok(all) => {
+                    *lock(&self.places) = all;
+                    self.wake.notify_one();
+                }
+                Err(e) => {
+                    tracing::debug!(event = "cluster", "Reading placements: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+            let Ok(mut w) = self.nats.place.watch_all().await else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            let until = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let next = tokio::time::timeout_at(until, w.next()).await;
+                let Ok(Some(Ok(e))) = next else { break };
+                let Some(name) = name_of(&e.key) else {
+                    continue;
+                };
+                {
+                    let mut places = lock(&self.places);
+                    match e.operation {
+                        kv::Operation::Put => match serde_json::from_slice::<PlaceRecord>(&e.value)
+                        {
+                            Ok(r) => {
+                                places.insert(name, (r, e.revision));
+                            }
+                            Err(_) => continue,
+                        },
+                        _ => {
+                            places.remove(&name);
+                        }
+                    }
+                }
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let client = self.nats.client.clone();
+        let mut info = client
+            .subscribe(self.nats.info_subject(&self.id))
+            .await
+            .ok();
+        let mut cmds = client.subscribe(self.nats.cmd_subject(&self.id)).await.ok();
+        let mut tick = tokio::time::interval(self.hb() / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_beat: Option<Instant> = None;
+        let mut last_ok = Instant::now();
+        let mut cut_off = false;
+        let mut leader_rev: Option<u64> = None;
+        let mut rr = 0usize;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.wake.notified() => {}
+                Some(m) = next_msg(&mut info) => {
+                    self.answer_info(m).await;
+                    continue;
+                }
+                Some(m) = next_msg(&mut cmds) => {
+                    self.answer_command(m, leader_rev.is_some(), &mut rr).await;
+                    continue;
+                }
+                _ = stop.cancelled() => break,
+            }
+            if last_beat.is_none_or(|t| t.elapsed() >= self.hb()) {
+                last_beat = Some(Instant::now());
+                match self.beat().await {
+                    Ok(()) => {
+                        last_ok = Instant::now();
+                        if cut_off {
+                            cut_off = false;
+                            tracing::info!(event = "cluster_reachable", replica = %self.id, "NATS can be reached again: this replica takes part in the cluster again.");
+                        }
+                    }
+                    Err(e) if !cut_off && last_ok.elapsed() >= self.lease() => {
+                        cut_off = true;
+                        let n = self.assigned.borrow().len();
+                        lock(&self.owned).clear();
+                        self.assigned.send_replace(Arc::new(BTreeSet::new()));
+                        leader_rev = None;
+                        tracing::error!(event = "cluster_cut_off", replica = %self.id, stopped = n, "Cut off from NATS for {} ({e}): this replica's lease cannot be renewed, so its {n} floating checks stop here (the others take them over); pinned checks go on.", vigia_api::Dur(last_ok.elapsed()));
+                    }
+                    Err(e) => tracing::debug!(event = "cluster", "Heartbeat failed: {e}"),
+                }
+            }
+            if cut_off {
+                continue;
+            }
+            self.refresh_live().await;
+            leader_rev = self.lead(leader_rev).await;
+            if leader_rev.is_some() && self.started.elapsed() >= self.lease() {
+                self.reconcile(&mut rr).await;
+            }
+            self.take_assigned().await;
+        }
+        self.leave(leader_rev).await;
+    }
+
+    async fn beat(&self) -> Result<(), String> {
+        let running = self.assigned.borrow().len();
+        let rec = ReplicaRecord {
+            id: self.id.clone(),
+            host: self.host.clone(),
+            capacity: self.cfg.capacity,
+            labels: self.cfg.labels.clone(),
+            running,
+            pinned: *lock(&self.pinned),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: self.started_ms,
+            at: unix_ms(),
+        };
+        let bytes = serde_json::to_vec(&rec).unwrap_or_default();
+        tokio::time::timeout(self.hb(), self.nats.replicas.put(&self.id, bytes.into()))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    async fn refresh_live(&self) {
+        match self.nats.live_replicas().await {
+            Ok(l) => *lock(&self.live) = l,
+            Err(e) => tracing::debug!(event = "cluster", "Reading the replicas: {e}"),
+        }
+    }
+
+    /// Takes or keeps the leader's lease; the revision while this replica leads.
+    async fn lead(&self, rev: Option<u64>) -> Option<u64> {
+        let kv = &self.nats.leader;
+        let me = bytes::Bytes::from(self.id.clone());
+        match rev {
+            Some(r) => match kv.update("leader", me, r).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(event = "cluster_leader", replica = %self.id, "This replica no longer leads the cluster ({e}).");
+                    None
+                }
+            },
+            None => match kv.create("leader", me).await {
+                Ok(r) => {
+                    tracing::info!(event = "cluster_leader", replica = %self.id, "This replica leads the cluster now: it places the checks.");
+                    Some(r)
+                }
+                Err(_) => None,
+            },
+        }
+    }
+
+    /// The leader's placement work: new checks placed as if started, those of dead or
+    /// draining replicas started elsewhere, refused ones tried again, removed ones
+    /// forgotten.
+    async fn reconcile(&self, rr: &mut usize) {
+        let floating = lock(&self.floating).clone();
+        let places = lock(&self.places).clone();
+        let drained = self.nats.drained().await.unwrap_or_default();
+        let mut placement = self.placement(&places, &drained, *rr);
+        for name in floating.keys() {
+            let current = places.get(&**name);
+            let why = match current {
+                None => "new",
+                Some((p, _)) if p.stopped => continue,
+                Some((p, _)) => match &p.replica {
+                    Some(r) if placement.is_live(r) && !drained.contains(r) => continue,
+                    Some(r) if drained.contains(r) => "drained",
+                    Some(_) => "dead",
+                    None => "waiting",
+                },
+            };
+            let from = current.and_then(|(p, _)| p.replica.clone());
+            if from.as_deref().is_some_and(|r| placement.is_live(r)) {
+                placement.release(from.as_deref().unwrap_or_default());
+            }
+            let rec = match placement.start() {
+                Ok(r) => PlaceRecord {
+                    replica: Some(r),
+                    stopped: false,
+                    refused: None,
+                    at: unix_ms(),
+                },
+                Err(refusal) => {
+                    if current
+                        .is_some_and(|(p, _)| p.replica.is_none() && p.refused == Some(refusal))
+                    {
+                        continue;
+                    }
+                    PlaceRecord {
+                        replica: None,
+                        stopped: false,
+                        refused: Some(refusal),
+                        at: unix_ms(),
+                    }
+                }
+            };
+            match (&from, &rec.replica) {
+                (Some(f), Some(t)) => {
+                    tracing::info!(event = "cluster_move", check = %name, from = %f, to = %t, "{name} moves from {f} ({why}) to {t}.")
+                }
+                (None, Some(t)) if why == "new" => {
+                    tracing::debug!(event = "cluster_place", check = %name, to = %t, "{name} is placed on {t}.")
+                }
+                (_, Some(t)) => {
+                    tracing::info!(event = "cluster_place", check = %name, to = %t, "{name} is placed on {t}.")
+                }
+                (_, None) => {
+                    tracing::warn!(event = "cluster_refused", check = %name, "{name} cannot run anywhere: {}.", rec.refused.map_or("", |r| r.as_str()))
+                }
+            }
+            self.write_place(name, &rec, current.map(|(_, rev)| *rev))
+                .await;
+        }
+        for name in places.keys() {
+            if !floating.contains_key(name.as_str()) {
+                let _ = self.nats.place.delete(key_of(name)).await;
+            }
+        }
+        *rr = placement.next_index();
+    }
+
+    fn placement(
+        &self,
+        places: &BTreeMap<String, (PlaceRecord, u64)>,
+        drained: &BTreeSet<String>,
+        rr: usize,
+    ) -> Placement {
+        let live = lock(&self.live).clone();
+        let replicas = live
+            .values()
+            .map(|r| Replica {
+                id: r.id.clone(),
+                capacity: r.capacity,
+                draining: drained.contains(&r.id),
+            })
+            .collect();
+        Placement::new(
+            replicas,
+            places.values().filter_map(|(p, _)| p.replica.as_deref()),
+            rr,
+        )
+    }
+
+    /// Writes a placement: create for a new key, update(revision) for a known one, so
+    /// that a leader that lost its lease without knowing it overwrites nothing.
+    async fn write_place(&self, name: &str, rec: &PlaceRecord, rev: Option<u64>) -> bool {
+        let bytes: bytes::Bytes = serde_json::to_vec(rec).unwrap_or_default().into();
+        let key = key_of(name);
+        let r = match rev {
+            Some(rev) => self
+                .nats
+                .place
+                .update(&key, bytes, rev)
+                .await
+                .map_err(|e| e.to_string()),
+            None => self
+                .nats
+                .place
+                .create(&key, bytes)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match r {
+            Ok(rev) => {
+                lock(&self.places).insert(name.to_string(), (rec.clone(), rev));
+                true
+            }
+            Err(e) => {
+                tracing::debug!(
+                    event = "cluster",
+                    check = name,
+                    "Placement not written: {e}"
+                );
+                false
+            }
+        }
+    }
+
+    /// Takes over the checks placed here that are not yet running here, and lets go
+    /// of those placed elsewhere; tells the supervisor when the set changed.
+    async fn take_assigned(&self) {
+        let floating = lock(&self.floating).clone();
+        let desired: BTreeSet<Arc<str>> = {
+            let places = lock(&self.places);
+            floating
+                .keys()
+                .filter(|n| {
+                    places
+                        .get(&***n)
+                        .is_some_and(|(p, _)| !p.stopped && p.replica.as_deref() == Some(&self.id))
+                })
+                .cloned()
+                .collect()
+        };
+        let current = self.assigned.borrow().clone();
+        if *current == desired {
+            return;
+        }
+        let mut next: BTreeSet<Arc<str>> = current.intersection(&desired).cloned().collect();
+        for name in desired.difference(&current) {
+            if self.take_over(name).await {
+                next.insert(name.clone());
+            }
+        }
+        let gone: Vec<Arc<str>> = current.difference(&desired).cloned().collect();
+        if next != *current {
+            self.assigned.send_replace(Arc::new(next));
+        }
+        for name in gone {
+            self.release(&name).await;
+        }
+    }
+
+    /// Becomes the owner of a check's record: its state goes into the status map
+    /// before the check's first run here. False while the last owner, alive, has not
+    /// let go of it yet (a planned move), or NATS did not answer.
+    async fn take_over(&self, name: &Arc<str>) -> bool {
+        let key = key_of(name);
+        let entry = match self.nats.checks.entry(key.clone()).await {
+            Ok(e) => e.filter(|e| e.operation == kv::Operation::Put),
+            Err(e) => {
+                tracing::debug!(event = "cluster", check = %name, "Reading its state: {e}");
+                return false;
+            }
+        };
+        let now = unix_ms();
+        let (state, rev, from) = match entry {
+            None => (
+                self.book
+                    .state(name)
+                    .unwrap_or_else(|| CheckState::new(now)),
+                None,
+                None,
+            ),
+            Some(e) => {
+                let Ok(rec) = serde_json::from_slice::<CheckRecord>(&e.value) else {
+                    return false;
+                };
+                let free = match &rec.owner {
+                    None => true,
+                    Some(o) if *o == self.id => true,
+                    Some(o) => {
+                        !lock(&self.live).contains_key(o)
+                        // A live owner that has not let go within a lease: it is stuck.
+                        || now.saturating_sub(rec.at) > 2 * self.lease().as_millis() as u64
+                            && lock(&self.places).get(&**name).is_some_and(|(p, _)| now.saturating_sub(p.at) > 2 * self.lease().as_millis() as u64)
+                    }
+                };
+                if !free {
+                    return false;
+                }
+                (CheckState::from(rec.state), Some(e.revision), rec.owner)
+            }
+        };
+        let rec = CheckRecord {
+            owner: Some(self.id.clone()),
+            state: StoredCheck::from(&state),
+            at: now,
+        };
+        let bytes: bytes::Bytes = serde_json::to_vec(&rec).unwrap_or_default().into();
+        let r = match rev {
+            Some(rev) => self
+                .nats
+                .checks
+                .update(&key, bytes, rev)
+                .await
+                .map_err(|e| e.to_string()),
+            None => self
+                .nats
+                .checks
+                .create(&key, bytes)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match r {
+            Ok(rev) => {
+                lock(&self.owned).insert(name.clone(), rev);
+                self.book.restore(name.clone(), state);
+                match from.filter(|f| *f != self.id) {
+                    Some(f) => {
+                        tracing::info!(event = "cluster_take", check = %name, from = %f, "{name} runs here now (from {f}), going on from its state there.")
+                    }
+                    None => {
+                        tracing::debug!(event = "cluster_take", check = %name, "{name} runs here now.")
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                tracing::debug!(event = "cluster", check = %name, "Taking it over: {e}");
+                false
+            }
+        }
+    }
+
+    /// Lets go of a check placed elsewhere: its last state, with no owner, for the next.
+    async fn release(&self, name: &Arc<str>) {
+        let Some(rev) = lock(&self.owned).remove(name) else {
+            return;
+        };
+        let Some(state) = self.book.state(name) else {
+            return;
+        };
+        let rec = CheckRecord {
+            owner: None,
+            state: StoredCheck::from(&state),
+            at: unix_ms(),
+        };
+        let bytes: bytes::Bytes = serde_json::to_vec(&rec).unwrap_or_default().into();
+        if let Err(e) = self.nats.checks.update(key_of(name), bytes, rev).await {
+            tracing::debug!(event = "cluster", check = %name, "Releasing it: {e}");
+        }
+    }
+
+    async fn leave(&self, leader_rev: Option<u64>) {
+        let owned: Vec<Arc<str>> = lock(&self.owned).keys().cloned().collect();
+        for name in &owned {
+            self.release(name).await;
+        }
+        if let Some(rev) = leader_rev {
+            let _ = self
+                .nats
+                .leader
+                .delete_expect_revision("leader", Some(rev))
+                .await;
+        }
+        let _ = self.nats.replicas.delete(&self.id).await;
+        let _ = self.nats.client.flush().await;
+        tracing::info!(event = "cluster_left", replica = %self.id, released = owned.len(), "Left the cluster: {} floating checks released for the others.", owned.len());
+    }
+
+    async fn answer_info(&self, m: async_nats::Message) {
+        let Some(reply) = m.reply else { return };
+        let floating = self.tasks.count_running(|s| !s.pinned);
+        let pinned = self.tasks.count_running(|s| s.pinned);
+        let body = serde_json::json!({
+            "replica": self.id,
+            "host": self.host,
+            "capacity": self.cfg.capacity,
+            "floating": floating,
+            "pinned": pinned,
+            "labels": self.cfg.labels,
+        });
+        let _ = self
+            .nats
+            .client
+            .publish(reply, body.to_string().into())
+            .await;
+    }
+
+    async fn answer_command(&self, m: async_nats::Message, leading: bool, rr: &mut usize) {
+        let Some(reply) = m.reply.clone() else { return };
+        let answer = match serde_json::from_slice::<ClusterCommand>(&m.payload) {
+            Err(e) => Err(format!("not a cluster command: {e}")),
+            Ok(_) if !leading => Err(format!("{} does not lead the cluster (ask again)", self.id)),
+            Ok(c) => self.command(c, rr).await,
+        };
+        let body = match answer {
+            Ok(text) => serde_json::json!({"ok": true, "text": text}),
+            Err(text) => serde_json::json!({"ok": false, "text": text}),
+        };
+        let _ = self
+            .nats
+            .client
+            .publish(reply, body.to_string().into())
+            .await;
+    }
+
+    /// The checks a selector names, among the floating ones; and names that are none.
+    fn select(&self, sel: &Selector) -> (Vec<Arc<str>>, Vec<String>) {
+        let floating = lock(&self.floating).clone();
+        let mut unknown = Vec::new();
+        let mut out: Vec<Arc<str>> = Vec::new();
+        for c in &sel.checks {
+            match floating.get_key_value(c.as_str()) {
+                Some((n, _)) => out.push(n.clone()),
+                None => {
+                    // A group's name selects its members.
+                    let members: Vec<Arc<str>> = floating
+                        .iter()
+                        .filter(|(_, f)| f.group.as_deref() == Some(c.as_str()))
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    if members.is_empty() {
+                        unknown.push(c.clone());
+                    }
+                    out.extend(members);
+                }
+            }
+        }
+        for (n, f) in floating.iter() {
+            let by_label = sel
+                .labels
+                .iter()
+                .all(|(k, v)| f.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
+            if sel.all || (!sel.labels.is_empty() && by_label) {
+                out.push(n.clone());
+            }
+        }
+        out.sort();
+        out.dedup();
+        (out, unknown)
+    }
+
+    async fn command(&self, c: ClusterCommand, rr: &mut usize) -> Result<String, String> {
+        let places = lock(&self.places).clone();
+        let drained = self.nats.drained().await?;
+        match c {
+            ClusterCommand::Start(sel) => {
+                let (names, unknown) = self.select(&sel);
+                let mut placement = self.placement(&places, &drained, *rr);
+                let mut s = StartSummary {
+                    asked: names.len() + unknown.len(),
+                    unknown,
+                    ..Default::default()
+                };
+                for name in names {
+                    let cur = places.get(&*name);
+                    if let Some((p, _)) = cur.filter(|(p, _)| {
+                        !p.stopped && p.replica.as_deref().is_some_and(|r| placement.is_live(r))
+                    }) {
+                        let _ = p;
+                        s.running += 1;
+                        continue;
+                    }
+                    match placement.start() {
+                        Ok(r) => {
+                            let rec = PlaceRecord {
+                                replica: Some(r.clone()),
+                                stopped: false,
+                                refused: None,
+                                at: unix_ms(),
+                            };
+                            if self
+                                .write_place(&name, &rec, cur.map(|(_, rev)| *rev))
+                                .await
+                            {
+                                s.started.push((name.to_string(), r));
+                            }
+                        }
+                        Err(why) => {
+                            let rec = PlaceRecord {
+                                replica: None,
+                                stopped: false,
+                                refused: Some(why),
+                                at: unix_ms(),
+                            };
+                            self.write_place(&name, &rec, cur.map(|(_, rev)| *rev))
+                                .await;
+                            s.refused.push((name.to_string(), why));
+                        }
+                    }
+                }
+                *rr = placement.next_index();
+                let mut text = s.to_string();
+                for (c, r) in &s.started {
+                    text.push_str(&format!("\n  {c} → {r}"));
+                }
+                Ok(text)
+            }
+            ClusterCommand::Stop(sel) => {
+                let (names, unknown) = self.select(&sel);
+                if names.is_empty() && !unknown.is_empty() {
+                    return Err(format!(
+                        "{}: not a floating check of the config",
+                        unknown.join(", ")
+                    ));
+                }
+                let single = names.len() == 1 && sel.checks.len() == 1 && unknown.is_empty();
+                let (mut stopped, mut not) = (Vec::new(), 0);
+                for name in &names {
+                    let cur = places.get(&**name);
+                    match cur {
+                        Some((p, rev)) if !p.stopped && p.replica.is_some() => {
+                            let rec = PlaceRecord {
+                                replica: None,
+                                stopped: true,
+                                refused: None,
+                                at: unix_ms(),
+                            };
+                            if self.write_place(name, &rec, Some(*rev)).await {
+                                stopped.push(format!(
+                                    "{name} (was on {})",
+                                    p.replica.as_deref().unwrap_or("?")
+                                ));
+                            }
+                        }
+                        _ => {
+                            not += 1;
+                            // Kept stopped even if it was only waiting for a place.
+                            let rec = PlaceRecord {
+                                replica: None,
+                                stopped: true,
+                                refused: None,
+                                at: unix_ms(),
+                            };
+                            self.write_place(name, &rec, cur.map(|(_, r)| *r)).await;
+                        }
+                    }
+                }
+                if single && stopped.is_empty() {
+                    return Ok(format!("{}: not monitored", names[0]));
+                }
+                let mut text = format!(
+                    "stopped {} of {}",
+                    stopped.len(),
+                    names.len() + unknown.len()
+                );
+                if not > 0 {
+                    text.push_str(&format!(": {not} not monitored (skipped)"));
+                }
+                if !unknown.is_empty() {
+                    text.push_str(&format!(
+                        "; not floating checks of the config: {}",
+                        unknown.join(", ")
+                    ));
+                }
+                for s in stopped {
+                    text.push_str(&format!("\n  {s}"));
+                }
+                Ok(text)
+            }
+            ClusterCommand::Drain(r) | ClusterCommand::Undrain(r)
+                if !lock(&self.live).contains_key(&r) && !drained.contains(&r) =>
+            {
+                Err(format!(
+                    "no replica {r} is alive (see `vigia cluster status`)"
+                ))
+            }
+            ClusterCommand::Drain(r) => {
+                self.nats
+                    .meta
+                    .put(format!("drain.{r}"), "1".into())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let n = places
+                    .values()
+                    .filter(|(p, _)| p.replica.as_deref() == Some(&r))
+                    .count();
+                self.wake.notify_one();
+                Ok(format!("{r} is drained: its {n} floating checks move to the others; it takes no new ones until `vigia cluster undrain {r}`"))
+            }
+            ClusterCommand::Undrain(r) => {
+                self.nats
+                    .meta
+                    .delete(format!("drain.{r}"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(format!("{r} takes checks again (new ones now; existing ones with `vigia cluster rebalance`)"))
+            }
+            ClusterCommand::Rebalance { dry_run } => {
+                let assigned: BTreeMap<String, String> = places
+                    .iter()
+                    .filter(|(_, (p, _))| !p.stopped)
+                    .filter_map(|(n, (p, _))| Some((n.clone(), p.replica.clone()?)))
+                    .collect();
+                let mut placement = self.placement(&places, &drained, *rr);
+                let moves = placement.rebalance(&assigned);
+                if moves.is_empty() {
+                    return Ok("balanced already: nothing moves".into());
+                }
+                let mut text = format!(
+                    "{} {} checks",
+                    if dry_run { "would move" } else { "moves" },
+                    moves.len()
+                );
+                for (c, from, to) in &moves {
+                    if !dry_run {
+                        let rev = places.get(c).map(|(_, r)| *r);
+                        let rec = PlaceRecord {
+                            replica: Some(to.clone()),
+                            stopped: false,
+                            refused: None,
+                            at: unix_ms(),
+                        };
+                        self.write_place(c, &rec, rev).await;
+                    }
+                    text.push_str(&format!("\n  {c}: {from} → {to}"));
+                }
+                Ok(text)
+            }
+        }
+    }
+
+    /// Writes a floating check's new state with the revision this replica last wrote:
+    /// true while it owns the check.
+    async fn fence_one(&self, o: &Observation) -> bool {
+        let Some(rev) = lock(&self.owned).get(&o.spec.name).copied() else {
+            tracing::debug!(event = "cluster_fenced", check = %o.spec.name, "A result of a check this replica no longer runs is dropped.");
+            return false;
+        };
+        let rec = CheckRecord {
+            owner: Some(self.id.clone()),
+            state: StoredCheck::from(&o.state),
+            at: unix_ms(),
+        };
+        let bytes: bytes::Bytes = serde_json::to_vec(&rec).unwrap_or_default().into();
+        match self
+            .nats
+            .checks
+            .update(key_of(&o.spec.name), bytes, rev)
+            .await
+        {
+            Ok(rev) => {
+                let mut owned = lock(&self.owned);
+                if let Some(r) = owned.get_mut(&o.spec.name) {
+                    *r = rev;
+                }
+                true
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                lock(&self.owned).remove(&o.spec.name);
+                tracing::warn!(event = "cluster_fenced", check = %o.spec.name, "{} runs on another replica now: this replica's result is dropped, nothing is alerted for it here.", o.spec.name);
+                self.wake.notify_one();
+                false
+            }
+            // NATS cannot be reached: the check is still ours as far as we know (the
+            // heartbeat stops it once the lease is gone).
+            Err(e) => {
+                tracing::debug!(event = "cluster", check = %o.spec.name, "Its state could not be written to NATS: {e}");
+                true
+            }
+        }
+    }
+}
+
+impl crate::journal::Fence for Member {
+    fn admit(&self, batch: Vec<Observation>) -> futures::future::BoxFuture<'_, Vec<Observation>> {
+        Box::pin(async move {
+            if batch.iter().all(|o| o.spec.pinned) {
+                return batch;
+            }
+            let verdicts = futures::future::join_all(
+                batch
+                    .iter()
+                    .map(|o| async move { o.spec.pinned || self.fence_one(o).await }),
+            )
+            .await;
+            batch
+                .into_iter()
+                .zip(verdicts)
+                .filter_map(|(o, ok)| ok.then_some(o))
+                .collect()
+        })
+    }
+}
+
+async fn next_msg(s: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match s {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

