@@ -68,30 +68,6 @@ fn alert_order(events: &[Value]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `(check, state)` read back from the Telegram messages' text; a grouped message
-/// ("2 changes") carries several, one per line.
-fn delivered(mock: &Mock) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for m in mock.telegram_messages() {
-        let text = m["text"].as_str().unwrap_or_default().to_string();
-        for part in text.split("<b>").skip(1) {
-            let Some((check, rest)) = part.split_once("</b>") else {
-                continue;
-            };
-            let rest = rest.trim_start();
-            let state = if rest.starts_with("failed") {
-                "failed"
-            } else if rest.starts_with("recovered") {
-                "recovered"
-            } else {
-                continue;
-            };
-            out.push((check.to_string(), state.to_string()));
-        }
-    }
-    out
-}
-
 fn outage_scenario(kill_during_outage: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mock = Mock::start();

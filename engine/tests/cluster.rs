@@ -272,26 +272,6 @@ impl Cluster {
     }
 }
 
-/// `(check, state)` read back from the Telegram messages.
-fn delivered(mock: &Mock) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for m in mock.telegram_messages() {
-        let text = m["text"].as_str().unwrap_or_default().to_string();
-        for part in text.split("<b>").skip(1) {
-            let Some((check, rest)) = part.split_once("</b>") else {
-                continue;
-            };
-            let rest = rest.trim_start();
-            for state in ["failed", "recovered"] {
-                if rest.starts_with(state) {
-                    out.push((check.to_string(), state.to_string()));
-                }
-            }
-        }
-    }
-    out
-}
-
 fn count(mock: &Mock, check: &str, state: &str) -> usize {
     delivered(mock)
         .iter()

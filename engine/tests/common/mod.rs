@@ -283,6 +283,30 @@ impl Mock {
     }
 }
 
+/// `(check, state)` read back from the Telegram messages' text; a grouped message
+/// ("2 changes") carries several, one per line.
+pub fn delivered(mock: &Mock) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for m in mock.telegram_messages() {
+        let text = m["text"].as_str().unwrap_or_default().to_string();
+        for part in text.split("<b>").skip(1) {
+            let Some((check, rest)) = part.split_once("</b>") else {
+                continue;
+            };
+            let rest = rest.trim_start();
+            let state = if rest.starts_with("failed") {
+                "failed"
+            } else if rest.starts_with("recovered") {
+                "recovered"
+            } else {
+                continue;
+            };
+            out.push((check.to_string(), state.to_string()));
+        }
+    }
+    out
+}
+
 /// Polls `f` until it gives `Some`, for at most `timeout`.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
