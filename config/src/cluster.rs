@@ -9,6 +9,7 @@
 //!   labels: { site: fra }
 //!   heartbeat: 1s                  # how often the replica says it is alive
 //!   lease: 3s                      # silent this long, it is dead: its checks move
+//!   unreachable_after: 30s         # NATS out of reach this long: one direct alert
 //!   credentials: /etc/vigia/nats.creds   # or token_file, or user + password_file
 //!   tls_ca: /etc/vigia/nats-ca.pem       # and tls_cert + tls_key for mutual TLS
 //!   prefix: vigia                  # the buckets' and stream's names begin with it
@@ -32,6 +33,9 @@ pub struct ClusterConfig {
     pub labels: BTreeMap<String, String>,
     pub heartbeat: Dur,
     pub lease: Dur,
+    /// NATS out of reach this long: each replica sends one "cluster unreachable"
+    /// alert on its own channels (and one "reachable again").
+    pub unreachable_after: Dur,
     pub credentials: Option<PathBuf>,
     pub token_file: Option<PathBuf>,
     pub user: Option<String>,
@@ -56,6 +60,8 @@ struct ClusterSection {
     heartbeat: Option<Dur>,
     #[serde(default)]
     lease: Option<Dur>,
+    #[serde(default)]
+    unreachable_after: Option<Dur>,
     #[serde(default)]
     credentials: Option<PathBuf>,
     #[serde(default)]
@@ -158,6 +164,13 @@ pub fn parse(root: &Node, config_dir: &Path, errors: &mut ConfigErrors) -> Optio
             format!("{lease}: NATS keeps whole seconds, say e.g. 3s"),
         );
     }
+    let unreachable_after = s.unreachable_after.unwrap_or(Dur::secs(30));
+    if unreachable_after.get() < Duration::from_secs(1) {
+        err(
+            "unreachable_after",
+            format!("{unreachable_after} is too short: at least 1s"),
+        );
+    }
     for (k, v) in &s.labels {
         if !valid_token(k) {
             err(
@@ -172,10 +185,20 @@ pub fn parse(root: &Node, config_dir: &Path, errors: &mut ConfigErrors) -> Optio
             );
         }
     }
-    if s.credentials.is_some() as u8 + s.token_file.is_some() as u8 + s.user.is_some() as u8 > 1 {
+    // At the second of the ways given: that is where the two meet.
+    let ways: Vec<&str> = [
+        ("credentials", s.credentials.is_some()),
+        ("token_file", s.token_file.is_some()),
+        ("user", s.user.is_some()),
+    ]
+    .iter()
+    .filter(|(_, given)| *given)
+    .map(|(k, _)| *k)
+    .collect();
+    if let [first, second, ..] = ways[..] {
         err(
-            "credentials",
-            "give one of credentials, token_file, or user + password_file".into(),
+            second,
+            format!("{first} and {second} are both given: give one of credentials, token_file, or user + password_file"),
         );
     }
     if s.user.is_some() != s.password_file.is_some() {
@@ -204,6 +227,7 @@ pub fn parse(root: &Node, config_dir: &Path, errors: &mut ConfigErrors) -> Optio
         labels: s.labels,
         heartbeat,
         lease,
+        unreachable_after,
         credentials: abs(s.credentials),
         token_file: abs(s.token_file),
         user: s.user,

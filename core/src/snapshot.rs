@@ -62,6 +62,10 @@ pub struct CheckSnapshot {
     /// Who acknowledged the current failure, and when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack: Option<crate::alert::Ack>,
+    /// In a cluster, as `vigia status` shows it: the replica that runs the check, or
+    /// `stopped` / `waiting` when none does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// What a check did since the engine started.

@@ -483,3 +483,44 @@ fn a_check_with_its_own_send_window() {
         ["backup failed 03:00, still failing"]
     );
 }
+
+#[test]
+fn a_replica_s_cluster_notices_go_to_every_channel_and_read_well() {
+    let mut s = Sim::new(&[("ops", None), ("console", None)], Duration::ZERO, 0);
+    let notice = |reachable: bool, for_ms: u64| Item::Cluster {
+        host: "shop-01".into(),
+        replica: "mon-b".into(),
+        reachable,
+        error: if reachable { "" } else { "timed out" }.into(),
+        for_ms,
+        at: t("10:00"),
+    };
+    s.p.accept(1, notice(false, 30_000), t("10:00"));
+    let msgs = s.due(t("10:00") + 1);
+    assert_eq!(kinds(&msgs), ["ops:cluster:mon-b", "console:cluster:mon-b"]);
+    let tpl = vigia_core::alert::template::Templates::new();
+    let text = tpl.render(
+        "console",
+        "cluster",
+        vigia_core::alert::template::Flavor::Text,
+        &msgs[1].ctx,
+    );
+    assert!(
+        text.starts_with(
+            "ALERT CLUSTER UNREACHABLE on shop-01 (replica mon-b): NATS cannot be reached for 30s (timed out); pinned checks go on here"
+        ),
+        "{text}"
+    );
+    s.p.accept(2, notice(true, 95_000), t("10:02"));
+    let msgs = s.due(t("10:02") + 1);
+    let text = tpl.render(
+        "console",
+        "cluster",
+        vigia_core::alert::template::Flavor::Text,
+        &msgs[1].ctx,
+    );
+    assert!(
+        text.starts_with("CLUSTER REACHABLE AGAIN on shop-01 (replica mon-b) after 1m35s: this replica takes part in the cluster again"),
+        "{text}"
+    );
+}

@@ -556,20 +556,46 @@ async fn cmd_check(path: &Path, name: &str, json: bool) -> ExitCode {
     ExitCode::from(worst)
 }
 
+/// In a cluster: each floating check as the cluster has it, and who runs each check;
+/// the line that heads the table (or why the cluster could not be read).
+async fn cluster_view(config: &Config, view: &mut StatusSnapshot) -> Option<String> {
+    let c = config.cluster.as_ref()?;
+    let me = c.replica_id.clone().unwrap_or_else(|| {
+        config
+            .engine
+            .hostname
+            .clone()
+            .unwrap_or_else(vigia_engine::config::system_hostname)
+    });
+    Some(
+        match vigia_engine::cluster::merge_status(c, &me, view).await {
+            Ok(head) => head,
+            Err(e) => format!(
+                "The cluster's map cannot be read ({e}): what follows is this replica's own view ({me}); floating checks may run elsewhere."
+            ),
+        },
+    )
+}
+
 async fn cmd_status(path: &Path, json: bool) -> ExitCode {
-    // Only the engine section is needed (no check is built, no script runs): a config
-    // with a broken check still has a socket.
-    let state_dir = match state_dir_of(path) {
-        Ok(d) => d,
-        Err(code) => return code,
+    // Only the sections are read (no check is built, no script runs): a config with a
+    // broken check still has a socket.
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
     };
+    let state_dir = config.engine.state_dir.clone();
     let socket = state_dir.join(control::SOCKET_FILE);
     match control::send(&socket, &EngineCommand::Status).await {
-        Ok(Reply::Status(view)) => {
+        Ok(Reply::Status(mut view)) => {
+            let head = cluster_view(&config, &mut view).await;
             if json {
                 println!("{}", serde_json::to_string(&view).unwrap_or_default());
             } else {
-                print_status(&view, None);
+                print_status(&view, None, head.as_deref());
             }
             ExitCode::SUCCESS
         }
@@ -587,7 +613,7 @@ async fn cmd_status(path: &Path, json: bool) -> ExitCode {
                 Ok(saved) if !saved.is_empty() => {
                     let mut checks: Vec<_> = saved.into_iter().collect();
                     checks.sort_by(|a, b| a.0.cmp(&b.0));
-                    let view = StatusSnapshot {
+                    let mut view = StatusSnapshot {
                         now: unix_ms(),
                         config: path.display().to_string(),
                         checks: checks
@@ -596,10 +622,11 @@ async fn cmd_status(path: &Path, json: bool) -> ExitCode {
                             .collect(),
                         ..Default::default()
                     };
+                    let head = cluster_view(&config, &mut view).await;
                     if json {
                         println!("{}", serde_json::to_string(&view).unwrap_or_default());
                     } else {
-                        print_status(&view, Some(&e.to_string()));
+                        print_status(&view, Some(&e.to_string()), head.as_deref());
                     }
                     ExitCode::from(3)
                 }
@@ -612,7 +639,7 @@ async fn cmd_status(path: &Path, json: bool) -> ExitCode {
     }
 }
 
-fn print_status(view: &StatusSnapshot, not_running: Option<&str>) {
+fn print_status(view: &StatusSnapshot, not_running: Option<&str>, cluster: Option<&str>) {
     let down = view.checks.iter().filter(|c| !c.status).count();
     match not_running {
         None => println!(
@@ -635,6 +662,9 @@ fn print_status(view: &StatusSnapshot, not_running: Option<&str>) {
             s.out_of_fds, s.fd_limit
         );
     }
+    if let Some(line) = cluster {
+        println!("{line}");
+    }
     let width = view
         .checks
         .iter()
@@ -642,9 +672,24 @@ fn print_status(view: &StatusSnapshot, not_running: Option<&str>) {
         .max()
         .unwrap_or(5)
         .max(5);
+    // In a cluster, who runs each check.
+    let rwidth = view
+        .checks
+        .iter()
+        .filter_map(|c| c.replica.as_ref().map(|r| r.len().max(7) + 2))
+        .max()
+        .unwrap_or(0);
+    let replica_col = |r: Option<&str>| match rwidth {
+        0 => String::new(),
+        w => format!("{:w$}", r.unwrap_or("-"), w = w),
+    };
     println!(
-        "{:width$}  {:6}  {:>8}  {:>8}  LAST RESULT",
-        "CHECK", "STATUS", "FOR", "FAILURES"
+        "{:width$}  {:6}  {:>8}  {:>8}  {}LAST RESULT",
+        "CHECK",
+        "STATUS",
+        "FOR",
+        "FAILURES",
+        replica_col(Some("REPLICA"))
     );
     let mut checks: Vec<&CheckSnapshot> = view.checks.iter().collect();
     // Down first: that is what the operator came for.
@@ -660,11 +705,15 @@ fn print_status(view: &StatusSnapshot, not_running: Option<&str>) {
         } else {
             c.failures.to_string()
         };
-        let mut last = c
-            .last
-            .as_ref()
-            .map(|l| l.message.clone())
-            .unwrap_or_else(|| "(not run yet)".into());
+        let mut last = match (&c.last, &c.replica) {
+            (Some(l), _) => l.message.clone(),
+            // In a cluster, a check of another replica: its owner shares its state on
+            // each change, not each run.
+            (None, Some(r)) if c.kind.is_empty() => {
+                format!("(runs on {r}; no change since it started there)")
+            }
+            (None, _) => "(not run yet)".into(),
+        };
         if let Some(a) = &c.ack {
             last = format!(
                 "{last} (acknowledged by {} {} ago)",
@@ -672,12 +721,17 @@ fn print_status(view: &StatusSnapshot, not_running: Option<&str>) {
                 human_duration(view.now.saturating_sub(a.at))
             );
         }
+        let since = match c.changed_at {
+            0 => "-".to_string(),
+            at => human_duration(view.now.saturating_sub(at)),
+        };
         println!(
-            "{:width$}  {:6}  {:>8}  {:>8}  {}",
+            "{:width$}  {:6}  {:>8}  {:>8}  {}{}",
             c.name,
             status,
-            human_duration(view.now.saturating_sub(c.changed_at)),
+            since,
             failures,
+            replica_col(c.replica.as_deref()),
             last
         );
     }
@@ -775,7 +829,38 @@ async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
         Reply::Removed { id } => println!("Silence {id} removed."),
         other => return refused(other),
     }
+    if let Some(note) = silence_in_cluster(path).await {
+        eprintln!("{note}");
+    }
     ExitCode::SUCCESS
+}
+
+/// In a cluster the leader alone alerts, with its own silences: say so when this
+/// replica does not lead.
+async fn silence_in_cluster(path: &Path) -> Option<String> {
+    let config = Config::load(path).ok()?;
+    let c = config.cluster.as_ref()?;
+    let me = c.replica_id.clone().unwrap_or_else(|| {
+        config
+            .engine
+            .hostname
+            .clone()
+            .unwrap_or_else(vigia_engine::config::system_hostname)
+    });
+    let leader = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        vigia_engine::cluster::leader(c),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    match leader {
+        Some(l) if l == me => None,
+        Some(l) => Some(format!(
+            "Note: in the cluster, {l} leads and alerts with its own silences; this replica ({me}) applies these only while it leads. Run the command on {l} (see `vigia cluster status`)."
+        )),
+        None => Some("Note: no replica leads the cluster right now; silences apply on the replica that leads and alerts.".into()),
+    }
 }
 
 /// The config's `engine.state_dir` (where the store and the control socket are), or the

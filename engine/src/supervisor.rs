@@ -199,10 +199,15 @@ struct Engine {
     /// In a cluster: the member task, and the whole plan (the scheduler runs its
     /// pinned checks and the floating ones placed here).
     cluster: Option<ClusterRun>,
+    /// In a cluster: where alerting hands the transitions (kept over reloads).
+    forward: Option<pipeline::Forward>,
 }
 
 struct ClusterRun {
     member: crate::cluster::MemberHandle,
+    /// The forwarder of this replica's transitions and, while it leads, the alerter of
+    /// the cluster's.
+    alerts: crate::cluster::AlertTasks,
     plan: Plan,
 }
 
@@ -263,6 +268,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let history = Arc::new(crate::history::History::load(store.clone())?);
     history.configure(plan.checks.iter().map(|c| &c.name), unix_ms());
 
+    let (forward, forward_rx) = match nats {
+        Some(_) => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let (observations_tx, observations_rx) = mpsc::channel(OBSERVATIONS);
     let (alert_tx, alert_rx) = mpsc::channel(ALERT_INPUTS);
     let mut bus = Bus::default();
@@ -299,10 +311,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("alerting cannot start: {e}"))?;
     let console_bots = crate::console::build(&config.alerting)
         .map_err(|e| anyhow::anyhow!("alerting cannot start: {e}"))?;
+    // In a cluster the leader's policy sends the reminders, from the transitions it
+    // reads: a replica's own view of which checks are down is not the cluster's.
+    let down = match forward {
+        Some(_) => Vec::new(),
+        None => down_events(&book, plan.checks.iter(), &host),
+    };
     let alerting = start_alerting(
         &config.alerting,
         &plan,
-        down_events(&book, plan.checks.iter(), &host),
+        down,
+        forward.clone(),
         targets,
         host.clone(),
         &store,
@@ -327,17 +346,30 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         remedy_events,
     );
     let logger = start_logger(&book, &host_rx, &config, log_events);
-    let cluster = nats.map(|(nats, cfg, id)| ClusterRun {
-        member: crate::cluster::Member::start(
-            nats,
+    let cluster = nats.zip(forward_rx).map(|((nats, cfg, id), forward_rx)| {
+        let direct_after = cfg.unreachable_after.get();
+        let member = crate::cluster::Member::start(
+            nats.clone(),
             cfg,
             id,
             host.to_string(),
             book.clone(),
             tasks.clone(),
             &plan.checks,
-        ),
-        plan: plan.clone(),
+        );
+        let alerts = crate::cluster::AlertTasks::start(
+            nats,
+            store.clone(),
+            forward_rx,
+            alert_tx.clone(),
+            member.member.leading(),
+            direct_after,
+        );
+        ClusterRun {
+            member,
+            alerts,
+            plan: plan.clone(),
+        }
     });
     let journal_stop = CancellationToken::new();
     let store_health = Arc::new(crate::journal::StoreHealth::default());
@@ -400,6 +432,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         http_listen: opts.http_listen,
         consoles: None,
         cluster,
+        forward,
     };
     engine.refresh_door();
     engine.consoles = Some(crate::console::Consoles::start(
@@ -461,14 +494,21 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 None => std::future::pending().await,
             }
         };
-        let placed = async {
+        let cluster = async {
             match engine.cluster.as_mut() {
-                Some(c) => c.member.assigned.changed().await.is_ok(),
-                None => std::future::pending().await,
+                Some(c) => tokio::select! {
+                    Ok(()) = c.member.assigned.changed() => Some(None),
+                    Some(r) = c.member.reach.recv() => Some(Some(r)),
+                    else => None,
+                },
+                None => None,
             }
         };
         tokio::select! {
-            true = placed => engine.apply_placement(),
+            Some(event) = cluster => match event {
+                None => engine.apply_placement(),
+                Some(reach) => engine.report_reach(reach).await,
+            },
             _ = hup.recv() => {
                 systemd::notify("RELOADING=1");
                 tracing::info!(event = "reload", "SIGHUP received: reloading {}.", opts.config.display());
@@ -523,6 +563,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // After the last results are fenced and committed: the checks' states are handed
     // back for the next owner.
     if let Some(c) = engine.cluster.take() {
+        c.alerts.stop().await;
         c.member.stop().await;
     }
     if let Some(l) = engine.logger.take() {
@@ -578,6 +619,7 @@ fn start_alerting(
     setup: &AlertingSetup,
     plan: &Plan,
     down: Vec<AlertEvent>,
+    forward: Option<pipeline::Forward>,
     targets: Vec<pipeline::Target>,
     host: Arc<str>,
     store: &Arc<Store>,
@@ -594,6 +636,7 @@ fn start_alerting(
             down,
             host,
             replay_inbox,
+            forward,
         },
         targets,
         store.clone(),
@@ -681,6 +724,46 @@ impl Engine {
                 }
             },
         }
+    }
+
+    /// NATS out of reach for `cluster.unreachable_after`, or back: this replica's own
+    /// alert on its own channels (the cluster cannot carry it), and a log line.
+    async fn report_reach(&mut self, reach: crate::cluster::Reach) {
+        let Some(c) = self.cluster.as_ref() else {
+            return;
+        };
+        let replica = c.member.member.id.clone();
+        let host = self.host();
+        let now = unix_ms();
+        let item = match reach {
+            crate::cluster::Reach::Unreachable { since_ms, error } => {
+                let for_ms = now.saturating_sub(since_ms);
+                tracing::error!(event = "alert", state = "cluster_unreachable", host = %host, replica = %replica, for_ms, "NATS cannot be reached for {} ({error}): this replica alerts on its own channels; pinned checks go on, floating ones wait for NATS.", vigia_api::Dur(std::time::Duration::from_millis(for_ms)));
+                Item::Cluster {
+                    host,
+                    replica,
+                    reachable: false,
+                    error,
+                    for_ms,
+                    at: now,
+                }
+            }
+            crate::cluster::Reach::Back { for_ms } => {
+                tracing::info!(event = "alert", state = "cluster_reachable", host = %host, replica = %replica, for_ms, "NATS can be reached again after {}: the cluster places this replica's checks again.", vigia_api::Dur(std::time::Duration::from_millis(for_ms)));
+                Item::Cluster {
+                    host,
+                    replica,
+                    reachable: true,
+                    error: String::new(),
+                    for_ms,
+                    at: now,
+                }
+            }
+        };
+        let _ = self
+            .alert_tx
+            .send(AlertInput::Item(self.store.next_seq(), Box::new(item)))
+            .await;
     }
 
     /// The cluster placed checks here or moved some away: the scheduler runs the new
@@ -781,11 +864,15 @@ impl Engine {
                     let inputs = old.stop().await.context(
                         "the alerting stage died; the engine stops so that systemd restarts it",
                     )?;
-                    let down = down_events(&self.book, plan.checks.iter(), &new_host);
+                    let down = match self.forward {
+                        Some(_) => Vec::new(),
+                        None => down_events(&self.book, plan.checks.iter(), &new_host),
+                    };
                     match start_alerting(
                         &config.alerting,
                         &plan,
                         down,
+                        self.forward.clone(),
                         targets,
                         new_host.clone(),
                         &self.store,

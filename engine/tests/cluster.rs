@@ -45,18 +45,32 @@ impl Nats {
     }
 
     fn spawn(port: u16, dir: tempfile::TempDir) -> Nats {
+        Nats {
+            proc: Nats::serve(port, dir.path()),
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn serve(port: u16, dir: &std::path::Path) -> Proc {
         let mut cmd = Command::new(nats_server_bin());
         cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path());
+            .arg(dir);
         let proc = Proc::spawn(cmd);
         wait_until("nats-server to listen", Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
-        Nats {
-            proc,
-            port,
-            _dir: dir,
-        }
+        proc
+    }
+
+    fn kill9(&mut self) {
+        self.proc.signal(libc::SIGKILL);
+        self.proc.wait_exit(Duration::from_secs(10));
+    }
+
+    /// The same server again: same port, same JetStream store.
+    fn restart(&mut self) {
+        self.proc = Nats::serve(self.port, self._dir.path());
     }
 
     fn url(&self) -> String {
@@ -162,7 +176,7 @@ fn cluster(n: usize, capacity: usize, checks: usize, extra: &str) -> Cluster {
                 &config,
                 format!(
                     "engine:\n  hostname: host-{id}\n  state_dir: state\n  status_log_interval: 1h\n  shutdown_grace: 2s\n\
-cluster:\n  nats: {url}\n  replica_id: {id}\n  capacity: {capacity}\n  heartbeat: 500ms\n  lease: 2s\n\
+cluster:\n  nats: {url}\n  replica_id: {id}\n  capacity: {capacity}\n  heartbeat: 500ms\n  lease: 2s\n  unreachable_after: 3s\n\
 alerting:\n  group_wait: 0s\n  max_retry_wait: 1s\n\
 channels:\n  ops:\n    type: telegram\n    token_env: VIGIA_E2E_TOKEN\n    chat_ids: [424242]\n    api_url: http://127.0.0.1:{tg}\n\
 checks:\n{entries}",
@@ -385,6 +399,40 @@ fn a_killed_replica_s_checks_run_elsewhere_and_its_outage_is_alerted_once() {
     wait_until("the failure alerted", Duration::from_secs(20), || {
         (count(&c.mock, &down, "failed") == 1).then_some(())
     });
+    // One replica alerts for the cluster: the leader delivered it, not the check's owner.
+    let li = c.replicas.iter().position(|r| r.id == leader).unwrap();
+    c.replicas[li]
+        .proc()
+        .wait_for("the leader's delivery", Duration::from_secs(10), |e| {
+            has_event(e, "delivered")
+        });
+    assert!(
+        !has_event(&c.replicas[victim].proc().events(), "delivered"),
+        "the owner delivered an alert itself"
+    );
+    // `vigia status` on another replica shows the whole cluster's map: the check is
+    // down, on the victim; every check says who runs it.
+    let other = c.replicas.iter().find(|r| r.id != vid).unwrap();
+    let view = wait_until("the map to show it down", Duration::from_secs(10), || {
+        let out = vigia(&["status", "--json"], &other.config);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let ch = v["checks"]
+            .as_array()?
+            .iter()
+            .find(|x| x["name"] == down.as_str())?
+            .clone();
+        (ch["status"] == false && ch["replica"] == vid.as_str()).then_some(v)
+    });
+    for ch in view["checks"].as_array().unwrap() {
+        let r = ch["replica"].as_str().unwrap_or_default();
+        assert!(c.replicas.iter().any(|x| x.id == r), "{ch}");
+    }
+    let out = vigia(&["status"], &other.config);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("3 replicas alive") && text.contains("REPLICA"),
+        "{text}"
+    );
     let mark = c.hits();
     let killed = Instant::now();
     c.replicas[victim].kill9();
@@ -429,14 +477,39 @@ fn a_killed_replica_s_checks_run_elsewhere_and_its_outage_is_alerted_once() {
     );
 
     // Now the leader: another takes the lease and moves its checks.
-    let li = c.replicas.iter().position(|r| r.id == leader).unwrap();
     let its = c.checks_of(&leader);
+    let survivor = c
+        .replicas
+        .iter()
+        .find(|r| r.proc.is_some() && r.id != leader)
+        .unwrap()
+        .id
+        .clone();
+    let down2 = c.checks_of(&survivor)[0].clone();
     let mark = c.hits();
     c.replicas[li].kill9();
+    // A change while no replica leads: it waits in the cluster's stream for the next
+    // leader, and is alerted once.
+    c.target(&down2).up.store(false, Ordering::SeqCst);
     let new_leader = wait_until("a new leader", Duration::from_secs(15), || {
         c.leader().filter(|l| *l != leader)
     });
     assert_ne!(new_leader, vid);
+    wait_until(
+        "the failure alerted by the new leader",
+        Duration::from_secs(20),
+        || (count(&c.mock, &down2, "failed") == 1).then_some(()),
+    );
+    c.target(&down2).up.store(true, Ordering::SeqCst);
+    wait_until("its recovery alerted", Duration::from_secs(20), || {
+        (count(&c.mock, &down2, "recovered") == 1).then_some(())
+    });
+    assert_eq!(
+        count(&c.mock, &down2, "failed"),
+        1,
+        "{:?}",
+        delivered(&c.mock)
+    );
     wait_until(
         "the leader's checks to run elsewhere",
         Duration::from_secs(15),
@@ -507,6 +580,110 @@ fn a_replica_paused_past_its_lease_alerts_nothing_for_the_checks_that_moved() {
     assert_eq!(
         stale, 0,
         "the paused replica committed a transition of {down}"
+    );
+}
+
+/// Telegram messages (their text) that contain `what`.
+fn messages_with(mock: &Mock, what: &str) -> Vec<String> {
+    mock.telegram_messages()
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .filter(|t| t.contains(what))
+        .map(str::to_string)
+        .collect()
+}
+
+/// NATS itself dies: the pinned checks go on, the floating ones stop everywhere (no
+/// replica can hold a lease), each replica alerts "cluster unreachable" once on its own
+/// channel; NATS comes back with its store: "reachable again" once each, and every
+/// floating check runs again.
+#[test]
+fn nats_killed_and_restarted_each_replica_alerts_once_and_the_cluster_heals() {
+    let pinned = Target::start();
+    let extra = format!(
+        "  - name: local\n    type: tcp\n    host: 127.0.0.1\n    port: {}\n    interval: 500ms\n    timeout: 400ms\n    pinned: true\n",
+        pinned.port
+    );
+    let mut c = cluster(2, 20, 4, &extra);
+    wait_until("4 checks placed on 2", Duration::from_secs(20), || {
+        let p = c.placed();
+        (p.len() == 2 && p.iter().map(|(_, n)| n).sum::<u64>() == 4).then_some(())
+    });
+    let mark = c.hits();
+    c.wait_all_run_after(&mark, Duration::from_secs(10));
+
+    c.nats.kill9();
+    for r in &c.replicas {
+        r.proc()
+            .wait_for("the replica to cut off", Duration::from_secs(15), |e| {
+                has_event(e, "cluster_cut_off")
+            });
+    }
+    let unreachable = |id: &str| {
+        messages_with(&c.mock, "Cluster unreachable")
+            .iter()
+            .filter(|t| t.contains(&format!("(replica {id})")))
+            .count()
+    };
+    wait_until(
+        "each replica's own unreachable alert",
+        Duration::from_secs(20),
+        || {
+            c.replicas
+                .iter()
+                .all(|r| unreachable(&r.id) == 1)
+                .then_some(())
+        },
+    );
+    // The floating checks are stopped (one run may have been under way at the cut)...
+    let floating = c.hits();
+    let local = pinned.hits();
+    // ...while the pinned one goes on, on both replicas: the positive signal that the
+    // floating ones had time to run if they still did.
+    wait_until("the pinned check to go on", Duration::from_secs(10), || {
+        (pinned.hits() >= local + 6).then_some(())
+    });
+    for ((name, t), before) in c.targets.iter().zip(&floating) {
+        assert!(
+            t.hits() <= before + 1,
+            "{name} ran while no replica could hold its lease"
+        );
+    }
+
+    c.nats.restart();
+    let back = |id: &str| {
+        messages_with(&c.mock, "Cluster reachable again")
+            .iter()
+            .filter(|t| t.contains(&format!("(replica {id})")))
+            .count()
+    };
+    wait_until(
+        "each replica's reachable-again alert",
+        Duration::from_secs(30),
+        || c.replicas.iter().all(|r| back(&r.id) == 1).then_some(()),
+    );
+    let mark = c.hits();
+    c.wait_all_run_after(&mark, Duration::from_secs(30));
+    wait_until("the cluster to heal", Duration::from_secs(20), || {
+        let p = c.placed();
+        (p.len() == 2 && p.iter().map(|(_, n)| n).sum::<u64>() == 4).then_some(())
+    });
+    for r in &c.replicas {
+        assert_eq!(unreachable(&r.id), 1, "{:?}", c.mock.telegram_messages());
+        assert_eq!(back(&r.id), 1, "{:?}", c.mock.telegram_messages());
+    }
+    // Stopped while NATS is gone, a replica (the leader, which reads the event stream)
+    // does not wait for it: systemd would kill it.
+    let leader = wait_until("a leader", Duration::from_secs(10), || c.leader());
+    let li = c.replicas.iter().position(|r| r.id == leader).unwrap();
+    c.nats.kill9();
+    let mut p = c.replicas[li].proc.take().unwrap();
+    p.signal(libc::SIGTERM);
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "the replica did not stop without NATS:\n{}",
+        p.stdout.lock().unwrap().join("\n")
     );
 }
 

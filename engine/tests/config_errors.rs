@@ -330,3 +330,56 @@ fn a_name_with_a_newline_or_nul_is_shown_escaped() {
         "config.yaml:2:11: checks[0].name: `a\\nb\\0c` is not a valid check name: use letters, digits, `_`, `-` and `.`"
     );
 }
+
+#[test]
+fn cluster_section_problems_are_all_reported_with_positions() {
+    let text = r#"
+engine:
+  state_dir: /tmp/vigia-test-unused
+cluster:
+  nats: http://127.0.0.1:4222, nats://127.0.0.1:4223
+  replica_id: "mon a"
+  capacity: 0
+  heartbeat: 100ms
+  lease: 2500ms
+  unreachable_after: 500ms
+  labels: { "site x": fra, zone: "" }
+  token_file: t
+  user: u
+  tls_cert: c.pem
+  prefix: "a.b"
+checks: []
+"#;
+    assert_eq!(
+        errors_of(text),
+        "\
+config.yaml:5:9: cluster.nats: `http://127.0.0.1:4222` is not a NATS URL such as nats://10.0.0.5:4222
+config.yaml:6:15: cluster.replica_id: `mon a`: use letters, digits, `-` and `_` (at most 64)
+config.yaml:7:13: cluster.capacity: must be at least 1
+config.yaml:8:14: cluster.heartbeat: 100ms is out of range (200ms-60s)
+config.yaml:9:10: cluster.lease: 2.5s: NATS keeps whole seconds, say e.g. 3s
+config.yaml:10:22: cluster.unreachable_after: 500ms is too short: at least 1s
+config.yaml:11:11: cluster.labels: label `site x`: use letters, digits, `-` and `_`
+config.yaml:11:11: cluster.labels: label `zone` has the value ``: give a word
+config.yaml:13:9: cluster.user: token_file and user are both given: give one of credentials, token_file, or user + password_file
+config.yaml:13:9: cluster.user: user and password_file go together
+config.yaml:14:13: cluster.tls_cert: tls_cert and tls_key go together
+config.yaml:15:11: cluster.prefix: `a.b`: use letters, digits, `-` and `_`"
+    );
+}
+
+#[test]
+fn cluster_keys_are_checked_by_name_and_nats_is_required() {
+    assert_eq!(
+        errors_of("cluster:\n  nats: nats://127.0.0.1:4222\n  leese: 3s\nchecks: []\n"),
+        "config.yaml:3:3: cluster.leese: unknown key `leese` (did you mean `lease`?)"
+    );
+    assert_eq!(
+        errors_of("cluster:\n  capacity: 10\nchecks: []\n"),
+        "config.yaml:2:3: cluster: missing field `nats`"
+    );
+    assert_eq!(
+        errors_of("cluster:\n  nats: nats://127.0.0.1:4222\n  heartbeat: 2s\n  lease: 3s\nchecks: []\n"),
+        "config.yaml:4:10: cluster.lease: 3s is too short: at least 2s and two heartbeats (2s each)"
+    );
+}

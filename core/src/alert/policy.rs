@@ -51,6 +51,18 @@ pub enum Item {
         kept: bool,
         at: u64,
     },
+    /// In a cluster: NATS could not be reached for `cluster.unreachable_after`
+    /// (`reachable: false`, `for_ms` so far, `error` the last one), or can be again
+    /// (`reachable: true`, `for_ms` the whole outage). Sent by each replica on its own
+    /// channels, not through the cluster.
+    Cluster {
+        host: Arc<str>,
+        replica: String,
+        reachable: bool,
+        error: String,
+        for_ms: u64,
+        at: u64,
+    },
 }
 
 impl Item {
@@ -59,7 +71,7 @@ impl Item {
             Item::Transition(e)
             | Item::Reminder { event: e, .. }
             | Item::Flapping { event: e, .. } => Some(&e.check),
-            Item::ScriptError { .. } => None,
+            Item::ScriptError { .. } | Item::Cluster { .. } => None,
         }
     }
 
@@ -68,7 +80,8 @@ impl Item {
             Item::Transition(e) => e.at,
             Item::Reminder { at, .. }
             | Item::Flapping { at, .. }
-            | Item::ScriptError { at, .. } => *at,
+            | Item::ScriptError { at, .. }
+            | Item::Cluster { at, .. } => *at,
         }
     }
 }
@@ -706,6 +719,7 @@ impl Policy {
         for (i, e) in items.iter().zip(&ctx.events) {
             let key = match i {
                 Item::ScriptError { file, .. } => file.clone(),
+                Item::Cluster { .. } => "cluster".into(),
                 _ => e.check.clone(),
             };
             if !lines.contains_key(&key) {
@@ -797,6 +811,24 @@ impl Policy {
                 clock,
                 acked_by: String::new(),
             },
+            Item::Cluster {
+                replica,
+                reachable,
+                error,
+                ..
+            } => EventCtx {
+                check: format!("cluster (replica {replica})"),
+                status: if *reachable {
+                    "reachable again".into()
+                } else {
+                    "unreachable".into()
+                },
+                message: error.clone(),
+                comment: String::new(),
+                time,
+                clock,
+                acked_by: String::new(),
+            },
         }
     }
 
@@ -862,6 +894,27 @@ impl Policy {
                     "it is not running".into()
                 };
                 ("script_error", ctx)
+            }
+            Item::Cluster {
+                replica,
+                reachable,
+                error,
+                for_ms,
+                ..
+            } => {
+                let mut ctx = self.base_ctx("cluster", now);
+                ctx.check = replica.clone();
+                ctx.error = error.clone();
+                ctx.duration = human_duration(*for_ms);
+                if *reachable {
+                    ctx.status = "reachable".into();
+                    ctx.message =
+                        "this replica takes part in the cluster again; its floating checks are placed again".into();
+                } else {
+                    ctx.status = "unreachable".into();
+                    ctx.message = "pinned checks go on here; floating checks do not run until NATS is back (this alert comes from the replica itself)".into();
+                }
+                ("cluster", ctx)
             }
         }
     }

@@ -23,6 +23,7 @@ pub const KINDS: &[&str] = &[
     "reminder",
     "flapping",
     "script_error",
+    "cluster",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +42,7 @@ const TEXT: &[(&str, &str)] = &[
     ("reminder", "REMINDER {{ check }} on {{ host }} still failing after {{ duration }} (reminder {{ reminders }}): {{ message }}{% if comment %} | {{ comment }}{% endif %}"),
     ("flapping", "{% if status == 'flapping' %}FLAPPING {{ check }} on {{ host }}: {{ changes }} changes within {{ within }}; its alerts are held until it is stable for {{ stable_for }}{% else %}FLAPPING OVER {{ check }} on {{ host }}: stable for {{ stable_for }}, now {{ status }}: {{ message }}{% endif %}"),
     ("script_error", "ALERT SCRIPT ERROR on {{ host }}: {{ error }} ({{ message }})"),
+    ("cluster", "{% if status == 'unreachable' %}ALERT CLUSTER UNREACHABLE on {{ host }} (replica {{ check }}): NATS cannot be reached for {{ duration }} ({{ error }}); {{ message }}{% else %}CLUSTER REACHABLE AGAIN on {{ host }} (replica {{ check }}) after {{ duration }}: {{ message }}{% endif %}"),
 ];
 
 const HTML: &[(&str, &str)] = &[
@@ -51,6 +53,7 @@ const HTML: &[(&str, &str)] = &[
     ("reminder", "⏰ <b>{{ check }}</b> still failing on {{ host }} after {{ duration }} (reminder {{ reminders }})\n{{ message }}{% if comment %}\n\n<i>{{ comment }}</i>{% endif %}"),
     ("flapping", "{% if status == 'flapping' %}〰️ <b>{{ check }}</b> is flapping on {{ host }}: {{ changes }} changes within {{ within }}. Alerts are held until it is stable for {{ stable_for }}.{% else %}〰️ <b>{{ check }}</b> stopped flapping on {{ host }}: now {{ status }}\n{{ message }}{% endif %}"),
     ("script_error", "⚠️ <b>Script error</b> on {{ host }}\n<code>{{ error }}</code>\n{{ message }}"),
+    ("cluster", "{% if status == 'unreachable' %}🔌 <b>Cluster unreachable</b> from {{ host }} (replica {{ check }}) for {{ duration }}\n<code>{{ error }}</code>\n{{ message }}{% else %}🔌 <b>Cluster reachable again</b> from {{ host }} (replica {{ check }}) after {{ duration }}\n{{ message }}{% endif %}"),
 ];
 
 /// The templates of every channel, compiled.

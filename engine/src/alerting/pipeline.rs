@@ -160,7 +160,16 @@ pub enum Input {
     /// Silence and acknowledgement commands with the caller's writes, and their answers
     /// (one per command), or why nothing could be stored.
     Work(Box<Work>, oneshot::Sender<Result<Vec<Reply>, String>>),
+    /// In a cluster: an item for this replica's own policy, never forwarded: one the
+    /// leader took from the cluster's stream (`done` once its fate is stored, so the
+    /// stream may forget it), or one of this replica's own that could not reach the
+    /// stream while NATS was out of reach (fail open).
+    Direct(u64, Box<Item>, Option<oneshot::Sender<()>>),
 }
+
+/// In a cluster, where the pipeline hands its committed transitions (with their inbox
+/// entries): the cluster's stream, whose one reader alerts them.
+pub type Forward = mpsc::UnboundedSender<(u64, Item)>;
 
 /// The pipeline's two queues; a stage hands them to the next one.
 pub struct Inputs {
@@ -249,6 +258,8 @@ pub struct PipelineSetup<'a> {
     /// Replay the alert inbox: at the engine's start. A rebuilt stage takes over the
     /// queues of the one before, which already hold what the inbox would replay.
     pub replay_inbox: bool,
+    /// In a cluster: transitions go there instead of into this replica's policy.
+    pub forward: Option<Forward>,
 }
 
 pub struct Handles {
@@ -379,6 +390,7 @@ pub fn start(
         status,
         host: setup.host,
         stop: stop.clone(),
+        forward: setup.forward,
     };
     let pipeline = tokio::spawn(p.run(inputs, inbox, stop));
     Ok(Handles {
@@ -401,6 +413,7 @@ struct Pipeline {
     /// The stage's own stop: a write that waits for room on the disk gives up on it (the
     /// item stays in the inbox and is taken again at the next start).
     stop: CancellationToken,
+    forward: Option<Forward>,
 }
 
 impl Pipeline {
@@ -475,6 +488,14 @@ impl Pipeline {
     async fn input(&mut self, i: Input) {
         match i {
             Input::Item(seq, item) => self.accept(seq, *item).await,
+            Input::Direct(seq, item, done) => {
+                // Only a stored fate lets the stream forget the item.
+                if self.accept_here(seq, *item).await {
+                    if let Some(d) = done {
+                        let _ = d.send(());
+                    }
+                }
+            }
             Input::Checks(map) => self.policy.set_checks(map),
             Input::Work(work, reply) => {
                 let answers = self.work(*work).await;
@@ -594,6 +615,23 @@ impl Pipeline {
     }
 
     async fn accept(&mut self, seq: u64, item: Item) {
+        // In a cluster the transitions are the alerting replica's to alert: they go to
+        // the cluster's stream (the inbox entry stays until NATS has it).
+        if let Some(f) = self
+            .forward
+            .as_ref()
+            .filter(|_| matches!(item, Item::Transition(_)))
+        {
+            if f.send((seq, item)).is_err() {
+                tracing::warn!(event = "alert_store", "The cluster's forwarder has stopped: the alert stays in the inbox for the next start.");
+            }
+            return;
+        }
+        self.accept_here(seq, item).await;
+    }
+
+    /// Whether the item's fate is stored.
+    async fn accept_here(&mut self, seq: u64, item: Item) -> bool {
         let check = item.check().map(str::to_string);
         // A transition ends the acknowledged failure (the policy moves the ack into a
         // recovery's message).
@@ -625,7 +663,7 @@ impl Pipeline {
             self.status.set_ack(&c, None);
             ops.push(Op::Ack(c, None));
         }
-        self.persist(ops).await;
+        self.persist(ops).await
     }
 
     /// Stores what the policy released: held entries out, messages into the outbox,

@@ -126,6 +126,88 @@ pub async fn status(cfg: &ClusterConfig, json: bool) -> Result<String, String> {
     Ok(out.trim_end().to_string())
 }
 
+/// `vigia status` in a cluster: each floating check as the cluster has it (the state
+/// its owner last wrote, and the replica that runs it); the others are pinned, run by
+/// this replica `me`. Returns the line that heads the table.
+pub async fn merge_status(
+    cfg: &ClusterConfig,
+    me: &str,
+    view: &mut vigia_core::snapshot::StatusSnapshot,
+) -> Result<String, String> {
+    let nats = tokio::time::timeout(Duration::from_secs(5), open(cfg))
+        .await
+        .map_err(|_| format!("NATS at {} did not answer within 5s", cfg.nats.join(",")))??;
+    let live = nats.live_replicas().await?;
+    let leader = nats.leader_id().await?;
+    let places = nats.placements().await?;
+    let records = nats.check_records().await?;
+    // The floating checks that run elsewhere are not in this replica's view: they come
+    // from their records (what the config says of them is not repeated there).
+    let here: std::collections::BTreeSet<String> =
+        view.checks.iter().map(|c| c.name.clone()).collect();
+    for name in places.keys().filter(|n| !here.contains(*n)) {
+        view.checks.push(vigia_core::snapshot::CheckSnapshot {
+            name: name.clone(),
+            status: true,
+            ..Default::default()
+        });
+    }
+    view.checks.sort_by(|a, b| a.name.cmp(&b.name));
+    for c in &mut view.checks {
+        let Some((p, _)) = places.get(&c.name) else {
+            c.replica = Some(me.to_string());
+            continue;
+        };
+        c.replica = Some(match (&p.replica, p.stopped) {
+            (_, true) => "stopped".into(),
+            (Some(r), _) if live.contains_key(r) => r.clone(),
+            (Some(r), _) => format!("{r} (dead, moving)"),
+            (None, _) => "waiting".into(),
+        });
+        let Some(rec) = records.get(&c.name) else {
+            continue;
+        };
+        // A check that runs elsewhere takes its record; one that runs here, the newer.
+        let newer = !here.contains(&c.name)
+            || match (&rec.state.last, &c.last) {
+                (Some(theirs), Some(ours)) => theirs.at > ours.at,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+        if newer {
+            let s = &rec.state;
+            c.status = s.status;
+            c.failures = s.failures;
+            c.successes = s.successes;
+            c.changed_at = s.changed_at;
+            c.failed_message = s.failed_message.clone();
+            c.last = s
+                .last
+                .as_ref()
+                .map(|l| vigia_core::snapshot::LastRunSnapshot {
+                    ok: l.ok,
+                    severity: l.severity,
+                    value: l.value,
+                    message: l.message.clone(),
+                    duration_ms: l.duration_ms,
+                    at: l.at,
+                });
+        }
+    }
+    Ok(format!(
+        "cluster {}: {} replicas alive ({}), leader {}; this is {me}",
+        cfg.prefix,
+        live.len(),
+        live.keys().cloned().collect::<Vec<_>>().join(", "),
+        leader.as_deref().unwrap_or("none (electing)")
+    ))
+}
+
+/// Which replica leads (and so alerts) now.
+pub async fn leader(cfg: &ClusterConfig) -> Result<Option<String>, String> {
+    open(cfg).await?.leader_id().await
+}
+
 /// `vigia cluster info [REPLICA]`: asked of the replica itself, now.
 pub async fn info(cfg: &ClusterConfig, replica: Option<&str>) -> Result<String, String> {
     let nats = open(cfg).await?;

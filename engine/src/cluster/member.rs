@@ -35,6 +35,16 @@ struct Floating {
 /// (with the pinned ones).
 pub type Assigned = Arc<BTreeSet<Arc<str>>>;
 
+/// NATS out of reach for `cluster.unreachable_after`, and back: what the supervisor
+/// turns into this replica's own "cluster unreachable" alert and its "reachable again".
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reach {
+    /// Nothing succeeded since `since_ms` (unix ms); `error` is the last failure.
+    Unreachable { since_ms: u64, error: String },
+    /// A heartbeat went through again after an outage that was reported.
+    Back { for_ms: u64 },
+}
+
 pub struct Member {
     pub nats: Nats,
     pub id: String,
@@ -51,6 +61,14 @@ pub struct Member {
     /// The replicas alive at the last look.
     live: Mutex<BTreeMap<String, ReplicaRecord>>,
     assigned: watch::Sender<Assigned>,
+    reach: tokio::sync::mpsc::UnboundedSender<Reach>,
+    /// Whether this replica holds the leader's lease (and so alerts for the cluster).
+    leading: watch::Sender<bool>,
+    /// Cut off from NATS for a whole lease: the floating checks were dropped; set and
+    /// cleared by the heartbeat task, read by the loop before it hands out checks.
+    cut: Mutex<bool>,
+    /// Whether the last heartbeat got through.
+    beating: std::sync::atomic::AtomicBool,
     wake: Notify,
     started: Instant,
     started_ms: u64,
@@ -61,6 +79,8 @@ pub struct MemberHandle {
     pub member: Arc<Member>,
     /// The floating checks to run here.
     pub assigned: watch::Receiver<Assigned>,
+    /// NATS lost and found again (only outages longer than `unreachable_after`).
+    pub reach: tokio::sync::mpsc::UnboundedReceiver<Reach>,
     stop: CancellationToken,
     task: JoinHandle<()>,
     watcher: JoinHandle<()>,
@@ -87,6 +107,7 @@ impl Member {
         checks: &[PlannedCheck],
     ) -> MemberHandle {
         let (assigned, rx) = watch::channel(Arc::new(BTreeSet::new()));
+        let (reach, reach_rx) = tokio::sync::mpsc::unbounded_channel();
         let member = Arc::new(Member {
             nats,
             id,
@@ -100,6 +121,10 @@ impl Member {
             places: Mutex::default(),
             live: Mutex::default(),
             assigned,
+            reach,
+            leading: watch::channel(false).0,
+            cut: Mutex::new(false),
+            beating: std::sync::atomic::AtomicBool::new(true),
             wake: Notify::new(),
             started: Instant::now(),
             started_ms: unix_ms(),
@@ -111,6 +136,7 @@ impl Member {
         MemberHandle {
             member,
             assigned: rx,
+            reach: reach_rx,
             stop,
             task,
             watcher,
@@ -136,6 +162,16 @@ impl Member {
         *lock(&self.pinned) = checks.iter().filter(|c| c.pinned).count();
         *lock(&self.floating) = Arc::new(floating);
         self.wake.notify_one();
+    }
+
+    /// Whether this replica leads, now and as it changes.
+    pub fn leading(&self) -> watch::Receiver<bool> {
+        self.leading.subscribe()
+    }
+
+    fn set_leading(&self, now: bool) {
+        self.leading
+            .send_if_modified(|l| std::mem::replace(l, now) != now);
     }
 
     fn hb(&self) -> Duration {
@@ -200,11 +236,11 @@ impl Member {
             .await
             .ok();
         let mut cmds = client.subscribe(self.nats.cmd_subject(&self.id)).await.ok();
+        // The heartbeat has a task of its own: the lease is given up on time even while
+        // this loop waits on NATS (each request may wait for its timeout).
+        let beats = tokio::spawn(self.clone().heartbeats(stop.clone()));
         let mut tick = tokio::time::interval(self.hb() / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_beat: Option<Instant> = None;
-        let mut last_ok = Instant::now();
-        let mut cut_off = false;
         let mut leader_rev: Option<u64> = None;
         let mut rr = 0usize;
         loop {
@@ -221,40 +257,93 @@ impl Member {
                 }
                 _ = stop.cancelled() => break,
             }
-            if last_beat.is_none_or(|t| t.elapsed() >= self.hb()) {
-                last_beat = Some(Instant::now());
-                match self.beat().await {
-                    Ok(()) => {
-                        last_ok = Instant::now();
-                        if cut_off {
-                            cut_off = false;
-                            tracing::info!(event = "cluster_reachable", replica = %self.id, "NATS can be reached again: this replica takes part in the cluster again.");
-                        }
-                    }
-                    Err(e) if !cut_off && last_ok.elapsed() >= self.lease() => {
-                        cut_off = true;
-                        let n = self.assigned.borrow().len();
-                        lock(&self.owned).clear();
-                        self.assigned.send_replace(Arc::new(BTreeSet::new()));
-                        leader_rev = None;
-                        tracing::error!(event = "cluster_cut_off", replica = %self.id, stopped = n, "Cut off from NATS for {} ({e}): this replica's lease cannot be renewed, so its {n} floating checks stop here (the others take them over); pinned checks go on.", vigia_api::Dur(last_ok.elapsed()));
-                    }
-                    Err(e) => tracing::debug!(event = "cluster", "Heartbeat failed: {e}"),
-                }
+            if *lock(&self.cut) {
+                leader_rev = None;
+                self.set_leading(false);
+                continue;
             }
-            if cut_off {
+            // While the heartbeat does not get through, nothing else is tried.
+            if !self.beating.load(std::sync::atomic::Ordering::Relaxed) {
                 continue;
             }
             self.refresh_live().await;
             leader_rev = self.lead(leader_rev).await;
+            self.set_leading(leader_rev.is_some() && !*lock(&self.cut));
             if leader_rev.is_some() && self.started.elapsed() >= self.lease() {
                 self.reconcile(&mut rr).await;
             }
             self.take_assigned().await;
         }
-        self.leave(leader_rev).await;
+        let _ = beats.await;
+        self.set_leading(false);
+        // With NATS out of reach there is nothing to hand over: the others take the
+        // checks after the lease. The stop is not held up for it.
+        if tokio::time::timeout(Duration::from_secs(5), self.leave(leader_rev))
+            .await
+            .is_err()
+        {
+            tracing::warn!(event = "cluster_left", replica = %self.id, "Left the cluster without handing over: NATS did not answer within 5s (the others take the checks after the lease).");
+        }
     }
 
+    /// Renews the heartbeat every `heartbeat`. Silent for a whole lease: cut off, the
+    /// floating checks stop here at once; out of reach for `unreachable_after`: the
+    /// supervisor is told (and again when NATS is back).
+    async fn heartbeats(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.hb());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_ok = Instant::now();
+        let mut last_ok_ms = unix_ms();
+        // Since when (unix ms) NATS is out of reach, once that was reported.
+        let mut reported: Option<u64> = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let beat = self.beat().await;
+            self.beating
+                .store(beat.is_ok(), std::sync::atomic::Ordering::Relaxed);
+            match beat {
+                Ok(()) => {
+                    last_ok = Instant::now();
+                    last_ok_ms = unix_ms();
+                    if std::mem::replace(&mut *lock(&self.cut), false) {
+                        tracing::info!(event = "cluster_reachable", replica = %self.id, "NATS can be reached again: this replica takes part in the cluster again.");
+                        self.wake.notify_one();
+                    }
+                    if let Some(since) = reported.take() {
+                        let _ = self.reach.send(Reach::Back {
+                            for_ms: last_ok_ms.saturating_sub(since),
+                        });
+                    }
+                }
+                Err(e) => {
+                    if last_ok.elapsed() >= self.lease() {
+                        let mut cut = lock(&self.cut);
+                        if !*cut {
+                            *cut = true;
+                            let n = self.assigned.borrow().len();
+                            lock(&self.owned).clear();
+                            self.assigned.send_replace(Arc::new(BTreeSet::new()));
+                            drop(cut);
+                            self.set_leading(false);
+                            tracing::error!(event = "cluster_cut_off", replica = %self.id, stopped = n, "Cut off from NATS for {} ({e}): this replica's lease cannot be renewed, so its {n} floating checks stop here (the others take them over); pinned checks go on.", vigia_api::Dur(last_ok.elapsed()));
+                        }
+                    } else {
+                        tracing::debug!(event = "cluster", "Heartbeat failed: {e}");
+                    }
+                    if reported.is_none() && last_ok.elapsed() >= self.cfg.unreachable_after.get() {
+                        reported = Some(last_ok_ms);
+                        let _ = self.reach.send(Reach::Unreachable {
+                            since_ms: last_ok_ms,
+                            error: e,
+                        });
+                    }
+                }
+            }
+        }
+    }
     async fn beat(&self) -> Result<(), String> {
         let running = self.assigned.borrow().len();
         let rec = ReplicaRecord {
@@ -459,8 +548,15 @@ impl Member {
             }
         }
         let gone: Vec<Arc<str>> = current.difference(&desired).cloned().collect();
-        if next != *current {
-            self.assigned.send_replace(Arc::new(next));
+        {
+            // Cut off meanwhile: the heartbeat task dropped every floating check.
+            let cut = lock(&self.cut);
+            if *cut {
+                return;
+            }
+            if next != *current {
+                self.assigned.send_replace(Arc::new(next));
+            }
         }
         for name in gone {
             self.release(&name).await;

@@ -11,7 +11,13 @@
 //!                                                                  always update(revision): the fence
 //! <p>-meta      KV                    drain.<id>, rr               the leader's settings
 //! <p>.info.<id>, <p>.cmd.<id>         requests                     live counts; commands to the leader
+//! <p>-events    stream <p>.events     committed transitions        published by their owner with
+//!                                                                  Nats-Msg-Id, read by the leader
 //! ```
+//!
+//! **Why a change is alerted once**: see [`alerts`]: the owner publishes each
+//! transition it committed, de-duplicated by the stream; only the leader reads them
+//! (one durable consumer) and alerts them with one policy.
 //!
 //! **Why a check that moved cannot be alerted twice**: a check's result is committed
 //! only after its owner wrote the check's record with the revision it last wrote
@@ -22,6 +28,7 @@
 //! The new owner starts from the record's counters and status (and a script's
 //! `ctx.state`), so the move itself makes no transition.
 
+mod alerts;
 mod client;
 mod member;
 
@@ -32,8 +39,9 @@ use async_nats::jetstream::{self, kv};
 use serde::{Deserialize, Serialize};
 use vigia_config::cluster::ClusterConfig;
 
-pub use client::{command, info, status, ClusterCommand, Selector};
-pub use member::{Member, MemberHandle};
+pub use alerts::AlertTasks;
+pub use client::{command, info, leader, merge_status, status, ClusterCommand, Selector};
+pub use member::{Member, MemberHandle, Reach};
 
 use crate::store::StoredCheck;
 
@@ -209,7 +217,7 @@ pub async fn connect(cfg: &ClusterConfig, name: &str) -> Result<Nats, String> {
             }
         }
     };
-    Ok(Nats {
+    let nats = Nats {
         replicas: open(bucket("replicas", lease, 1)).await?,
         leader: open(bucket("leader", lease, 1)).await?,
         place: open(bucket("place", Duration::ZERO, 1)).await?,
@@ -218,7 +226,9 @@ pub async fn connect(cfg: &ClusterConfig, name: &str) -> Result<Nats, String> {
         client,
         js,
         prefix: p.clone(),
-    })
+    };
+    alerts::open_stream(&nats).await?;
+    Ok(nats)
 }
 
 impl Nats {
@@ -258,6 +268,17 @@ impl Nats {
         for (k, (v, rev)) in all_entries_rev(&self.place).await? {
             if let (Some(name), Ok(r)) = (name_of(&k), serde_json::from_slice::<PlaceRecord>(&v)) {
                 out.insert(name, (r, rev));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The floating checks' states as their owners last wrote them, by check name.
+    pub async fn check_records(&self) -> Result<BTreeMap<String, CheckRecord>, String> {
+        let mut out = BTreeMap::new();
+        for (k, v) in all_entries(&self.checks).await? {
+            if let (Some(name), Ok(r)) = (name_of(&k), serde_json::from_slice::<CheckRecord>(&v)) {
+                out.insert(name, r);
             }
         }
         Ok(out)
