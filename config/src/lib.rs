@@ -323,6 +323,17 @@ const TOP_KEYS: &[&str] = &[
 ];
 
 impl Config {
+    /// In a cluster, this replica's id: `cluster.replica_id`, else the host name
+    /// (`engine.hostname`, else the system's).
+    pub fn replica_id(&self) -> Option<String> {
+        let c = self.cluster.as_ref()?;
+        Some(
+            c.replica_id
+                .clone()
+                .unwrap_or_else(|| self.engine.hostname.clone().unwrap_or_else(system_hostname)),
+        )
+    }
+
     /// Reads, parses and validates a config file, without building checks (for the
     /// engine section alone, as `vigia status` needs). Every problem found is returned.
     pub fn load(file: &Path) -> Result<Config, ConfigErrors> {

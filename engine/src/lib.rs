@@ -13,6 +13,7 @@ pub mod clock;
 pub mod cluster;
 pub mod console;
 pub mod control;
+pub mod failpoint;
 pub mod fds;
 pub mod feed;
 pub mod history;

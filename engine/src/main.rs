@@ -560,13 +560,7 @@ async fn cmd_check(path: &Path, name: &str, json: bool) -> ExitCode {
 /// the line that heads the table (or why the cluster could not be read).
 async fn cluster_view(config: &Config, view: &mut StatusSnapshot) -> Option<String> {
     let c = config.cluster.as_ref()?;
-    let me = c.replica_id.clone().unwrap_or_else(|| {
-        config
-            .engine
-            .hostname
-            .clone()
-            .unwrap_or_else(vigia_engine::config::system_hostname)
-    });
+    let me = config.replica_id()?;
     Some(
         match vigia_engine::cluster::merge_status(c, &me, view).await {
             Ok(head) => head,
@@ -840,13 +834,7 @@ async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
 async fn silence_in_cluster(path: &Path) -> Option<String> {
     let config = Config::load(path).ok()?;
     let c = config.cluster.as_ref()?;
-    let me = c.replica_id.clone().unwrap_or_else(|| {
-        config
-            .engine
-            .hostname
-            .clone()
-            .unwrap_or_else(vigia_engine::config::system_hostname)
-    });
+    let me = config.replica_id()?;
     let leader = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         vigia_engine::cluster::leader(c),

@@ -247,7 +247,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // here; what the local store has of them is only kept aside.
     let nats = match &config.cluster {
         Some(c) => {
-            let id = c.replica_id.clone().unwrap_or_else(|| host.to_string());
+            let id = config.replica_id().unwrap_or_else(|| host.to_string());
             let nats = crate::cluster::connect(c, &format!("vigia {id}"))
                 .await
                 .map_err(|e| anyhow::anyhow!("the cluster cannot start: {e}"))?;

@@ -117,11 +117,16 @@ struct Replica {
     id: String,
     config: PathBuf,
     proc: Option<Proc>,
+    /// `VIGIA_FAILPOINT` for its next start.
+    failpoint: Option<&'static str>,
 }
 
 impl Replica {
     fn spawn(&mut self) {
         let mut cmd = Command::new(vigia_bin());
+        if let Some(f) = self.failpoint {
+            cmd.env("VIGIA_FAILPOINT", f);
+        }
         cmd.env("VIGIA_HTTP_LISTEN", "127.0.0.1:0")
             .env("VIGIA_E2E_TOKEN", TOKEN)
             .args(["run", "--no-console", "--log-format", "json", "-c"])
@@ -151,6 +156,17 @@ struct Cluster {
 /// `n` replicas (capacity `capacity` each) sharing `checks` floating tcp checks, with
 /// `extra` check entries, alerting to the Telegram mock.
 fn cluster(n: usize, capacity: usize, checks: usize, extra: &str) -> Cluster {
+    cluster_with(n, capacity, checks, extra, None)
+}
+
+/// The same, each replica started with `VIGIA_FAILPOINT=failpoint`.
+fn cluster_with(
+    n: usize,
+    capacity: usize,
+    checks: usize,
+    extra: &str,
+    failpoint: Option<&'static str>,
+) -> Cluster {
     let root = tempfile::tempdir().unwrap();
     let nats = Nats::start();
     let mock = Mock::start();
@@ -189,6 +205,7 @@ checks:\n{entries}",
                 id,
                 config,
                 proc: None,
+                failpoint,
             }
         })
         .collect::<Vec<_>>();
@@ -291,6 +308,23 @@ fn count(mock: &Mock, check: &str, state: &str) -> usize {
         .iter()
         .filter(|(c, s)| c == check && s == state)
         .count()
+}
+
+/// Brings `check`'s target back up and waits for its recovery at the Telegram mock;
+/// then, after that positive signal, exactly one `failed` went out for it.
+fn heal_and_count_once(c: &Cluster, check: &str) {
+    c.target(check).up.store(true, Ordering::SeqCst);
+    wait_until(
+        &format!("the recovery of {check} alerted"),
+        Duration::from_secs(20),
+        || (count(&c.mock, check, "recovered") == 1).then_some(()),
+    );
+    assert_eq!(
+        count(&c.mock, check, "failed"),
+        1,
+        "{:?}",
+        delivered(&c.mock)
+    );
 }
 
 #[test]
@@ -463,18 +497,9 @@ fn a_killed_replica_s_checks_run_elsewhere_and_its_outage_is_alerted_once() {
         its.iter().all(|n| now_on.contains(n)),
         "{its:?} not in {now_on:?}"
     );
-    // The check that was down stays down on its new replica: no second `failed`...
-    c.target(&down).up.store(true, Ordering::SeqCst);
-    // ...and its recovery is alerted once.
-    wait_until("the recovery alerted", Duration::from_secs(20), || {
-        (count(&c.mock, &down, "recovered") == 1).then_some(())
-    });
-    assert_eq!(
-        count(&c.mock, &down, "failed"),
-        1,
-        "{:?}",
-        delivered(&c.mock)
-    );
+    // The check that was down stays down on its new replica: no second `failed`, and
+    // its recovery is alerted once.
+    heal_and_count_once(&c, &down);
 
     // Now the leader: another takes the lease and moves its checks.
     let its = c.checks_of(&leader);
@@ -500,16 +525,7 @@ fn a_killed_replica_s_checks_run_elsewhere_and_its_outage_is_alerted_once() {
         Duration::from_secs(20),
         || (count(&c.mock, &down2, "failed") == 1).then_some(()),
     );
-    c.target(&down2).up.store(true, Ordering::SeqCst);
-    wait_until("its recovery alerted", Duration::from_secs(20), || {
-        (count(&c.mock, &down2, "recovered") == 1).then_some(())
-    });
-    assert_eq!(
-        count(&c.mock, &down2, "failed"),
-        1,
-        "{:?}",
-        delivered(&c.mock)
-    );
+    heal_and_count_once(&c, &down2);
     wait_until(
         "the leader's checks to run elsewhere",
         Duration::from_secs(15),
@@ -561,16 +577,7 @@ fn a_replica_paused_past_its_lease_alerts_nothing_for_the_checks_that_moved() {
         },
     );
     // Positive signal after it could have alerted: the recovery is alerted, once.
-    c.target(&down).up.store(true, Ordering::SeqCst);
-    wait_until("the recovery alerted", Duration::from_secs(20), || {
-        (count(&c.mock, &down, "recovered") == 1).then_some(())
-    });
-    assert_eq!(
-        count(&c.mock, &down, "failed"),
-        1,
-        "{:?}",
-        delivered(&c.mock)
-    );
+    heal_and_count_once(&c, &down);
     let stale = c.replicas[1]
         .proc()
         .events()
@@ -685,6 +692,79 @@ fn nats_killed_and_restarted_each_replica_alerts_once_and_the_cluster_heals() {
         "the replica did not stop without NATS:\n{}",
         p.stdout.lock().unwrap().join("\n")
     );
+}
+
+/// A replica crashes (the failpoint aborts it) once its transition is in the cluster's
+/// stream and before it forgets the inbox entry: started again, it publishes the
+/// transition again, the stream drops the repeat, and the change is alerted once. The
+/// failure's owner crashes so; so does the recovery's, if the check moved meanwhile.
+#[test]
+fn a_crash_between_publishing_and_forgetting_alerts_each_change_once() {
+    let mut c = cluster_with(2, 20, 4, "", Some("cluster_after_publish"));
+    wait_until("4 checks placed on 2", Duration::from_secs(20), || {
+        let p = c.placed();
+        (p.len() == 2 && p.iter().map(|(_, n)| n).sum::<u64>() == 4).then_some(())
+    });
+    let down = "c00".to_string();
+    // Restarts, without the failpoint, each replica that crashed; the restarted one must
+    // find its transition in the stream already.
+    let restart_crashed = |c: &mut Cluster| {
+        for r in c.replicas.iter_mut() {
+            let crashed = r
+                .proc
+                .as_mut()
+                .is_some_and(|p| matches!(p.child.try_wait(), Ok(Some(_))));
+            if crashed {
+                assert!(
+                    r.proc()
+                        .stderr_text()
+                        .contains("failpoint cluster_after_publish"),
+                    "{}",
+                    r.proc().stderr_text()
+                );
+                r.failpoint = None;
+                r.spawn();
+                r.proc().wait_for(
+                    "the transition found in the stream",
+                    Duration::from_secs(20),
+                    |e| {
+                        e.iter()
+                            .any(|e| e["event"] == "cluster_alerts" && e["check"] == "c00")
+                    },
+                );
+            }
+        }
+    };
+    c.target(&down).up.store(false, Ordering::SeqCst);
+    wait_until("the owner to crash", Duration::from_secs(20), || {
+        c.replicas
+            .iter_mut()
+            .any(|r| matches!(r.proc.as_mut().unwrap().child.try_wait(), Ok(Some(_))))
+            .then_some(())
+    });
+    restart_crashed(&mut c);
+    wait_until("the failure alerted", Duration::from_secs(20), || {
+        (count(&c.mock, &down, "failed") == 1).then_some(())
+    });
+    c.target(&down).up.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    while count(&c.mock, &down, "recovered") == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "{:?}",
+            delivered(&c.mock)
+        );
+        restart_crashed(&mut c);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The recovery went out after every republish: a second failure would be there.
+    assert_eq!(
+        count(&c.mock, &down, "failed"),
+        1,
+        "{:?}",
+        delivered(&c.mock)
+    );
+    assert_eq!(count(&c.mock, &down, "recovered"), 1);
 }
 
 /// A server that says it is nats-server 2.9.10 (Debian 12's): the engine refuses it

@@ -109,7 +109,8 @@ impl AlertTasks {
     }
 }
 
-async fn publish(nats: &Nats, subject: &str, item: &Item) -> Result<(), String> {
+/// Whether the stream took it now (false: it had it already, from before a restart).
+async fn publish(nats: &Nats, subject: &str, item: &Item) -> Result<bool, String> {
     let body = serde_json::to_vec(item).map_err(|e| e.to_string())?;
     let mut msg = PublishMessage::build().payload(body.into());
     if let Some(id) = msg_id(item) {
@@ -120,11 +121,11 @@ async fn publish(nats: &Nats, subject: &str, item: &Item) -> Result<(), String> 
         .send_publish(subject.to_string(), msg)
         .await
         .map_err(|e| e.to_string())?;
-    tokio::time::timeout(Duration::from_secs(5), ack)
+    let ack = tokio::time::timeout(Duration::from_secs(5), ack)
         .await
         .map_err(|_| "no answer from JetStream within 5s".to_string())?
         .map_err(|e| e.to_string())?;
-    Ok(())
+    Ok(!ack.duplicate)
 }
 
 /// Publishes each committed transition in order, then forgets its inbox entry.
@@ -152,7 +153,11 @@ async fn forwarder(
                 _ = stop.cancelled() => return,
             };
             match published {
-                Ok(()) => {
+                Ok(fresh) => {
+                    if !fresh {
+                        tracing::info!(event = "cluster_alerts", check = item.check().unwrap_or_default(), "A transition of {} was in the cluster's stream already (published before a restart): it is not alerted again.", item.check().unwrap_or_default());
+                    }
+                    crate::failpoint::hit("cluster_after_publish");
                     if failing.take().is_some() {
                         tracing::info!(event = "cluster_alerts", "The cluster's event stream takes alerts again: the alerting replica sends them.");
                     }

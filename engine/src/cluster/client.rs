@@ -175,23 +175,14 @@ pub async fn merge_status(
                 (None, _) => false,
             };
         if newer {
-            let s = &rec.state;
-            c.status = s.status;
-            c.failures = s.failures;
-            c.successes = s.successes;
-            c.changed_at = s.changed_at;
-            c.failed_message = s.failed_message.clone();
-            c.last = s
-                .last
-                .as_ref()
-                .map(|l| vigia_core::snapshot::LastRunSnapshot {
-                    ok: l.ok,
-                    severity: l.severity,
-                    value: l.value,
-                    message: l.message.clone(),
-                    duration_ms: l.duration_ms,
-                    at: l.at,
-                });
+            let state = vigia_core::status::CheckState::from(rec.state.clone());
+            let theirs = vigia_core::snapshot::CheckSnapshot::of_state(&c.name, &state);
+            c.status = theirs.status;
+            c.failures = theirs.failures;
+            c.successes = theirs.successes;
+            c.changed_at = theirs.changed_at;
+            c.failed_message = theirs.failed_message;
+            c.last = theirs.last;
         }
     }
     Ok(format!(

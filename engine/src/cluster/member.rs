@@ -705,7 +705,11 @@ impl Member {
         let answer = match serde_json::from_slice::<ClusterCommand>(&m.payload) {
             Err(e) => Err(format!("not a cluster command: {e}")),
             Ok(_) if !leading => Err(format!("{} does not lead the cluster (ask again)", self.id)),
-            Ok(c) => self.command(c, rr).await,
+            Ok(c) => {
+                // The replicas as NATS has them now: one that joined a moment ago counts.
+                self.refresh_live().await;
+                self.command(c, rr).await
+            }
         };
         let body = match answer {
             Ok(text) => serde_json::json!({"ok": true, "text": text}),

@@ -1,0 +1,463 @@
+//! The cluster: `cargo bench -p vigia --bench cluster` (~10 min).
+//!
+//! A nats-server 2.11+ of its own (`VIGIA_NATS_SERVER`, else the one
+//! scripts/fixtures/nats-server.sh installs) on a free port with JetStream in a temp
+//! dir, and `vigia run` replicas (release build) as processes. Two parts:
+//!
+//! 1. **Failover** (`--kills 20`): 3 replicas, heartbeat 1s, lease 2s (two heartbeats),
+//!    30 floating tcp checks @ 1s, each with a listener of its own that counts its
+//!    connections. Each round `kill -9`s a replica (every fourth round the leader):
+//!    failover = from the kill to the moment every check it ran was connected again by
+//!    another replica; leader takeover = from the kill to a new leader in the lease
+//!    bucket. The replica is started again and `vigia cluster rebalance` spreads the
+//!    checks before the next round. Median and max.
+//! 2. **Load** (`--duration 60s`): tcp × 3000 @ 10s on one standalone engine, then
+//!    3 replicas × 3000 floating tcp checks @ 10s, in the same run: CPU per executed
+//!    check (user+sys of the engines; NATS's own CPU printed aside), and the messages
+//!    through NATS per second (nats-server's /varz `in_msgs` + `out_msgs`).
+//!
+//! `--only failover|load` runs one part.
+
+mod procs;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use procs::cpu_seconds;
+
+fn nats_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("VIGIA_NATS_SERVER") {
+        return p.into();
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fixtures/nats-server.sh");
+    let out = Command::new(script)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("scripts/fixtures/nats-server.sh");
+    assert!(out.status.success(), "nats-server could not be installed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Nats {
+    child: Killed,
+    port: u16,
+    monitor: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, monitor) = (free_port(), free_port());
+        let child = Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &monitor.to_string(), "-js", "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait("nats-server", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Nats {
+            child: Killed(child),
+            port,
+            monitor,
+            _dir: dir,
+        }
+    }
+
+    /// in_msgs + out_msgs so far.
+    fn msgs(&self) -> u64 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.monitor)).unwrap();
+        s.write_all(b"GET /varz HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        let json = body.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+        v["in_msgs"].as_u64().unwrap_or(0) + v["out_msgs"].as_u64().unwrap_or(0)
+    }
+}
+
+fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Listeners that count their connections, one per check.
+fn counting_targets(n: usize) -> Vec<(u16, Arc<AtomicU64>)> {
+    (0..n)
+        .map(|_| {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            let hits = Arc::new(AtomicU64::new(0));
+            let h = hits.clone();
+            std::thread::spawn(move || {
+                for c in l.incoming() {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    drop(c);
+                }
+            });
+            (port, hits)
+        })
+        .collect()
+}
+
+/// One listener for many checks, on a runtime thread of its own.
+fn shared_target() -> (u16, Arc<AtomicU64>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            l.set_nonblocking(true).unwrap();
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            loop {
+                if let Ok((s, _)) = l.accept().await {
+                    h.fetch_add(1, Ordering::Relaxed);
+                    drop(s);
+                }
+            }
+        });
+    });
+    (port, hits)
+}
+
+fn config(
+    dir: &Path,
+    id: Option<&str>,
+    nats: Option<u16>,
+    checks: &str,
+    hb: &str,
+    lease: &str,
+    capacity: usize,
+) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let cluster = match (id, nats) {
+        (Some(id), Some(port)) => format!(
+            "cluster:\n  nats: nats://127.0.0.1:{port}\n  replica_id: {id}\n  capacity: {capacity}\n  heartbeat: {hb}\n  lease: {lease}\n"
+        ),
+        _ => String::new(),
+    };
+    let file = dir.join("config.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "engine:\n  state_dir: state\n  status_log_interval: 1h\n  max_concurrent_checks: 4096\nhttp:\n  enabled: false\n{cluster}channels:\n  log: {{ type: console }}\nchecks:\n{checks}"
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// The configs of replicas r0, r1, r2 (heartbeat 1s).
+fn replica_configs(root: &Path, nats: u16, checks: &str, lease: &str, cap: usize) -> Vec<PathBuf> {
+    ["r0", "r1", "r2"]
+        .iter()
+        .map(|id| {
+            config(
+                &root.join(id),
+                Some(id),
+                Some(nats),
+                checks,
+                "1s",
+                lease,
+                cap,
+            )
+        })
+        .collect()
+}
+
+fn vigia_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vigia"))
+}
+
+fn spawn(config: &Path) -> Killed {
+    Killed(
+        procs::vigia_run(&vigia_bin(), config, "warn")
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn cli(config: &Path, args: &[&str]) -> Option<serde_json::Value> {
+    let out = Command::new(vigia_bin())
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Each live replica with the checks placed on it.
+type PerReplica = Vec<(String, Vec<String>)>;
+
+/// (leader, replica → its checks) as `vigia cluster status --json` says.
+fn status(config: &Path) -> Option<(Option<String>, PerReplica)> {
+    let s = cli(config, &["cluster", "status", "--json"])?;
+    let per = s["replicas"]
+        .as_array()?
+        .iter()
+        .map(|r| {
+            let checks = r["checks"]
+                .as_array()
+                .map(|c| {
+                    c.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (r["id"].as_str().unwrap_or_default().to_string(), checks)
+        })
+        .collect();
+    Some((s["leader"].as_str().map(String::from), per))
+}
+
+fn median_max(v: &mut [Duration]) -> (Duration, Duration) {
+    v.sort();
+    (v[v.len() / 2], *v.last().unwrap())
+}
+
+fn failover(kills: usize) {
+    let nats = Nats::start();
+    let root = tempfile::tempdir().unwrap();
+    let targets = counting_targets(30);
+    let mut checks = String::new();
+    for (i, (port, _)) in targets.iter().enumerate() {
+        checks.push_str(&format!(
+            "  - name: c{i:02}\n    type: tcp\n    host: 127.0.0.1\n    port: {port}\n    interval: 1s\n    timeout: 500ms\n"
+        ));
+    }
+    let ids = ["r0", "r1", "r2"];
+    let configs = replica_configs(root.path(), nats.port, &checks, "2s", 100);
+    let mut procs: Vec<Option<Killed>> = configs.iter().map(|c| Some(spawn(c))).collect();
+    let cfg0 = configs[0].clone();
+    let placed = |per: &[(String, Vec<String>)]| per.iter().map(|(_, c)| c.len()).sum::<usize>();
+    wait("30 checks on 3 replicas", Duration::from_secs(60), || {
+        let (_, per) = status(&cfg0)?;
+        (per.len() == 3 && placed(&per) == 30).then_some(())
+    });
+    let hits = |name: &str| {
+        let i: usize = name[1..].parse().unwrap();
+        targets[i].1.load(Ordering::SeqCst)
+    };
+    let (mut moves, mut takeovers) = (Vec::new(), Vec::new());
+    for round in 0..kills {
+        let (leader, per) = wait("a leader", Duration::from_secs(30), || {
+            let (l, per) = status(&cfg0)?;
+            Some((l?, per))
+        });
+        let kill_leader = round % 4 == 3;
+        let (victim, its) = per
+            .iter()
+            .filter(|(id, _)| (*id == leader) == kill_leader)
+            .max_by_key(|(_, c)| c.len())
+            .cloned()
+            .unwrap();
+        let vi = ids.iter().position(|i| *i == victim).unwrap();
+        let killed = Instant::now();
+        drop(procs[vi].take());
+        let mark: Vec<u64> = its.iter().map(|c| hits(c)).collect();
+        let other = configs[(vi + 1) % 3].clone();
+        if kill_leader {
+            let t = wait("a new leader", Duration::from_secs(30), || {
+                let (l, _) = status(&other)?;
+                (l? != leader).then(|| killed.elapsed())
+            });
+            takeovers.push(t);
+        }
+        let t = wait(
+            "the checks to run elsewhere",
+            Duration::from_secs(30),
+            || {
+                its.iter()
+                    .zip(&mark)
+                    .all(|(c, m)| hits(c) > *m)
+                    .then(|| killed.elapsed())
+            },
+        );
+        println!(
+            "round {:2}: killed {victim}{} with {} checks: they ran again after {:.2} s",
+            round + 1,
+            if kill_leader { " (the leader)" } else { "" },
+            its.len(),
+            t.as_secs_f64()
+        );
+        moves.push(t);
+        procs[vi] = Some(spawn(&configs[vi]));
+        wait("the replica back", Duration::from_secs(30), || {
+            let (_, per) = status(&other)?;
+            (per.len() == 3).then_some(())
+        });
+        wait("a balanced cluster", Duration::from_secs(30), || {
+            let (_, per) = status(&other)?;
+            if per.len() == 3 && placed(&per) == 30 && per.iter().all(|(_, c)| c.len() >= 9) {
+                return Some(());
+            }
+            let _ = cli(&other, &["cluster", "rebalance"]);
+            std::thread::sleep(Duration::from_millis(500));
+            None
+        });
+    }
+    let (m, x) = median_max(&mut moves);
+    println!(
+        "\nFailover over {kills} kills (heartbeat 1s, lease 2s, checks @ 1s; bound 2 heartbeats + 1 interval = 3 s): median {:.2} s, max {:.2} s",
+        m.as_secs_f64(),
+        x.as_secs_f64()
+    );
+    if !takeovers.is_empty() {
+        let (m, x) = median_max(&mut takeovers);
+        println!(
+            "Leader (and alerter) takeover over {} leader kills: median {:.2} s, max {:.2} s",
+            takeovers.len(),
+            m.as_secs_f64(),
+            x.as_secs_f64()
+        );
+    }
+    drop(procs);
+    drop(nats.child);
+}
+
+fn tcp_checks(n: usize, port: u16) -> String {
+    let mut s = String::new();
+    for i in 0..n {
+        s.push_str(&format!(
+            "  - name: t{i:05}\n    type: tcp\n    host: 127.0.0.1\n    port: {port}\n    interval: 10s\n    timeout: 500ms\n"
+        ));
+    }
+    s
+}
+
+/// CPU seconds of `pids` and hits at the target over `d`, after one interval.
+fn measure(pids: &[u32], hits: &AtomicU64, d: Duration) -> (f64, u64) {
+    std::thread::sleep(Duration::from_secs(10));
+    let cpu0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let h0 = hits.load(Ordering::Relaxed);
+    std::thread::sleep(d);
+    let cpu1: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    (cpu1 - cpu0, hits.load(Ordering::Relaxed) - h0)
+}
+
+fn load(d: Duration) {
+    const N: usize = 3000;
+    let (port, hits) = shared_target();
+    let root = tempfile::tempdir().unwrap();
+
+    let standalone = config(
+        &root.path().join("alone"),
+        None,
+        None,
+        &tcp_checks(N, port),
+        "1s",
+        "3s",
+        N,
+    );
+    let p = spawn(&standalone);
+    let (cpu, executed) = measure(&[p.0.id()], &hits, d);
+    drop(p);
+    let alone = cpu / executed as f64 * 1e6;
+    println!(
+        "standalone: tcp × {N} @ 10s over {:.0} s: {executed} runs, CPU/check {alone:.1} µs",
+        d.as_secs_f64()
+    );
+
+    let nats = Nats::start();
+    let checks = tcp_checks(3 * N, port);
+    let configs = replica_configs(root.path(), nats.port, &checks, "3s", N);
+    let procs: Vec<Killed> = configs.iter().map(|c| spawn(c)).collect();
+    let started = Instant::now();
+    wait("9000 checks placed", Duration::from_secs(600), || {
+        let (_, per) = status(&configs[0])?;
+        (per.len() == 3 && per.iter().map(|(_, c)| c.len()).sum::<usize>() == 3 * N).then_some(())
+    });
+    println!(
+        "cluster: {} checks placed on 3 replicas after {:.1} s",
+        3 * N,
+        started.elapsed().as_secs_f64()
+    );
+    let pids: Vec<u32> = procs.iter().map(|p| p.0.id()).collect();
+    let nats_pid = nats.child.0.id();
+    let m0 = nats.msgs();
+    let n0 = cpu_seconds(nats_pid);
+    let t0 = Instant::now();
+    let (cpu, executed) = measure(&pids, &hits, d);
+    let secs = t0.elapsed().as_secs_f64();
+    let msgs = nats.msgs() - m0;
+    let nats_cpu = cpu_seconds(nats_pid) - n0;
+    let per = cpu / executed as f64 * 1e6;
+    println!(
+        "cluster: 3 replicas × tcp × {N} @ 10s over {:.0} s: {executed} runs, CPU/check {per:.1} µs ({:.2}× standalone); nats-server CPU {:.1} µs/check more; through NATS {:.0} messages/s",
+        d.as_secs_f64(),
+        per / alone,
+        nats_cpu / executed as f64 * 1e6,
+        msgs as f64 / secs
+    );
+    drop(procs);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let mut kills = 20;
+    let mut duration = Duration::from_secs(60);
+    let mut only: Option<String> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--kills" => kills = it.next().and_then(|v| v.parse().ok()).unwrap_or(20),
+            "--duration" => {
+                duration = Duration::from_secs(
+                    it.next()
+                        .and_then(|v| v.trim_end_matches('s').parse().ok())
+                        .unwrap_or(60),
+                )
+            }
+            "--only" => only = it.next().cloned(),
+            _ => {}
+        }
+    }
+    if only.as_deref() != Some("load") {
+        failover(kills);
+    }
+    if only.as_deref() != Some("failover") {
+        load(duration);
+    }
+}
