@@ -16,7 +16,13 @@
 //!    check (user+sys of the engines; NATS's own CPU printed aside), and the messages
 //!    through NATS per second (nats-server's /varz `in_msgs` + `out_msgs`).
 //!
-//! `--only failover|load` runs one part.
+//! 3. **Chaos** (`--only chaos --rounds 100`, ~10 min, not in CI): each round flips one
+//!    of 6 checks' targets, `kill -9`s a random replica 0-1.5 s later (the alerting
+//!    one as often as the others) and starts it again; at the end each check's alerts
+//!    at the Telegram mock are compared with its flips: duplicate deliveries (allowed:
+//!    at most one per alerting-replica kill), lost transitions (allowed: none).
+//!
+//! `--only failover|load|chaos` runs one part.
 
 mod procs;
 
@@ -133,11 +139,28 @@ fn counting_targets(n: usize) -> Vec<(u16, Arc<AtomicU64>)> {
 }
 
 /// One listener for many checks, on a runtime thread of its own.
-fn shared_target() -> (u16, Arc<AtomicU64>) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
+/// Three listeners (accept queues of 4096: a check that fails for a full queue would
+/// write its state through NATS and weigh on the cluster side only), one counter.
+fn shared_targets() -> (Vec<u16>, Arc<AtomicU64>) {
     let hits = Arc::new(AtomicU64::new(0));
-    let h = hits.clone();
+    let ports = (0..3).map(|_| shared_target(hits.clone())).collect();
+    (ports, hits)
+}
+
+fn shared_target(hits: Arc<AtomicU64>) -> u16 {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_reuse_address(true).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.listen(4096).unwrap();
+    let l: std::net::TcpListener = sock.into();
+    let port = l.local_addr().unwrap().port();
+    let h = hits;
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -154,7 +177,7 @@ fn shared_target() -> (u16, Arc<AtomicU64>) {
             }
         });
     });
-    (port, hits)
+    port
 }
 
 fn config(
@@ -206,12 +229,39 @@ fn vigia_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vigia"))
 }
 
+/// `vigia run`, its JSON log (info) appended to `vigia.log` beside its config.
 fn spawn(config: &Path) -> Killed {
-    Killed(
-        procs::vigia_run(&vigia_bin(), config, "warn")
-            .spawn()
-            .unwrap(),
-    )
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_file_name("vigia.log"))
+        .unwrap();
+    let mut cmd = procs::vigia_run(&vigia_bin(), config, "info");
+    cmd.stdout(log);
+    Killed(cmd.spawn().unwrap())
+}
+
+/// The bench's folder (the configs, states and logs of its engines), removed at the
+/// end unless `VIGIA_BENCH_KEEP=1`.
+struct Workdir(PathBuf, #[allow(dead_code)] Option<tempfile::TempDir>);
+
+impl Workdir {
+    fn new() -> Workdir {
+        let dir = tempfile::Builder::new()
+            .prefix("vigia-bench-cluster-")
+            .tempdir()
+            .unwrap();
+        if std::env::var_os("VIGIA_BENCH_KEEP").is_some() {
+            let kept = dir.keep();
+            println!("(the engines' folders and logs stay in {})", kept.display());
+            return Workdir(kept, None);
+        }
+        Workdir(dir.path().to_path_buf(), Some(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
 }
 
 fn cli(config: &Path, args: &[&str]) -> Option<serde_json::Value> {
@@ -256,7 +306,7 @@ fn median_max(v: &mut [Duration]) -> (Duration, Duration) {
 
 fn failover(kills: usize) {
     let nats = Nats::start();
-    let root = tempfile::tempdir().unwrap();
+    let root = Workdir::new();
     let targets = counting_targets(30);
     let mut checks = String::new();
     for (i, (port, _)) in targets.iter().enumerate() {
@@ -354,9 +404,10 @@ fn failover(kills: usize) {
     drop(nats.child);
 }
 
-fn tcp_checks(n: usize, port: u16) -> String {
+fn tcp_checks(n: usize, ports: &[u16]) -> String {
     let mut s = String::new();
     for i in 0..n {
+        let port = ports[i % ports.len()];
         s.push_str(&format!(
             "  - name: t{i:05}\n    type: tcp\n    host: 127.0.0.1\n    port: {port}\n    interval: 10s\n    timeout: 500ms\n"
         ));
@@ -376,14 +427,14 @@ fn measure(pids: &[u32], hits: &AtomicU64, d: Duration) -> (f64, u64) {
 
 fn load(d: Duration) {
     const N: usize = 3000;
-    let (port, hits) = shared_target();
-    let root = tempfile::tempdir().unwrap();
+    let (ports, hits) = shared_targets();
+    let root = Workdir::new();
 
     let standalone = config(
         &root.path().join("alone"),
         None,
         None,
-        &tcp_checks(N, port),
+        &tcp_checks(N, &ports),
         "1s",
         "3s",
         N,
@@ -398,7 +449,7 @@ fn load(d: Duration) {
     );
 
     let nats = Nats::start();
-    let checks = tcp_checks(3 * N, port);
+    let checks = tcp_checks(3 * N, &ports);
     let configs = replica_configs(root.path(), nats.port, &checks, "3s", N);
     let procs: Vec<Killed> = configs.iter().map(|c| spawn(c)).collect();
     let started = Instant::now();
@@ -431,6 +482,199 @@ fn load(d: Duration) {
     drop(procs);
 }
 
+/// A listener that answers "OK" while `up`, closes at once while down.
+fn switchable_target() -> (u16, Arc<std::sync::atomic::AtomicBool>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let u = up.clone();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().map_while(Result::ok) {
+            if u.load(Ordering::SeqCst) {
+                let _ = c.write_all(b"OK\n");
+            }
+        }
+    });
+    (port, up)
+}
+
+/// `(check, state)` read back from the Telegram messages, in delivery order.
+fn delivered(tg: &vigia_mocks::telegram::Telegram) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for m in tg.messages() {
+        for part in m.text.split("<b>").skip(1) {
+            let Some((name, rest)) = part.split_once("</b>") else {
+                continue;
+            };
+            for state in ["failed", "recovered"] {
+                if rest.trim_start().starts_with(state) {
+                    out.push((name.to_string(), state.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A small xorshift: the rounds are random, and the seed printed repeats them.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// `rounds` of: flip one check's target, `kill -9` a random replica (the leader, the
+/// alerting one, as often as the others) at a random moment 0-1.5 s later, start it
+/// again, and wait for the flip to be alerted. Then every check's alerts are compared
+/// with its flips: duplicates, losses, and the alerting-replica kills.
+fn chaos(rounds: usize) {
+    const CHECKS: usize = 6;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mocks = rt
+        .block_on(vigia_mocks::start(vigia_mocks::Options {
+            http: "127.0.0.1:0".parse().unwrap(),
+            tcp: "127.0.0.1:0".parse().unwrap(),
+            control: "127.0.0.1:0".parse().unwrap(),
+            slow_delay: Duration::from_secs(1),
+            telegram: "127.0.0.1:0".parse().unwrap(),
+            telegram_rate: 0,
+        }))
+        .unwrap();
+    let tg = mocks.tg.clone();
+    let nats = Nats::start();
+    let root = Workdir::new();
+    let targets: Vec<_> = (0..CHECKS).map(|_| switchable_target()).collect();
+    let mut checks = String::new();
+    for (i, (port, _)) in targets.iter().enumerate() {
+        checks.push_str(&format!(
+            "  - name: k{i}\n    type: tcp\n    host: 127.0.0.1\n    port: {port}\n    send: \"hi\\n\"\n    expect: OK\n    interval: 500ms\n    timeout: 300ms\n    threshold: 1\n"
+        ));
+    }
+    let token = root.path().join("bot-token");
+    std::fs::write(&token, "4242:bench").unwrap();
+    let ids = ["r0", "r1", "r2"];
+    let configs: Vec<PathBuf> = ids
+        .iter()
+        .map(|id| {
+            let dir = root.path().join(id);
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = dir.join("config.yaml");
+            std::fs::write(
+                &file,
+                format!(
+                    "engine:\n  state_dir: state\n  status_log_interval: 1h\n  shutdown_grace: 1s\nhttp:\n  enabled: false\n\
+cluster:\n  nats: nats://127.0.0.1:{}\n  replica_id: {id}\n  heartbeat: 500ms\n  lease: 2s\n\
+alerting:\n  group_wait: 0s\n  max_retry_wait: 1s\n\
+channels:\n  ops:\n    type: telegram\n    token_file: {token}\n    chat_ids: [4242]\n    api_url: http://{}\n\
+checks:\n{checks}",
+                    nats.port,
+                    mocks.telegram,
+                    token = token.display()
+                ),
+            )
+            .unwrap();
+            file
+        })
+        .collect();
+    let spawn_replica = |c: &Path| spawn(c);
+    let mut procs: Vec<Killed> = configs.iter().map(|c| spawn_replica(c)).collect();
+    wait("6 checks placed on 3", Duration::from_secs(60), || {
+        let (_, per) = status(&configs[0])?;
+        (per.len() == 3 && per.iter().map(|(_, c)| c.len()).sum::<usize>() == CHECKS).then_some(())
+    });
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut rng = Rng(seed);
+    let mut expected: Vec<Vec<&str>> = vec![Vec::new(); CHECKS];
+    let (mut leader_kills, mut timeouts) = (0usize, 0usize);
+    let started = Instant::now();
+    for round in 0..rounds {
+        let k = round % CHECKS;
+        let up = !targets[k].1.load(Ordering::SeqCst);
+        targets[k].1.store(up, Ordering::SeqCst);
+        let state = if up { "recovered" } else { "failed" };
+        expected[k].push(state);
+        std::thread::sleep(Duration::from_millis(rng.below(1500)));
+        let victim = rng.below(3) as usize;
+        let leader = status(&configs[(victim + 1) % 3]).and_then(|(l, _)| l);
+        if leader.as_deref() == Some(ids[victim]) {
+            leader_kills += 1;
+        }
+        drop(std::mem::replace(
+            &mut procs[victim],
+            Killed(Command::new("true").spawn().unwrap()),
+        ));
+        std::thread::sleep(Duration::from_millis(200));
+        procs[victim] = spawn_replica(&configs[victim]);
+        let name = format!("k{k}");
+        let want = expected[k].len();
+        let got = (|| {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(30) {
+                let n = delivered(&tg).iter().filter(|(c, _)| *c == name).count();
+                if n >= want {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        })();
+        if !got {
+            timeouts += 1;
+        }
+        // Keep the checks spread: the restarted replica takes nothing by itself.
+        let _ = cli(&configs[(victim + 1) % 3], &["cluster", "rebalance"]);
+        if (round + 1) % 10 == 0 {
+            println!(
+                "round {}: {} alerting-replica kills so far, {:.0} s",
+                round + 1,
+                leader_kills,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    // What was in flight settles.
+    std::thread::sleep(Duration::from_secs(5));
+    let got = delivered(&tg);
+    let (mut dups, mut lost) = (0usize, 0usize);
+    for (k, want) in expected.iter().enumerate() {
+        let name = format!("k{k}");
+        let mine: Vec<&str> = got
+            .iter()
+            .filter(|(c, _)| *c == name)
+            .map(|(_, s)| s.as_str())
+            .collect();
+        // A repeat is the same state twice in a row; what is left must be the flips.
+        let mut dedup: Vec<&str> = Vec::new();
+        for s in &mine {
+            if dedup.last() == Some(s) {
+                dups += 1;
+            } else {
+                dedup.push(s);
+            }
+        }
+        let matched = dedup.iter().zip(want).take_while(|(a, b)| a == b).count();
+        lost += want.len() - matched;
+    }
+    println!(
+        "\nChaos, {rounds} rounds of a flip and a kill -9 (seed {seed}): {} transitions flipped, {} alerted; duplicate deliveries {dups} (alerting-replica kills {leader_kills}), lost transitions {lost}, rounds that waited over 30 s {timeouts}",
+        expected.iter().map(Vec::len).sum::<usize>(),
+        got.len()
+    );
+    drop(procs);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -439,6 +683,7 @@ fn main() {
     let mut kills = 20;
     let mut duration = Duration::from_secs(60);
     let mut only: Option<String> = None;
+    let mut rounds = 100;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -451,8 +696,14 @@ fn main() {
                 )
             }
             "--only" => only = it.next().cloned(),
+            "--rounds" => rounds = it.next().and_then(|v| v.parse().ok()).unwrap_or(100),
             _ => {}
         }
+    }
+    // The chaos rounds take ~10 min: only when asked for.
+    if only.as_deref() == Some("chaos") {
+        chaos(rounds);
+        return;
     }
     if only.as_deref() != Some("load") {
         failover(kills);

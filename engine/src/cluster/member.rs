@@ -69,6 +69,10 @@ pub struct Member {
     cut: Mutex<bool>,
     /// Whether the last heartbeat got through.
     beating: std::sync::atomic::AtomicBool,
+    /// Counts what may change placement (the config's checks, the placements, the live
+    /// replicas, a command): the loop reconciles and takes over only when it moved (or
+    /// every few seconds), not on every tick.
+    changes: std::sync::atomic::AtomicU64,
     wake: Notify,
     started: Instant,
     started_ms: u64,
@@ -125,6 +129,7 @@ impl Member {
             leading: watch::channel(false).0,
             cut: Mutex::new(false),
             beating: std::sync::atomic::AtomicBool::new(true),
+            changes: std::sync::atomic::AtomicU64::new(0),
             wake: Notify::new(),
             started: Instant::now(),
             started_ms: unix_ms(),
@@ -161,6 +166,13 @@ impl Member {
             .collect();
         *lock(&self.pinned) = checks.iter().filter(|c| c.pinned).count();
         *lock(&self.floating) = Arc::new(floating);
+        self.poke();
+    }
+
+    /// Something placement depends on changed: the loop looks again, now.
+    fn poke(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.wake.notify_one();
     }
 
@@ -190,7 +202,7 @@ impl Member {
             match self.nats.placements().await {
                 Ok(all) => {
                     *lock(&self.places) = all;
-                    self.wake.notify_one();
+                    self.poke();
                 }
                 Err(e) => {
                     tracing::debug!(event = "cluster", "Reading placements: {e}");
@@ -224,7 +236,7 @@ impl Member {
                         }
                     }
                 }
-                self.wake.notify_one();
+                self.poke();
             }
         }
     }
@@ -243,6 +255,9 @@ impl Member {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leader_rev: Option<u64> = None;
         let mut rr = 0usize;
+        // What the last full look saw: the count of changes, whether it could place.
+        let mut seen: Option<(u64, bool)> = None;
+        let mut last_look = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -266,13 +281,34 @@ impl Member {
             if !self.beating.load(std::sync::atomic::Ordering::Relaxed) {
                 continue;
             }
-            self.refresh_live().await;
             leader_rev = self.lead(leader_rev).await;
             self.set_leading(leader_rev.is_some() && !*lock(&self.cut));
-            if leader_rev.is_some() && self.started.elapsed() >= self.lease() {
+            let places = leader_rev.is_some() && self.started.elapsed() >= self.lease();
+            // The leader watches the replicas all the time (a death is its to see);
+            // the others only need them when placement changed.
+            let changed = seen
+                != Some((
+                    self.changes.load(std::sync::atomic::Ordering::Relaxed),
+                    places,
+                ));
+            if leader_rev.is_some() || changed || last_look.elapsed() >= Duration::from_secs(5) {
+                self.refresh_live().await;
+            }
+            let now = (
+                self.changes.load(std::sync::atomic::Ordering::Relaxed),
+                places,
+            );
+            // A full look costs a pass over every floating check: only when something
+            // changed, or every 5 s (refused checks, a take-over that must wait).
+            if seen == Some(now) && last_look.elapsed() < Duration::from_secs(5) {
+                continue;
+            }
+            last_look = Instant::now();
+            if places {
                 self.reconcile(&mut rr).await;
             }
-            self.take_assigned().await;
+            // Not all taken over (a last owner that has not let go yet): again soon.
+            seen = self.take_assigned().await.then_some(now);
         }
         let _ = beats.await;
         self.set_leading(false);
@@ -310,7 +346,7 @@ impl Member {
                     last_ok_ms = unix_ms();
                     if std::mem::replace(&mut *lock(&self.cut), false) {
                         tracing::info!(event = "cluster_reachable", replica = %self.id, "NATS can be reached again: this replica takes part in the cluster again.");
-                        self.wake.notify_one();
+                        self.poke();
                     }
                     if let Some(since) = reported.take() {
                         let _ = self.reach.send(Reach::Back {
@@ -367,7 +403,14 @@ impl Member {
 
     async fn refresh_live(&self) {
         match self.nats.live_replicas().await {
-            Ok(l) => *lock(&self.live) = l,
+            Ok(l) => {
+                let mut live = lock(&self.live);
+                if !live.keys().eq(l.keys()) {
+                    self.changes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                *live = l;
+            }
             Err(e) => tracing::debug!(event = "cluster", "Reading the replicas: {e}"),
         }
     }
@@ -523,7 +566,8 @@ impl Member {
 
     /// Takes over the checks placed here that are not yet running here, and lets go
     /// of those placed elsewhere; tells the supervisor when the set changed.
-    async fn take_assigned(&self) {
+    /// Whether every check placed here runs here now.
+    async fn take_assigned(&self) -> bool {
         let floating = lock(&self.floating).clone();
         let desired: BTreeSet<Arc<str>> = {
             let places = lock(&self.places);
@@ -539,7 +583,7 @@ impl Member {
         };
         let current = self.assigned.borrow().clone();
         if *current == desired {
-            return;
+            return true;
         }
         let mut next: BTreeSet<Arc<str>> = current.intersection(&desired).cloned().collect();
         for name in desired.difference(&current) {
@@ -547,20 +591,27 @@ impl Member {
                 next.insert(name.clone());
             }
         }
-        let gone: Vec<Arc<str>> = current.difference(&desired).cloned().collect();
+        // Their states are read now: once the scheduler stops them, the status map
+        // forgets them (a release after that had nothing to hand over, and the next
+        // owner waited for the stuck-owner rule: 4 s more).
+        let gone: Vec<(Arc<str>, Option<CheckState>)> = current
+            .difference(&desired)
+            .map(|n| (n.clone(), self.book.state(n)))
+            .collect();
         {
             // Cut off meanwhile: the heartbeat task dropped every floating check.
             let cut = lock(&self.cut);
             if *cut {
-                return;
+                return false;
             }
             if next != *current {
-                self.assigned.send_replace(Arc::new(next));
+                self.assigned.send_replace(Arc::new(next.clone()));
             }
         }
-        for name in gone {
-            self.release(&name).await;
+        for (name, state) in gone {
+            self.release(&name, state).await;
         }
+        next == desired
     }
 
     /// Becomes the owner of a check's record: its state goes into the status map
@@ -646,12 +697,20 @@ impl Member {
     }
 
     /// Lets go of a check placed elsewhere: its last state, with no owner, for the next.
-    async fn release(&self, name: &Arc<str>) {
+    async fn release(&self, name: &Arc<str>, state: Option<CheckState>) {
         let Some(rev) = lock(&self.owned).remove(name) else {
             return;
         };
-        let Some(state) = self.book.state(name) else {
-            return;
+        let state = match state {
+            Some(s) => s,
+            // Never ran here: what the record holds.
+            None => match self.nats.checks.entry(key_of(name)).await {
+                Ok(Some(e)) => match serde_json::from_slice::<CheckRecord>(&e.value) {
+                    Ok(r) => CheckState::from(r.state),
+                    Err(_) => return,
+                },
+                _ => return,
+            },
         };
         let rec = CheckRecord {
             owner: None,
@@ -667,7 +726,7 @@ impl Member {
     async fn leave(&self, leader_rev: Option<u64>) {
         let owned: Vec<Arc<str>> = lock(&self.owned).keys().cloned().collect();
         for name in &owned {
-            self.release(name).await;
+            self.release(name, self.book.state(name)).await;
         }
         if let Some(rev) = leader_rev {
             let _ = self
@@ -893,7 +952,7 @@ impl Member {
                     .values()
                     .filter(|(p, _)| p.replica.as_deref() == Some(&r))
                     .count();
-                self.wake.notify_one();
+                self.poke();
                 Ok(format!("{r} is drained: its {n} floating checks move to the others; it takes no new ones until `vigia cluster undrain {r}`"))
             }
             ClusterCommand::Undrain(r) => {
@@ -967,7 +1026,7 @@ impl Member {
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                 lock(&self.owned).remove(&o.spec.name);
                 tracing::warn!(event = "cluster_fenced", check = %o.spec.name, "{} runs on another replica now: this replica's result is dropped, nothing is alerted for it here.", o.spec.name);
-                self.wake.notify_one();
+                self.poke();
                 false
             }
             // NATS cannot be reached: the check is still ours as far as we know (the
