@@ -510,7 +510,12 @@ fn a_killed_replica_s_checks_run_elsewhere_and_its_outage_is_alerted_once() {
         .unwrap()
         .id
         .clone();
-    let down2 = c.checks_of(&survivor)[0].clone();
+    // Not the check that failed and recovered above (it may have moved here).
+    let down2 = c
+        .checks_of(&survivor)
+        .into_iter()
+        .find(|n| *n != down)
+        .unwrap();
     let mark = c.hits();
     c.replicas[li].kill9();
     // A change while no replica leads: it waits in the cluster's stream for the next
