@@ -120,6 +120,16 @@ impl Sim {
     }
 }
 
+/// A message as the default text template of `channel` writes it.
+fn render_text(channel: &str, kind: &str, ctx: &vigia_core::alert::policy::Ctx) -> String {
+    vigia_core::alert::template::Templates::new().render(
+        channel,
+        kind,
+        vigia_core::alert::template::Flavor::Text,
+        ctx,
+    )
+}
+
 fn kinds(msgs: &[Message]) -> Vec<String> {
     msgs.iter()
         .map(|m| format!("{}:{}:{}", m.channel, m.kind, m.ctx.check))
@@ -179,13 +189,7 @@ fn a_grouped_message_keeps_each_comment_once() {
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].kind, "grouped");
     assert_eq!(msgs[0].ctx.comment, "call the web team · call the DBA");
-    let t = vigia_core::alert::template::Templates::new();
-    let text = t.render(
-        "ops",
-        "grouped",
-        vigia_core::alert::template::Flavor::Text,
-        &msgs[0].ctx,
-    );
+    let text = render_text("ops", "grouped", &msgs[0].ctx);
     assert!(
         text.ends_with(" | call the web team · call the DBA"),
         "{text}"
@@ -498,13 +502,7 @@ fn a_replica_s_cluster_notices_go_to_every_channel_and_read_well() {
     s.p.accept(1, notice(false, 30_000), t("10:00"));
     let msgs = s.due(t("10:00") + 1);
     assert_eq!(kinds(&msgs), ["ops:cluster:mon-b", "console:cluster:mon-b"]);
-    let tpl = vigia_core::alert::template::Templates::new();
-    let text = tpl.render(
-        "console",
-        "cluster",
-        vigia_core::alert::template::Flavor::Text,
-        &msgs[1].ctx,
-    );
+    let text = render_text("console", "cluster", &msgs[1].ctx);
     assert!(
         text.starts_with(
             "ALERT CLUSTER UNREACHABLE on shop-01 (replica mon-b): NATS cannot be reached for 30s (timed out); pinned checks go on here"
@@ -513,12 +511,7 @@ fn a_replica_s_cluster_notices_go_to_every_channel_and_read_well() {
     );
     s.p.accept(2, notice(true, 95_000), t("10:02"));
     let msgs = s.due(t("10:02") + 1);
-    let text = tpl.render(
-        "console",
-        "cluster",
-        vigia_core::alert::template::Flavor::Text,
-        &msgs[1].ctx,
-    );
+    let text = render_text("console", "cluster", &msgs[1].ctx);
     assert!(
         text.starts_with("CLUSTER REACHABLE AGAIN on shop-01 (replica mon-b) after 1m35s: this replica takes part in the cluster again"),
         "{text}"

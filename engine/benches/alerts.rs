@@ -173,16 +173,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mocks = rt
-        .block_on(vigia_mocks::start(vigia_mocks::Options {
-            http: "127.0.0.1:0".parse().unwrap(),
-            tcp: "127.0.0.1:0".parse().unwrap(),
-            control: "127.0.0.1:0".parse().unwrap(),
-            slow_delay: Duration::from_secs(1),
-            telegram: "127.0.0.1:0".parse().unwrap(),
-            telegram_rate: 0,
-        }))
-        .unwrap();
+    let mocks = procs::start_mocks(&rt);
     let tg = mocks.tg.clone();
     let ports: Vec<u16> = (0..CHECKS).map(|_| free_port()).collect();
     let switches: Vec<watch::Sender<bool>> = ports

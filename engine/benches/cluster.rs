@@ -148,17 +148,7 @@ fn shared_targets() -> (Vec<u16>, Arc<AtomicU64>) {
 }
 
 fn shared_target(hits: Arc<AtomicU64>) -> u16 {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_reuse_address(true).unwrap();
-    sock.bind(
-        &"127.0.0.1:0"
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into(),
-    )
-    .unwrap();
-    sock.listen(4096).unwrap();
-    let l: std::net::TcpListener = sock.into();
+    let l = procs::listener(4096);
     let port = l.local_addr().unwrap().port();
     let h = hits;
     std::thread::spawn(move || {
@@ -538,16 +528,7 @@ fn chaos(rounds: usize) {
         .enable_all()
         .build()
         .unwrap();
-    let mocks = rt
-        .block_on(vigia_mocks::start(vigia_mocks::Options {
-            http: "127.0.0.1:0".parse().unwrap(),
-            tcp: "127.0.0.1:0".parse().unwrap(),
-            control: "127.0.0.1:0".parse().unwrap(),
-            slow_delay: Duration::from_secs(1),
-            telegram: "127.0.0.1:0".parse().unwrap(),
-            telegram_rate: 0,
-        }))
-        .unwrap();
+    let mocks = procs::start_mocks(&rt);
     let tg = mocks.tg.clone();
     let nats = Nats::start();
     let root = Workdir::new();

@@ -574,12 +574,9 @@ async fn cluster_view(config: &Config, view: &mut StatusSnapshot) -> Option<Stri
 async fn cmd_status(path: &Path, json: bool) -> ExitCode {
     // Only the sections are read (no check is built, no script runs): a config with a
     // broken check still has a socket.
-    let config = match Config::load(path) {
+    let config = match config_of(path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let state_dir = config.engine.state_dir.clone();
     let socket = state_dir.join(control::SOCKET_FILE);
@@ -765,10 +762,11 @@ fn print_status(view: &StatusSnapshot, not_running: Option<&str>, cluster: Optio
 }
 
 async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
-    let state_dir = match state_dir_of(path) {
-        Ok(d) => d,
+    let config = match config_of(path) {
+        Ok(c) => c,
         Err(code) => return code,
     };
+    let state_dir = config.engine.state_dir.clone();
     let socket = state_dir.join(control::SOCKET_FILE);
     let command = match &cmd {
         SilenceCommand::Add {
@@ -823,7 +821,7 @@ async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
         Reply::Removed { id } => println!("Silence {id} removed."),
         other => return refused(other),
     }
-    if let Some(note) = silence_in_cluster(path).await {
+    if let Some(note) = silence_in_cluster(&config).await {
         eprintln!("{note}");
     }
     ExitCode::SUCCESS
@@ -831,8 +829,7 @@ async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
 
 /// In a cluster the leader alone alerts, with its own silences: say so when this
 /// replica does not lead.
-async fn silence_in_cluster(path: &Path) -> Option<String> {
-    let config = Config::load(path).ok()?;
+async fn silence_in_cluster(config: &Config) -> Option<String> {
     let c = config.cluster.as_ref()?;
     let me = config.replica_id()?;
     let leader = tokio::time::timeout(
@@ -854,7 +851,13 @@ async fn silence_in_cluster(path: &Path) -> Option<String> {
 /// The config's `engine.state_dir` (where the store and the control socket are), or the
 /// config's problems printed and exit 1.
 fn state_dir_of(path: &Path) -> Result<std::path::PathBuf, ExitCode> {
-    Config::load(path).map(|c| c.engine.state_dir).map_err(|e| {
+    config_of(path).map(|c| c.engine.state_dir)
+}
+
+/// The config's sections (no check built, no script run), or its problems printed and
+/// exit 1.
+fn config_of(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(1)
     })

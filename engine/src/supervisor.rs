@@ -311,16 +311,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("alerting cannot start: {e}"))?;
     let console_bots = crate::console::build(&config.alerting)
         .map_err(|e| anyhow::anyhow!("alerting cannot start: {e}"))?;
-    // In a cluster the leader's policy sends the reminders, from the transitions it
-    // reads: a replica's own view of which checks are down is not the cluster's.
-    let down = match forward {
-        Some(_) => Vec::new(),
-        None => down_events(&book, plan.checks.iter(), &host),
-    };
     let alerting = start_alerting(
         &config.alerting,
         &plan,
-        down,
         forward.clone(),
         targets,
         host.clone(),
@@ -618,7 +611,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 fn start_alerting(
     setup: &AlertingSetup,
     plan: &Plan,
-    down: Vec<AlertEvent>,
     forward: Option<pipeline::Forward>,
     targets: Vec<pipeline::Target>,
     host: Arc<str>,
@@ -628,6 +620,13 @@ fn start_alerting(
     inputs: Inputs,
     replay_inbox: bool,
 ) -> Result<AlertStage, (String, Inputs)> {
+    // The reminders of the checks that are down. In a cluster the leader's policy
+    // sends them, from the transitions it reads: a replica's own view of which checks
+    // are down is not the cluster's.
+    let down = match forward {
+        Some(_) => Vec::new(),
+        None => down_events(book, plan.checks.iter(), &host),
+    };
     let stop = CancellationToken::new();
     let handles = pipeline::start(
         PipelineSetup {
@@ -735,30 +734,24 @@ impl Engine {
         let replica = c.member.member.id.clone();
         let host = self.host();
         let now = unix_ms();
-        let item = match reach {
+        let (reachable, error, for_ms) = match reach {
             crate::cluster::Reach::Unreachable { since_ms, error } => {
                 let for_ms = now.saturating_sub(since_ms);
                 tracing::error!(event = "alert", state = "cluster_unreachable", host = %host, replica = %replica, for_ms, "NATS cannot be reached for {} ({error}): this replica alerts on its own channels; pinned checks go on, floating ones wait for NATS.", vigia_api::Dur(std::time::Duration::from_millis(for_ms)));
-                Item::Cluster {
-                    host,
-                    replica,
-                    reachable: false,
-                    error,
-                    for_ms,
-                    at: now,
-                }
+                (false, error, for_ms)
             }
             crate::cluster::Reach::Back { for_ms } => {
                 tracing::info!(event = "alert", state = "cluster_reachable", host = %host, replica = %replica, for_ms, "NATS can be reached again after {}: the cluster places this replica's checks again.", vigia_api::Dur(std::time::Duration::from_millis(for_ms)));
-                Item::Cluster {
-                    host,
-                    replica,
-                    reachable: true,
-                    error: String::new(),
-                    for_ms,
-                    at: now,
-                }
+                (true, String::new(), for_ms)
             }
+        };
+        let item = Item::Cluster {
+            host,
+            replica,
+            reachable,
+            error,
+            for_ms,
+            at: now,
         };
         let _ = self
             .alert_tx
@@ -864,14 +857,9 @@ impl Engine {
                     let inputs = old.stop().await.context(
                         "the alerting stage died; the engine stops so that systemd restarts it",
                     )?;
-                    let down = match self.forward {
-                        Some(_) => Vec::new(),
-                        None => down_events(&self.book, plan.checks.iter(), &new_host),
-                    };
                     match start_alerting(
                         &config.alerting,
                         &plan,
-                        down,
                         self.forward.clone(),
                         targets,
                         new_host.clone(),

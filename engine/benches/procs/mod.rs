@@ -20,22 +20,39 @@ pub struct Targets {
     pub accepted: Arc<AtomicU64>,
 }
 
+/// A listener on 127.0.0.1 (a free port) with an accept queue of `backlog`.
+pub fn listener(backlog: i32) -> std::net::TcpListener {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.listen(backlog).unwrap();
+    sock.into()
+}
+
+/// The mock servers of `vigia-mock` in this process, on free ports.
+pub fn start_mocks(rt: &tokio::runtime::Runtime) -> Arc<vigia_mocks::Mocks> {
+    rt.block_on(vigia_mocks::start(vigia_mocks::Options {
+        http: "127.0.0.1:0".parse().unwrap(),
+        tcp: "127.0.0.1:0".parse().unwrap(),
+        control: "127.0.0.1:0".parse().unwrap(),
+        slow_delay: Duration::from_secs(1),
+        telegram: "127.0.0.1:0".parse().unwrap(),
+        telegram_rate: 0,
+    }))
+    .unwrap()
+}
+
 pub async fn start_targets() -> Targets {
     let accepted = Arc::new(AtomicU64::new(0));
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dead_sock =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    dead_sock
-        .bind(
-            &"127.0.0.1:0"
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-                .into(),
-        )
-        .unwrap();
-    dead_sock.listen(0).unwrap();
-    let dead = dead_sock.local_addr().unwrap().as_socket().unwrap().port();
+    let dead_sock = listener(0);
+    let dead = dead_sock.local_addr().unwrap().port();
     std::mem::forget(dead_sock);
     let ports = (
         tcp.local_addr().unwrap().port(),
