@@ -11,6 +11,13 @@
 //! A reload that changes `remediation:`, `actions:`, `runbooks:` or `commands:` builds a
 //! new stage; runs under way finish in the old one, and run counts, runbook locks and
 //! the last good runbook texts carry over ([`RemediationMemory`]).
+//!
+//! **Claims.** A run is claimed before it starts ([`Claims`]): the claim holds the
+//! alert to send if the run never reports — the transition with the transcript
+//! "outcome unknown". Standalone, the claim rewrites the transition's inbox entry, so
+//! an engine killed mid-run alerts that at its next start; in a cluster the claim is
+//! also a record in NATS that only one replica can create, and the leader alerts it
+//! for a replica that died mid-run. A claimed run is never run again.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -279,9 +286,65 @@ impl RemediationMemory {
     }
 }
 
+/// Where a run is claimed before it starts: so that it runs once per transition, and
+/// a run that never reported (the engine died during it) is alerted as "outcome
+/// unknown" instead of being run again.
+pub trait Claims: Send + Sync {
+    /// Before the run of `seq`'s transition: `unknown` is what to alert if the run
+    /// never reports. `false`: somebody else claimed this run: it is neither run nor
+    /// alerted here (the claimant does both; the implementation dropped `seq`'s inbox
+    /// entry).
+    fn claim<'a>(&'a self, seq: u64, unknown: &'a Item) -> BoxFuture<'a, bool>;
+    /// After the run: `done` is the transition with its transcript, which alerting
+    /// takes next.
+    fn finish<'a>(&'a self, done: &'a Item) -> BoxFuture<'a, ()>;
+}
+
+/// The standalone engine's claims: the transition's inbox entry, rewritten with the
+/// "outcome unknown" transcript until alerting takes the real one.
+pub struct StoreClaims(pub Arc<crate::store::Store>);
+
+impl Claims for StoreClaims {
+    fn claim<'a>(&'a self, seq: u64, unknown: &'a Item) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let Ok(bytes) = serde_json::to_vec(unknown) else {
+                return true;
+            };
+            let store = self.0.clone();
+            let ops = vec![crate::store::Op::Inbox(seq, Some(bytes))];
+            match tokio::task::spawn_blocking(move || store.apply(&ops)).await {
+                Ok(Ok(())) => {}
+                // A repair is not put off for a full disk: it runs, unclaimed.
+                Ok(Err(e)) => {
+                    tracing::warn!(event = "remediation_claim", check = unknown.check().unwrap_or_default(), "The remediation run of {} could not be claimed in the store ({e}); it runs anyway (if the engine dies during it, its alert will not say so).", unknown.check().unwrap_or_default())
+                }
+                Err(_) => {}
+            }
+            true
+        })
+    }
+
+    fn finish<'a>(&'a self, _done: &'a Item) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// The transcript of a run that began at `started` (unix ms) on `host` and never
+/// reported.
+pub fn unknown_outcome(host: &str, started: u64) -> String {
+    let at = jiff::Timestamp::from_millisecond(started as i64)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|_| started.to_string());
+    format!(
+        "⚠ outcome unknown: the remediation run that began at {at} on {host} never reported (the engine stopped during it); it is not run again, so check by hand"
+    )
+}
+
 /// Runs remediation for transitions, then hands them to alerting.
 pub struct Remediator {
     setup: Arc<RemediationSetup>,
+    claims: Arc<dyn Claims>,
+    host: String,
     alerts: mpsc::Sender<AlertInput>,
     memory: Arc<RemediationMemory>,
     env: Arc<vigia_lua::HostEnv>,
@@ -347,6 +410,7 @@ impl Remediator {
         alerts: mpsc::Sender<AlertInput>,
         book: Arc<StatusBook>,
         memory: Arc<RemediationMemory>,
+        claims: Arc<dyn Claims>,
     ) -> Remediator {
         let env = runbook_env(hostname, setup.commands.clone());
         {
@@ -359,6 +423,8 @@ impl Remediator {
         }
         Remediator {
             setup: Arc::new(setup),
+            claims,
+            host: hostname.to_string(),
             alerts,
             memory,
             env,
@@ -432,6 +498,14 @@ impl Remediator {
     async fn handle(&self, t: &CommittedTransition, remedy: &CheckRemedy) {
         let check = t.event.check.to_string();
         let transition = t.event.transition;
+        let mut unknown = t.event.clone();
+        unknown.transcript = Some(unknown_outcome(&self.host, unix_ms()));
+        let unknown = Item::Transition(unknown);
+        if !self.claims.claim(t.seq, &unknown).await {
+            // The claimant runs it and alerts it.
+            tracing::warn!(event = "remediation_skipped", check = %check, "{check}: the remediation of its {} at {} was claimed by another replica already; it is neither run nor alerted here.", transition.as_str(), t.event.at);
+            return;
+        }
         let transcript = match &remedy.runbook {
             Some(name) => self.run_runbook(name, &t.event).await,
             None => {
@@ -466,9 +540,11 @@ impl Remediator {
         self.memory.remember(&check, t.event.at, &transcript);
         let mut event = t.event.clone();
         event.transcript = Some(transcript);
+        let done = Item::Transition(event);
+        self.claims.finish(&done).await;
         let _ = self
             .alerts
-            .send(AlertInput::Item(t.seq, Box::new(Item::Transition(event))))
+            .send(AlertInput::Item(t.seq, Box::new(done)))
             .await;
     }
 

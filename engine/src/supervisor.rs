@@ -44,7 +44,7 @@ use crate::bus::{Bus, Committed};
 use crate::clock::unix_ms;
 use crate::control::{self, Door};
 use crate::journal::Journal;
-use crate::remediation::{RemediationMemory, Remediator};
+use crate::remediation::{Claims, RemediationMemory, Remediator, StoreClaims};
 use crate::scheduler::{Scheduler, SchedulerShared};
 use crate::store::{Op, Store};
 use crate::watch::{Watch, WatchSet};
@@ -184,6 +184,8 @@ struct Engine {
     remediation: Option<Stage<mpsc::Receiver<Committed>>>,
     remedy_memory: Arc<RemediationMemory>,
     remedy_jobs: TaskTracker,
+    /// Where remediation claims its runs: the store, and in a cluster NATS too.
+    remedy_claims: Arc<dyn Claims>,
     logger: Option<Stage<mpsc::Receiver<Committed>>>,
     tasks: Arc<SchedulerShared>,
     scheduler: Scheduler,
@@ -329,12 +331,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     .map_err(|(e, _)| anyhow::anyhow!("alerting cannot start: {e}"))?;
     let remedy_memory = Arc::new(RemediationMemory::default());
     let remedy_jobs = TaskTracker::new();
+    let remedy_claims: Arc<dyn Claims> = match &nats {
+        Some((n, _, id)) => Arc::new(crate::cluster::NatsClaims::new(
+            n.clone(),
+            id.clone(),
+            store.clone(),
+        )),
+        None => Arc::new(StoreClaims(store.clone())),
+    };
     let remediation = start_remediation(
         &config,
         &host,
         &alert_tx,
         &book,
-        &remedy_memory,
+        (&remedy_memory, &remedy_claims),
         &remedy_jobs,
         remedy_events,
     );
@@ -411,6 +421,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         remediation: Some(remediation),
         remedy_memory,
         remedy_jobs,
+        remedy_claims,
         logger: Some(logger),
         tasks,
         scheduler,
@@ -652,7 +663,7 @@ fn start_remediation(
     host: &str,
     alert_tx: &mpsc::Sender<AlertInput>,
     book: &Arc<StatusBook>,
-    memory: &Arc<RemediationMemory>,
+    (memory, claims): (&Arc<RemediationMemory>, &Arc<dyn Claims>),
     jobs: &TaskTracker,
     events: mpsc::Receiver<Committed>,
 ) -> Stage<mpsc::Receiver<Committed>> {
@@ -663,6 +674,7 @@ fn start_remediation(
         alert_tx.clone(),
         book.clone(),
         memory.clone(),
+        claims.clone(),
     )
     .spawn(events, stop.clone(), jobs.clone());
     Stage { stop, handle }
@@ -898,7 +910,7 @@ impl Engine {
                 &new_host,
                 &self.alert_tx,
                 &self.book,
-                &self.remedy_memory,
+                (&self.remedy_memory, &self.remedy_claims),
                 &self.remedy_jobs,
                 events,
             ));

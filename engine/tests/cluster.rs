@@ -605,6 +605,71 @@ fn messages_with(mock: &Mock, what: &str) -> Vec<String> {
         .collect()
 }
 
+/// A floating check with a slow action: its owner is killed with `kill -9` during the
+/// run. The leader alerts the failure once, saying that the run's outcome is unknown;
+/// the check moves, runs on, and its action is not run again (one line in the file);
+/// its recovery is alerted once.
+#[test]
+fn a_replica_killed_during_a_remediation_run_is_reported_outcome_unknown_and_not_rerun() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs.txt");
+    let fixme = Target::start();
+    fixme.up.store(false, Ordering::SeqCst);
+    let extra = format!(
+        "  - name: fixme\n    type: tcp\n    host: 127.0.0.1\n    port: {}\n    send: \"hi\\n\"\n    expect: OK\n    interval: 1s\n    timeout: 500ms\n    threshold: 2\n    pinned: false\n    on_failed: [slow_fix]\n\
+actions:\n  slow_fix: {{ command: [/bin/sh, -c, \"echo run >> {}; sleep 60\"], timeout: 120s }}\n",
+        fixme.port,
+        runs.display()
+    );
+    let mut c = cluster(3, 20, 3, &extra);
+    wait_until("slow_fix to start", Duration::from_secs(30), || {
+        std::fs::read_to_string(&runs)
+            .ok()
+            .filter(|r| !r.is_empty())
+    });
+    let owner = wait_until("fixme's owner", Duration::from_secs(10), || {
+        c.replicas
+            .iter()
+            .position(|r| c.checks_of(&r.id).iter().any(|n| n == "fixme"))
+    });
+    assert_eq!(
+        count(&c.mock, "fixme", "failed"),
+        0,
+        "alerted before its run ended"
+    );
+    c.replicas[owner].kill9();
+    let texts = wait_until("fixme's failure alerted", Duration::from_secs(30), || {
+        let t = messages_with(&c.mock, "<b>fixme</b> failed");
+        (!t.is_empty()).then_some(t)
+    });
+    assert!(
+        texts[0].contains("outcome unknown") && texts[0].contains("not run again"),
+        "{texts:?}"
+    );
+    // It runs on elsewhere, still down: no new transition, so no second run.
+    let mark = fixme.hits();
+    wait_until(
+        "fixme to run on another replica",
+        Duration::from_secs(20),
+        || (fixme.hits() >= mark + 3).then_some(()),
+    );
+    fixme.up.store(true, Ordering::SeqCst);
+    wait_until("fixme's recovery alerted", Duration::from_secs(20), || {
+        (count(&c.mock, "fixme", "recovered") == 1).then_some(())
+    });
+    assert_eq!(
+        count(&c.mock, "fixme", "failed"),
+        1,
+        "{:?}",
+        delivered(&c.mock)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&runs).unwrap(),
+        "run\n",
+        "slow_fix ran again"
+    );
+}
+
 /// NATS itself dies: the pinned checks go on, the floating ones stop everywhere (no
 /// replica can hold a lease), each replica alerts "cluster unreachable" once on its own
 /// channel; NATS comes back with its store: "reachable again" once each, and every

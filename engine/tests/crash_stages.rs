@@ -83,13 +83,15 @@ fn kill_and_restart(engine: Proc, config: &Path) -> Proc {
 
 /// The reproduction: a check with `notify: [ops]` and a slow action, a second
 /// one with `notify: [ops]` and `remind_every: 1m`; the engine killed while the action
-/// runs. The replayed `failed` goes to ops and not to the console, and the reminder
-/// comes after the restart.
+/// runs. The replayed `failed` goes to ops and not to the console, says that the run's
+/// outcome is unknown (the action is not run again), and the reminder comes after the
+/// restart.
 #[test]
 fn an_alert_in_the_inbox_keeps_its_routing_and_the_reminders_survive() {
     let dir = tempfile::tempdir().unwrap();
     let mock = Mock::start();
     let (after_restart, after_port) = listen();
+    let runs = dir.path().join("runs.txt");
     let checks = [
         tcp_check(
             "fixme",
@@ -109,7 +111,10 @@ fn an_alert_in_the_inbox_keeps_its_routing_and_the_reminders_survive() {
         dir.path(),
         &mock,
         "  group_wait: 0s\n",
-        "actions:\n  slow_fix: { command: [/bin/sleep, \"6\"], timeout: 20s }\n",
+        &format!(
+            "actions:\n  slow_fix: {{ command: [/bin/sh, -c, \"echo run >> {}; sleep 6\"], timeout: 20s }}\n",
+            runs.display()
+        ),
         &checks,
     );
     let engine = start(&config);
@@ -118,6 +123,11 @@ fn an_alert_in_the_inbox_keeps_its_routing_and_the_reminders_survive() {
         Duration::from_secs(10),
         |e| alerts(e, "fixme", "failed") == 1 && alerts(e, "nagme", "failed") == 1,
     );
+    wait_until("slow_fix to start", Duration::from_secs(10), || {
+        std::fs::read_to_string(&runs)
+            .ok()
+            .filter(|r| !r.is_empty())
+    });
     wait_telegram(
         &mock,
         "nagme's failed alert",
@@ -140,8 +150,19 @@ fn an_alert_in_the_inbox_keeps_its_routing_and_the_reminders_survive() {
         Duration::from_secs(10),
         |t| count(t, "<b>fixme</b> failed") == 1,
     );
+    let texts = telegram_texts(&mock);
+    let fixme = texts.iter().find(|t| t.contains("<b>fixme</b>")).unwrap();
+    assert!(
+        fixme.contains("outcome unknown") && fixme.contains("not run again"),
+        "the replayed alert says the run's outcome is unknown: {fixme}"
+    );
     drop(after_restart);
     engine.wait_for_stderr("ALERT FAILED canary on e2e-host", Duration::from_secs(10));
+    assert_eq!(
+        std::fs::read_to_string(&runs).unwrap(),
+        "run\n",
+        "slow_fix ran again after the restart"
+    );
     let console = engine.stderr_text();
     assert!(
         !console.contains("fixme") && !console.contains("nagme"),

@@ -30,9 +30,11 @@ use crate::store::{Op, Store};
 /// How long the leader may hold an item it took without storing its fate before the
 /// stream gives it to the next reader.
 const ACK_WAIT: Duration = Duration::from_secs(5);
-/// How long the stream remembers a `Nats-Msg-Id` (a publish repeated within it is
-/// dropped) and keeps its items.
-const DEDUP_WINDOW: Duration = Duration::from_secs(600);
+/// How long the stream keeps its items and remembers their `Nats-Msg-Id` (a publish
+/// repeated within it is dropped): the whole time, so a replica that comes back after
+/// days, with a transition in its inbox that the leader alerted for it (a remediation
+/// run it died in), does not alert it twice. Transitions are few: a week of their ids
+/// is small.
 const KEEP: Duration = Duration::from_secs(7 * 86_400);
 
 /// The stream's name and its one subject.
@@ -46,22 +48,37 @@ fn names(nats: &Nats) -> (String, String) {
 /// Opens (or creates) the cluster's event stream.
 pub async fn open_stream(nats: &Nats) -> Result<jetstream::stream::Stream, String> {
     let (name, subject) = names(nats);
-    nats.js
-        .get_or_create_stream(jetstream::stream::Config {
-            name: name.clone(),
-            subjects: vec![subject],
-            storage: jetstream::stream::StorageType::File,
-            duplicate_window: DEDUP_WINDOW,
-            max_age: KEEP,
-            ..Default::default()
-        })
+    let config = jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![subject],
+        storage: jetstream::stream::StorageType::File,
+        duplicate_window: KEEP,
+        max_age: KEEP,
+        ..Default::default()
+    };
+    let mut stream = nats
+        .js
+        .get_or_create_stream(config.clone())
         .await
-        .map_err(|e| format!("cannot open the JetStream stream {name}: {e}"))
+        .map_err(|e| format!("cannot open the JetStream stream {name}: {e}"))?;
+    // A stream made by an older Vigia remembered ids for 10 minutes only.
+    if stream.cached_info().config.duplicate_window != KEEP {
+        nats.js
+            .update_stream(config)
+            .await
+            .map_err(|e| format!("cannot update the JetStream stream {name}: {e}"))?;
+        stream = nats
+            .js
+            .get_stream(&name)
+            .await
+            .map_err(|e| format!("cannot open the JetStream stream {name}: {e}"))?;
+    }
+    Ok(stream)
 }
 
 /// What makes a transition one: the same transition published twice (a replica that
 /// crashed after the publish, before forgetting its inbox entry) has the same id.
-fn msg_id(item: &Item) -> Option<String> {
+pub(super) fn msg_id(item: &Item) -> Option<String> {
     match item {
         Item::Transition(e) => Some(format!("{}@{}:{}", e.check, e.at, e.transition.as_str())),
         _ => None,
@@ -126,6 +143,11 @@ async fn publish(nats: &Nats, subject: &str, item: &Item) -> Result<bool, String
         .map_err(|_| "no answer from JetStream within 5s".to_string())?
         .map_err(|e| e.to_string())?;
     Ok(!ack.duplicate)
+}
+
+/// Publishes `item` on the cluster's event stream; whether the stream took it now.
+pub(super) async fn publish_item(nats: &Nats, item: &Item) -> Result<bool, String> {
+    publish(nats, &names(nats).1, item).await
 }
 
 /// Publishes each committed transition in order, then forgets its inbox entry.

@@ -258,6 +258,9 @@ impl Member {
         // What the last full look saw: the count of changes, whether it could place.
         let mut seen: Option<(u64, bool)> = None;
         let mut last_look = Instant::now();
+        // The live replicas when the leader last looked at the remediation claims: one
+        // gone since may have died during a run.
+        let mut claims_seen: Option<BTreeSet<String>> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -293,6 +296,11 @@ impl Member {
                 ));
             if leader_rev.is_some() || changed || last_look.elapsed() >= Duration::from_secs(5) {
                 self.refresh_live().await;
+            }
+            if places {
+                self.report_orphan_claims(&mut claims_seen).await;
+            } else {
+                claims_seen = None;
             }
             let now = (
                 self.changes.load(std::sync::atomic::Ordering::Relaxed),
@@ -412,6 +420,20 @@ impl Member {
                 *live = l;
             }
             Err(e) => tracing::debug!(event = "cluster", "Reading the replicas: {e}"),
+        }
+    }
+
+    /// The leader's look at the remediation claims, when a replica left the live set
+    /// since the last one (or this replica just took the lead).
+    async fn report_orphan_claims(&self, seen: &mut Option<BTreeSet<String>>) {
+        let live: BTreeSet<String> = lock(&self.live).keys().cloned().collect();
+        if seen.as_ref().is_some_and(|s| s.is_subset(&live)) {
+            *seen = Some(live);
+            return;
+        }
+        match super::claims::report_orphans(&self.nats, &live).await {
+            Ok(_) => *seen = Some(live),
+            Err(e) => tracing::debug!(event = "cluster", "Reading the remediation claims: {e}"),
         }
     }
 

@@ -13,6 +13,9 @@
 //! <p>.info.<id>, <p>.cmd.<id>         requests                     live counts; commands to the leader
 //! <p>-events    stream <p>.events     committed transitions        published by their owner with
 //!                                                                  Nats-Msg-Id, read by the leader
+//! <p>-remedy    KV, max_age = 1 day   transition → ClaimRecord     create() by the replica that runs
+//!                                                                  its remediation; the leader reports
+//!                                                                  those of replicas that died
 //! ```
 //!
 //! **Why a change is alerted once**: see [`alerts`]: the owner publishes each
@@ -29,6 +32,7 @@
 //! `ctx.state`), so the move itself makes no transition.
 
 mod alerts;
+mod claims;
 mod client;
 mod member;
 
@@ -40,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use vigia_config::cluster::ClusterConfig;
 
 pub use alerts::AlertTasks;
+pub use claims::NatsClaims;
 pub use client::{command, info, leader, merge_status, status, ClusterCommand, Selector};
 pub use member::{Member, MemberHandle, Reach};
 
@@ -99,6 +104,7 @@ pub struct Nats {
     pub place: kv::Store,
     pub checks: kv::Store,
     pub meta: kv::Store,
+    pub remedy: kv::Store,
     pub prefix: String,
 }
 
@@ -223,6 +229,7 @@ pub async fn connect(cfg: &ClusterConfig, name: &str) -> Result<Nats, String> {
         place: open(bucket("place", Duration::ZERO, 1)).await?,
         checks: open(bucket("checks", Duration::ZERO, 1)).await?,
         meta: open(bucket("meta", Duration::ZERO, 1)).await?,
+        remedy: open(bucket("remedy", claims::KEEP, 1)).await?,
         client,
         js,
         prefix: p.clone(),
