@@ -784,6 +784,12 @@ async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
     };
     let reply = match control::send(&socket, &command).await {
         Ok(r) => r,
+        // In a cluster the silences are the cluster's, which only a running engine
+        // reaches.
+        Err(_) if config.cluster.is_some() => {
+            eprintln!("No engine runs on this replica ({}): in a cluster, silences are kept in NATS by the running replicas. Run `vigia silence` where `vigia run` runs (see `vigia cluster status`).", socket.display());
+            return ExitCode::from(1);
+        }
         // Not running: the silences are in the store, which is then free.
         Err(_) => vigia_engine::silences::offline(&state_dir, &command),
     };
@@ -821,31 +827,7 @@ async fn cmd_silence(path: &Path, cmd: SilenceCommand) -> ExitCode {
         Reply::Removed { id } => println!("Silence {id} removed."),
         other => return refused(other),
     }
-    if let Some(note) = silence_in_cluster(&config).await {
-        eprintln!("{note}");
-    }
     ExitCode::SUCCESS
-}
-
-/// In a cluster the leader alone alerts, with its own silences: say so when this
-/// replica does not lead.
-async fn silence_in_cluster(config: &Config) -> Option<String> {
-    let c = config.cluster.as_ref()?;
-    let me = config.replica_id()?;
-    let leader = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        vigia_engine::cluster::leader(c),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    match leader {
-        Some(l) if l == me => None,
-        Some(l) => Some(format!(
-            "Note: in the cluster, {l} leads and alerts with its own silences; this replica ({me}) applies these only while it leads. Run the command on {l} (see `vigia cluster status`)."
-        )),
-        None => Some("Note: no replica leads the cluster right now; silences apply on the replica that leads and alerts.".into()),
-    }
 }
 
 /// The config's `engine.state_dir` (where the store and the control socket are), or the

@@ -77,8 +77,9 @@ pub fn execute(
     Some((reply, ops))
 }
 
-/// The log line of a silence that was added or removed, or of an acknowledgement.
-pub fn log(reply: &Reply, tz: &jiff::tz::TimeZone) {
+/// The log line of a silence that was added or removed, or of an acknowledgement;
+/// `whence` ends the sentence (" (in the cluster)" for one made on another replica).
+pub fn log(reply: &Reply, tz: &jiff::tz::TimeZone, whence: &str) {
     match reply {
         Reply::Silence(s) => {
             let until = jiff::Timestamp::from_millisecond(s.until as i64)
@@ -93,7 +94,7 @@ pub fn log(reply: &Reply, tz: &jiff::tz::TimeZone) {
             } else {
                 format!(" by {}", s.by)
             };
-            tracing::info!(event = "silence_added", id = s.id, pattern = %s.pattern, reason = %s.reason, by = %s.by, until = %until, until_ms = s.until, "Silence {} added{by}: alerts of {} are not sent until {until} ({}).", s.id, s.pattern, s.reason);
+            tracing::info!(event = "silence_added", id = s.id, pattern = %s.pattern, reason = %s.reason, by = %s.by, until = %until, until_ms = s.until, "Silence {} added{by}{whence}: alerts of {} are not sent until {until} ({}).", s.id, s.pattern, s.reason);
         }
         Reply::Acked {
             check,
@@ -103,7 +104,11 @@ pub fn log(reply: &Reply, tz: &jiff::tz::TimeZone) {
             tracing::info!(event = "ack", check = %check, by = %ack.by, since_ms = ack.since, "{check} acknowledged by {}: its reminders stop until it recovers.", ack.by);
         }
         Reply::Removed { id } => {
-            tracing::info!(event = "silence_removed", id, "Silence {id} removed.")
+            tracing::info!(
+                event = "silence_removed",
+                id,
+                "Silence {id} removed{whence}."
+            )
         }
         _ => {}
     }

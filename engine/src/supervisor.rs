@@ -201,8 +201,9 @@ struct Engine {
     /// In a cluster: the member task, and the whole plan (the scheduler runs its
     /// pinned checks and the floating ones placed here).
     cluster: Option<ClusterRun>,
-    /// In a cluster: where alerting hands the transitions (kept over reloads).
-    forward: Option<pipeline::Forward>,
+    /// In a cluster: where alerting hands the transitions and silences (kept over
+    /// reloads).
+    forward: Option<pipeline::ClusterLink>,
 }
 
 struct ClusterRun {
@@ -273,7 +274,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let (forward, forward_rx) = match nats {
         Some(_) => {
             let (tx, rx) = mpsc::unbounded_channel();
-            (Some(tx), Some(rx))
+            let (silences, silences_rx) = mpsc::unbounded_channel();
+            (
+                Some(pipeline::ClusterLink {
+                    forward: tx,
+                    silences,
+                }),
+                Some((rx, silences_rx)),
+            )
         }
         None => (None, None),
     };
@@ -349,31 +357,33 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         remedy_events,
     );
     let logger = start_logger(&book, &host_rx, &config, log_events);
-    let cluster = nats.zip(forward_rx).map(|((nats, cfg, id), forward_rx)| {
-        let direct_after = cfg.unreachable_after.get();
-        let member = crate::cluster::Member::start(
-            nats.clone(),
-            cfg,
-            id,
-            host.to_string(),
-            book.clone(),
-            tasks.clone(),
-            &plan.checks,
-        );
-        let alerts = crate::cluster::AlertTasks::start(
-            nats,
-            store.clone(),
-            forward_rx,
-            alert_tx.clone(),
-            member.member.leading(),
-            direct_after,
-        );
-        ClusterRun {
-            member,
-            alerts,
-            plan: plan.clone(),
-        }
-    });
+    let cluster = nats
+        .zip(forward_rx)
+        .map(|((nats, cfg, id), (forward_rx, silences_rx))| {
+            let direct_after = cfg.unreachable_after.get();
+            let member = crate::cluster::Member::start(
+                nats.clone(),
+                cfg,
+                id,
+                host.to_string(),
+                book.clone(),
+                tasks.clone(),
+                &plan.checks,
+            );
+            let alerts = crate::cluster::AlertTasks::start(
+                nats,
+                store.clone(),
+                (forward_rx, silences_rx),
+                alert_tx.clone(),
+                member.member.leading(),
+                direct_after,
+            );
+            ClusterRun {
+                member,
+                alerts,
+                plan: plan.clone(),
+            }
+        });
     let journal_stop = CancellationToken::new();
     let store_health = Arc::new(crate::journal::StoreHealth::default());
     let journal = tokio::spawn(
@@ -622,7 +632,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 fn start_alerting(
     setup: &AlertingSetup,
     plan: &Plan,
-    forward: Option<pipeline::Forward>,
+    forward: Option<pipeline::ClusterLink>,
     targets: Vec<pipeline::Target>,
     host: Arc<str>,
     store: &Arc<Store>,
@@ -646,7 +656,7 @@ fn start_alerting(
             down,
             host,
             replay_inbox,
-            forward,
+            cluster: forward,
         },
         targets,
         store.clone(),

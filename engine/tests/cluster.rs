@@ -670,6 +670,109 @@ actions:\n  slow_fix: {{ command: [/bin/sh, -c, \"echo run >> {}; sleep 60\"], t
     );
 }
 
+/// Silences are the cluster's: one added on a replica that does not lead is listed on
+/// every replica, still holds after the leader is killed (the next leader has it), and
+/// its removal on a third replica is seen everywhere.
+#[test]
+fn a_silence_added_anywhere_holds_across_the_cluster_and_a_leader_kill() {
+    let mut c = cluster(3, 20, 6, "");
+    wait_until("6 checks placed on 3", Duration::from_secs(20), || {
+        let p = c.placed();
+        (p.len() == 3 && p.iter().map(|(_, n)| n).sum::<u64>() == 6).then_some(())
+    });
+    let leader = wait_until("a leader", Duration::from_secs(10), || c.leader());
+    let li = c.replicas.iter().position(|r| r.id == leader).unwrap();
+    let (a, b) = {
+        let others: Vec<usize> = (0..3).filter(|i| *i != li).collect();
+        (others[0], others[1])
+    };
+    let out = vigia(
+        &[
+            "silence",
+            "add",
+            "c00",
+            "--for",
+            "2h",
+            "--reason",
+            "maintenance",
+        ],
+        &c.replicas[a].config,
+    );
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id: u64 = said
+        .split_whitespace()
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no id in {said:?}"));
+    let configs: Vec<PathBuf> = c.replicas.iter().map(|r| r.config.clone()).collect();
+    let listed = |r: usize| {
+        String::from_utf8_lossy(&vigia(&["silence", "list"], &configs[r]).stdout).to_string()
+    };
+    for r in [li, b] {
+        wait_until(
+            "the silence listed on every replica",
+            Duration::from_secs(10),
+            || listed(r).contains("maintenance").then_some(()),
+        );
+    }
+    // The leader dies: the next one alerts with the cluster's silences.
+    c.replicas[li].kill9();
+    wait_until("a new leader", Duration::from_secs(15), || {
+        c.leader().filter(|l| *l != leader)
+    });
+    wait_until(
+        "the dead leader's checks to move",
+        Duration::from_secs(15),
+        || {
+            let p = c.placed();
+            (p.len() == 2 && p.iter().map(|(_, n)| n).sum::<u64>() == 6).then_some(())
+        },
+    );
+    c.target("c00").up.store(false, Ordering::SeqCst);
+    c.target("c01").up.store(false, Ordering::SeqCst);
+    // c01's failure is the positive signal: c00 failed at the same time.
+    wait_until("c01's failure alerted", Duration::from_secs(20), || {
+        (count(&c.mock, "c01", "failed") == 1).then_some(())
+    });
+    wait_until("c00's failure silenced", Duration::from_secs(10), || {
+        c.replicas
+            .iter()
+            .filter_map(|r| r.proc.as_ref())
+            .any(|p| {
+                p.events()
+                    .iter()
+                    .any(|e| e["event"] == "alert_silenced" && e["check"] == "c00")
+            })
+            .then_some(())
+    });
+    assert_eq!(
+        count(&c.mock, "c00", "failed"),
+        0,
+        "{:?}",
+        delivered(&c.mock)
+    );
+    // Removed on the other replica: gone everywhere.
+    let out = vigia(
+        &["silence", "remove", &id.to_string()],
+        &c.replicas[b].config,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        "the silence gone on the first replica",
+        Duration::from_secs(10),
+        || (!listed(a).contains("maintenance")).then_some(()),
+    );
+}
+
 /// NATS itself dies: the pinned checks go on, the floating ones stop everywhere (no
 /// replica can hold a lease), each replica alerts "cluster unreachable" once on its own
 /// channel; NATS comes back with its store: "reachable again" once each, and every

@@ -26,6 +26,7 @@ use vigia_core::alert::policy::{CheckAlerting, Fate, Held, Item, Message, Note, 
 use vigia_core::alert::template::{Flavor, Templates};
 use vigia_core::alert::{Ack, AlertEvent};
 use vigia_core::command::{Command, Reply};
+use vigia_core::silence::Silence;
 pub use vigia_core::snapshot::TargetStats;
 
 use super::buttons::{Button, ButtonSet};
@@ -165,11 +166,31 @@ pub enum Input {
     /// stream may forget it), or one of this replica's own that could not reach the
     /// stream while NATS was out of reach (fail open).
     Direct(u64, Box<Item>, Option<oneshot::Sender<()>>),
+    /// In a cluster: the cluster's silences, as read after this replica's changes up to
+    /// `gen` were written (an older read, which may lack one of them, is not applied).
+    Silences { gen: u64, set: Vec<Silence> },
 }
 
 /// In a cluster, where the pipeline hands its committed transitions (with their inbox
 /// entries): the cluster's stream, whose one reader alerts them.
 pub type Forward = mpsc::UnboundedSender<(u64, Item)>;
+
+/// A silence added (`Some`) or ended (`None`) here, for the cluster's copy; `gen`
+/// counts this replica's changes.
+#[derive(Debug, Clone)]
+pub struct SilenceChange {
+    pub gen: u64,
+    pub id: u64,
+    pub silence: Option<Silence>,
+}
+
+/// What a pipeline in a cluster hands out: committed transitions to the cluster's
+/// stream, silence changes to the cluster's copy of the silences.
+#[derive(Clone)]
+pub struct ClusterLink {
+    pub forward: Forward,
+    pub silences: mpsc::UnboundedSender<SilenceChange>,
+}
 
 /// The pipeline's two queues; a stage hands them to the next one.
 pub struct Inputs {
@@ -258,8 +279,9 @@ pub struct PipelineSetup<'a> {
     /// Replay the alert inbox: at the engine's start. A rebuilt stage takes over the
     /// queues of the one before, which already hold what the inbox would replay.
     pub replay_inbox: bool,
-    /// In a cluster: transitions go there instead of into this replica's policy.
-    pub forward: Option<Forward>,
+    /// In a cluster: transitions go there instead of into this replica's policy, and
+    /// silence changes to the cluster's copy.
+    pub cluster: Option<ClusterLink>,
 }
 
 pub struct Handles {
@@ -390,7 +412,8 @@ pub fn start(
         status,
         host: setup.host,
         stop: stop.clone(),
-        forward: setup.forward,
+        cluster: setup.cluster,
+        silence_gen: 0,
     };
     let pipeline = tokio::spawn(p.run(inputs, inbox, stop));
     Ok(Handles {
@@ -413,7 +436,9 @@ struct Pipeline {
     /// The stage's own stop: a write that waits for room on the disk gives up on it (the
     /// item stays in the inbox and is taken again at the next start).
     stop: CancellationToken,
-    forward: Option<Forward>,
+    cluster: Option<ClusterLink>,
+    /// This replica's silence changes handed to the cluster so far.
+    silence_gen: u64,
 }
 
 impl Pipeline {
@@ -497,6 +522,10 @@ impl Pipeline {
                 }
             }
             Input::Checks(map) => self.policy.set_checks(map),
+            Input::Silences { gen, set } if gen >= self.silence_gen => {
+                self.take_silences(set).await
+            }
+            Input::Silences { .. } => {}
             Input::Work(work, reply) => {
                 let answers = self.work(*work).await;
                 let _ = reply.send(answers);
@@ -532,28 +561,84 @@ impl Pipeline {
             self.status.update(&t.key, |s| s.pending += 1);
             woken.push(t.wake.clone());
         }
+        let changes: Vec<(u64, Option<Silence>)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Silence(id, bytes) => Some((
+                    *id,
+                    bytes.as_ref().and_then(|b| serde_json::from_slice(b).ok()),
+                )),
+                _ => None,
+            })
+            .collect();
         if !self.persist(ops).await {
             return Err("the change could not be saved (see the engine's log)".into());
         }
         for w in woken {
             w.notify_one();
         }
-        for r in &replies {
-            crate::silences::log(r, &self.tz);
-            if let Some(rec) = self.status.recorder.get() {
-                match r {
-                    Reply::Silence(s) => rec.note(now, serde_json::json!({ "silence": s })),
-                    Reply::Removed { id } => rec.note(now, serde_json::json!({ "unsilence": id })),
-                    Reply::Acked {
-                        check,
-                        ack,
-                        already: false,
-                    } => rec.note(now, serde_json::json!({ "ack": check, "by": ack.by })),
-                    _ => {}
-                }
+        if let Some(link) = &self.cluster {
+            for (id, silence) in changes {
+                self.silence_gen += 1;
+                let _ = link.silences.send(SilenceChange {
+                    gen: self.silence_gen,
+                    id,
+                    silence,
+                });
             }
         }
+        for r in &replies {
+            self.note_reply(r, now, "");
+        }
         Ok(replies)
+    }
+
+    /// The log line of a silence or acknowledgement reply and its note in the recording;
+    /// `whence` ends the log line (" on another replica").
+    fn note_reply(&self, r: &Reply, now: u64, whence: &str) {
+        crate::silences::log(r, &self.tz, whence);
+        if let Some(rec) = self.status.recorder.get() {
+            match r {
+                Reply::Silence(s) => rec.note(now, serde_json::json!({ "silence": s })),
+                Reply::Removed { id } => rec.note(now, serde_json::json!({ "unsilence": id })),
+                Reply::Acked {
+                    check,
+                    ack,
+                    already: false,
+                } => rec.note(now, serde_json::json!({ "ack": check, "by": ack.by })),
+                _ => {}
+            }
+        }
+    }
+
+    /// In a cluster: makes this replica's silences the cluster's (added or ended on
+    /// another replica, or while this one was away).
+    async fn take_silences(&mut self, set: Vec<Silence>) {
+        let now = unix_ms();
+        let active = self.policy.silences.active(now);
+        let mut ops = Vec::new();
+        let mut replies = Vec::new();
+        for s in set.iter().filter(|s| s.until > now) {
+            if !active.contains(s) {
+                self.policy.silences.insert(s.clone());
+                ops.push(Op::Silence(s.id, serde_json::to_vec(s).ok()));
+                replies.push(Reply::Silence(s.clone()));
+            }
+        }
+        for a in &active {
+            if !set.iter().any(|s| s.id == a.id) {
+                let _ = self.policy.silences.remove(a.id);
+                ops.push(Op::Silence(a.id, None));
+                replies.push(Reply::Removed { id: a.id });
+            }
+        }
+        if ops.is_empty() {
+            return;
+        }
+        self.persist(ops).await;
+        for r in &replies {
+            self.note_reply(r, now, " (in the cluster)");
+        }
     }
 
     /// One command: its answer and the writes that keep it.
@@ -587,7 +672,25 @@ impl Pipeline {
             };
         }
         let store = self.store.clone();
-        match crate::silences::execute(&mut self.policy.silences, cmd, || store.next_seq(), now) {
+        // In a cluster, ids are made on every replica: a random one, not one of a
+        // counter the replicas would share.
+        let clustered = self.cluster.is_some();
+        let taken: Vec<u64> = self
+            .policy
+            .silences
+            .active(0)
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        let host = self.host.clone();
+        let next_id = move || {
+            if clustered {
+                cluster_silence_id(&host, &taken)
+            } else {
+                store.next_seq()
+            }
+        };
+        match crate::silences::execute(&mut self.policy.silences, cmd, next_id, now) {
             Some(x) => x,
             None => (
                 Reply::error("alerting does not carry out this command"),
@@ -618,8 +721,9 @@ impl Pipeline {
         // In a cluster the transitions are the alerting replica's to alert: they go to
         // the cluster's stream (the inbox entry stays until NATS has it).
         if let Some(f) = self
-            .forward
+            .cluster
             .as_ref()
+            .map(|c| &c.forward)
             .filter(|_| matches!(item, Item::Transition(_)))
         {
             if f.send((seq, item)).is_err() {
@@ -957,5 +1061,22 @@ async fn sender(
                 }
             }
         }
+    }
+}
+
+/// A silence id for a replica of a cluster: six digits (short enough to type in
+/// `vigia silence remove`), not one of `taken`. Two replicas picking the same one within
+/// the moment before they see each other's is caught when the second is written.
+fn cluster_silence_id(host: &str, taken: &[u64]) -> u64 {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    loop {
+        let id = 100_000 + vigia_api::fnv1a(format!("{host}{seed}").as_bytes()) % 900_000;
+        if !taken.contains(&id) {
+            return id;
+        }
+        seed = seed.wrapping_add(1);
     }
 }

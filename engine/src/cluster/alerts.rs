@@ -10,6 +10,8 @@
 //! item to its own pipeline; the item is acknowledged once its fate is stored there, so
 //! a leader that dies before leaves it to the next one (after the consumer's ack wait).
 //!
+//! Silences are the cluster's too: see [`super::silences`].
+//!
 //! Fail open: when the stream cannot be reached for `cluster.unreachable_after`, a
 //! replica alerts its own transitions itself until it can again.
 
@@ -89,18 +91,25 @@ pub struct AlertTasks {
     stop: CancellationToken,
     forwarder: JoinHandle<()>,
     alerter: JoinHandle<()>,
+    /// The cluster's copy of the silences ([`super::silences`]).
+    silences: JoinHandle<()>,
 }
 
 impl AlertTasks {
     pub fn start(
         nats: Nats,
         store: Arc<Store>,
-        forward: mpsc::UnboundedReceiver<(u64, Item)>,
+        (forward, silences): (
+            mpsc::UnboundedReceiver<(u64, Item)>,
+            mpsc::UnboundedReceiver<crate::alerting::pipeline::SilenceChange>,
+        ),
         pipeline: mpsc::Sender<Input>,
         leading: watch::Receiver<bool>,
         direct_after: Duration,
     ) -> AlertTasks {
         let stop = CancellationToken::new();
+        let silences =
+            super::silences::start(nats.clone(), silences, pipeline.clone(), stop.clone());
         let forwarder = tokio::spawn(forwarder(
             nats.clone(),
             store.clone(),
@@ -114,6 +123,7 @@ impl AlertTasks {
             stop,
             forwarder,
             alerter,
+            silences,
         }
     }
 
@@ -123,6 +133,7 @@ impl AlertTasks {
         self.stop.cancel();
         let _ = self.forwarder.await;
         let _ = self.alerter.await;
+        let _ = self.silences.await;
     }
 }
 

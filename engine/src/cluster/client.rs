@@ -194,11 +194,6 @@ pub async fn merge_status(
     ))
 }
 
-/// Which replica leads (and so alerts) now.
-pub async fn leader(cfg: &ClusterConfig) -> Result<Option<String>, String> {
-    open(cfg).await?.leader_id().await
-}
-
 /// `vigia cluster info [REPLICA]`: asked of the replica itself, now.
 pub async fn info(cfg: &ClusterConfig, replica: Option<&str>) -> Result<String, String> {
     let nats = open(cfg).await?;

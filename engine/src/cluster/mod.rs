@@ -13,6 +13,8 @@
 //! <p>.info.<id>, <p>.cmd.<id>         requests                     live counts; commands to the leader
 //! <p>-events    stream <p>.events     committed transitions        published by their owner with
 //!                                                                  Nats-Msg-Id, read by the leader
+//! <p>-silences  KV                    s-<id> → Silence             written by the replica where it was
+//!                                                                  added or ended; read by all
 //! <p>-remedy    KV, max_age = 1 day   transition → ClaimRecord     create() by the replica that runs
 //!                                                                  its remediation; the leader reports
 //!                                                                  those of replicas that died
@@ -35,6 +37,7 @@ mod alerts;
 mod claims;
 mod client;
 mod member;
+pub mod silences;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -45,7 +48,7 @@ use vigia_config::cluster::ClusterConfig;
 
 pub use alerts::AlertTasks;
 pub use claims::NatsClaims;
-pub use client::{command, info, leader, merge_status, status, ClusterCommand, Selector};
+pub use client::{command, info, merge_status, status, ClusterCommand, Selector};
 pub use member::{Member, MemberHandle, Reach};
 
 use crate::store::StoredCheck;
@@ -105,6 +108,7 @@ pub struct Nats {
     pub checks: kv::Store,
     pub meta: kv::Store,
     pub remedy: kv::Store,
+    pub silences: kv::Store,
     pub prefix: String,
 }
 
@@ -230,6 +234,7 @@ pub async fn connect(cfg: &ClusterConfig, name: &str) -> Result<Nats, String> {
         checks: open(bucket("checks", Duration::ZERO, 1)).await?,
         meta: open(bucket("meta", Duration::ZERO, 1)).await?,
         remedy: open(bucket("remedy", claims::KEEP, 1)).await?,
+        silences: open(bucket("silences", Duration::ZERO, 1)).await?,
         client,
         js,
         prefix: p.clone(),
