@@ -215,8 +215,11 @@ fn replica_configs(root: &Path, nats: u16, checks: &str, lease: &str, cap: usize
         .collect()
 }
 
+/// `VIGIA_BIN` runs another build (an A/B in one sitting: the base's binary, copied).
 fn vigia_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_vigia"))
+    std::env::var_os("VIGIA_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vigia")))
 }
 
 /// `vigia run`, its JSON log (info) appended to `vigia.log` beside its config.

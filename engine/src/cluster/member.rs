@@ -74,6 +74,9 @@ pub struct Member {
     /// every few seconds), not on every tick.
     changes: std::sync::atomic::AtomicU64,
     wake: Notify,
+    /// The leader's key was seen deleted or expired (its watch): try to take the lease
+    /// now rather than at the next heartbeat.
+    leader_free: std::sync::atomic::AtomicBool,
     started: Instant,
     started_ms: u64,
 }
@@ -87,7 +90,7 @@ pub struct MemberHandle {
     pub reach: tokio::sync::mpsc::UnboundedReceiver<Reach>,
     stop: CancellationToken,
     task: JoinHandle<()>,
-    watcher: JoinHandle<()>,
+    watchers: [JoinHandle<()>; 3],
 }
 
 impl MemberHandle {
@@ -96,7 +99,9 @@ impl MemberHandle {
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
-        self.watcher.abort();
+        for w in &self.watchers {
+            w.abort();
+        }
     }
 }
 
@@ -131,12 +136,17 @@ impl Member {
             beating: std::sync::atomic::AtomicBool::new(true),
             changes: std::sync::atomic::AtomicU64::new(0),
             wake: Notify::new(),
+            leader_free: std::sync::atomic::AtomicBool::new(true),
             started: Instant::now(),
             started_ms: unix_ms(),
         });
         member.set_checks(checks);
         let stop = CancellationToken::new();
-        let watcher = tokio::spawn(member.clone().watch_places());
+        let watchers = [
+            tokio::spawn(member.clone().watch_places()),
+            tokio::spawn(member.clone().watch_replicas()),
+            tokio::spawn(member.clone().watch_leader()),
+        ];
         let task = tokio::spawn(member.clone().run(stop.clone()));
         MemberHandle {
             member,
@@ -144,7 +154,7 @@ impl Member {
             reach: reach_rx,
             stop,
             task,
-            watcher,
+            watchers,
         }
     }
 
@@ -241,6 +251,57 @@ impl Member {
         }
     }
 
+    /// Keeps `live` equal to the replicas' bucket: a heartbeat is a put, an expired
+    /// one a purge (the bucket has limit markers), so a death is seen ~0.1 s after the
+    /// lease without polling. The loop reads the whole bucket every 5 s as well: a
+    /// watch stalls for seconds after a NATS restart.
+    async fn watch_replicas(self: Arc<Self>) {
+        loop {
+            let Ok(mut w) = self.nats.replicas.watch_all().await else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            while let Some(Ok(e)) = w.next().await {
+                let changed = {
+                    let mut live = lock(&self.live);
+                    match e.operation {
+                        kv::Operation::Put => {
+                            match serde_json::from_slice::<ReplicaRecord>(&e.value) {
+                                Ok(r) => live.insert(e.key.clone(), r).is_none(),
+                                Err(_) => false,
+                            }
+                        }
+                        _ => live.remove(&e.key).is_some(),
+                    }
+                };
+                if changed {
+                    self.poke();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Watches the leader's key: deleted (a leader that left) or expired (one that
+    /// died), the others try to take the lease at once.
+    async fn watch_leader(self: Arc<Self>) {
+        loop {
+            let Ok(mut w) = self.nats.leader.watch("leader").await else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            while let Some(Ok(e)) = w.next().await {
+                let free = e.operation != kv::Operation::Put;
+                self.leader_free
+                    .store(free, std::sync::atomic::Ordering::Relaxed);
+                if free {
+                    self.wake.notify_one();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn run(self: Arc<Self>, stop: CancellationToken) {
         let client = self.nats.client.clone();
         let mut info = client
@@ -251,13 +312,17 @@ impl Member {
         // The heartbeat has a task of its own: the lease is given up on time even while
         // this loop waits on NATS (each request may wait for its timeout).
         let beats = tokio::spawn(self.clone().heartbeats(stop.clone()));
-        let mut tick = tokio::time::interval(self.hb() / 4);
+        // The leader renews its lease each tick (four times a lease at least); the
+        // others try to take it when its key goes (watch_leader) or once a heartbeat.
+        let mut tick = tokio::time::interval(self.hb() / 2);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leader_rev: Option<u64> = None;
         let mut rr = 0usize;
         // What the last full look saw: the count of changes, whether it could place.
         let mut seen: Option<(u64, bool)> = None;
         let mut last_look = Instant::now();
+        let mut last_live = Instant::now();
+        let mut last_try = None::<Instant>;
         // The live replicas when the leader last looked at the remediation claims: one
         // gone since may have died during a run.
         let mut claims_seen: Option<BTreeSet<String>> = None;
@@ -284,17 +349,19 @@ impl Member {
             if !self.beating.load(std::sync::atomic::Ordering::Relaxed) {
                 continue;
             }
-            leader_rev = self.lead(leader_rev).await;
+            if leader_rev.is_some()
+                || self.leader_free.load(std::sync::atomic::Ordering::Relaxed)
+                || last_try.is_none_or(|t: Instant| t.elapsed() >= self.hb())
+            {
+                last_try = Some(Instant::now());
+                leader_rev = self.lead(leader_rev).await;
+            }
             self.set_leading(leader_rev.is_some() && !*lock(&self.cut));
             let places = leader_rev.is_some() && self.started.elapsed() >= self.lease();
-            // The leader watches the replicas all the time (a death is its to see);
-            // the others only need them when placement changed.
-            let changed = seen
-                != Some((
-                    self.changes.load(std::sync::atomic::Ordering::Relaxed),
-                    places,
-                ));
-            if leader_rev.is_some() || changed || last_look.elapsed() >= Duration::from_secs(5) {
+            // `live` follows the replicas' bucket (watch_replicas); a whole read every
+            // 5 s is the backstop for what a stalled watch missed.
+            if last_live.elapsed() >= Duration::from_secs(5) {
+                last_live = Instant::now();
                 self.refresh_live().await;
             }
             if places {
@@ -454,7 +521,13 @@ impl Member {
                     tracing::info!(event = "cluster_leader", replica = %self.id, "This replica leads the cluster now: it places the checks.");
                     Some(r)
                 }
-                Err(_) => None,
+                Err(_) => {
+                    // Taken (its put reaches watch_leader) or NATS did not answer (the
+                    // heartbeat's try is the backstop).
+                    self.leader_free
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    None
+                }
             },
         }
     }

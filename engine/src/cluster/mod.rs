@@ -214,12 +214,23 @@ pub async fn connect(cfg: &ClusterConfig, name: &str) -> Result<Nats, String> {
         storage: jetstream::stream::StorageType::File,
         ..Default::default()
     };
+    // The heartbeats and the leader's lease expire by `max_age`: with limit markers an
+    // expiry is a purge that watchers see, so a death is noticed without polling.
+    let expiring = |name: &str| kv::Config {
+        limit_markers: Some(MARKER_TTL),
+        ..bucket(name, lease, 1)
+    };
     let open = |c: kv::Config| {
         let js = js.clone();
         async move {
             let name = c.bucket.clone();
             match js.get_key_value(&name).await {
-                Ok(s) => Ok(s),
+                Ok(s) => {
+                    if c.limit_markers.is_some() {
+                        add_markers(&js, &s).await?;
+                    }
+                    Ok(s)
+                }
                 Err(_) => js
                     .create_key_value(c)
                     .await
@@ -228,8 +239,8 @@ pub async fn connect(cfg: &ClusterConfig, name: &str) -> Result<Nats, String> {
         }
     };
     let nats = Nats {
-        replicas: open(bucket("replicas", lease, 1)).await?,
-        leader: open(bucket("leader", lease, 1)).await?,
+        replicas: open(expiring("replicas")).await?,
+        leader: open(expiring("leader")).await?,
         place: open(bucket("place", Duration::ZERO, 1)).await?,
         checks: open(bucket("checks", Duration::ZERO, 1)).await?,
         meta: open(bucket("meta", Duration::ZERO, 1)).await?,
@@ -241,6 +252,28 @@ pub async fn connect(cfg: &ClusterConfig, name: &str) -> Result<Nats, String> {
     };
     alerts::open_stream(&nats).await?;
     Ok(nats)
+}
+
+/// How long the marker of an expired heartbeat or lease stays in its bucket.
+const MARKER_TTL: Duration = Duration::from_secs(60);
+
+/// A bucket made by an older Vigia, without limit markers, gets them.
+async fn add_markers(js: &jetstream::Context, kv: &kv::Store) -> Result<(), String> {
+    let mut stream = kv.stream.clone();
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| format!("cannot read the bucket {}: {e}", kv.name))?;
+    if info.config.subject_delete_marker_ttl.is_some() {
+        return Ok(());
+    }
+    let mut config = info.config.clone();
+    config.allow_message_ttl = true;
+    config.subject_delete_marker_ttl = Some(MARKER_TTL);
+    js.update_stream(config)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("cannot add expiry markers to the bucket {}: {e}", kv.name))
 }
 
 impl Nats {
