@@ -520,7 +520,14 @@ fn an_update_is_handled_exactly_once_across_kill_9() {
     wait_on(&engine, "the reply", WAIT, || {
         message_with(&mock, "Silence #")
     });
-    // Handled: its silence, its reply and the offset past it are one commit.
+    // Handled: its silence, its reply and the offset past it are one commit. The kill
+    // waits for the engine to have stored the reply's delivery too: the mock has the
+    // message a moment before that, and a kill inside that moment repeats it after the
+    // restart — the one in-flight repeat the outbox allows, not a second handling.
+    engine.wait_for("the reply's delivery to be stored", WAIT, |e| {
+        e.iter()
+            .any(|x| x["event"] == "delivered" && x["kind"] == "reply")
+    });
     engine.signal(libc::SIGKILL);
     engine.wait_exit(WAIT);
     let engine = start(&config);
