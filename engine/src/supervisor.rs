@@ -182,10 +182,7 @@ struct Engine {
     alert_tx: mpsc::Sender<AlertInput>,
     alerting: Option<AlertStage>,
     remediation: Option<Stage<mpsc::Receiver<Committed>>>,
-    remedy_memory: Arc<RemediationMemory>,
-    remedy_jobs: TaskTracker,
-    /// Where remediation claims its runs: the store, and in a cluster NATS too.
-    remedy_claims: Arc<dyn Claims>,
+    remedy: RemedyKeep,
     logger: Option<Stage<mpsc::Receiver<Committed>>>,
     tasks: Arc<SchedulerShared>,
     scheduler: Scheduler,
@@ -203,7 +200,17 @@ struct Engine {
     cluster: Option<ClusterRun>,
     /// In a cluster: where alerting hands the transitions and silences (kept over
     /// reloads).
-    forward: Option<pipeline::ClusterLink>,
+    link: Option<pipeline::ClusterLink>,
+}
+
+/// What remediation keeps over a rebuild of its stage.
+struct RemedyKeep {
+    /// Run counts, runbook locks, the last good runbook texts.
+    memory: Arc<RemediationMemory>,
+    /// The runs under way (an old stage's finish in it).
+    jobs: TaskTracker,
+    /// Where runs are claimed: the store, and in a cluster NATS too.
+    claims: Arc<dyn Claims>,
 }
 
 struct ClusterRun {
@@ -271,17 +278,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let history = Arc::new(crate::history::History::load(store.clone())?);
     history.configure(plan.checks.iter().map(|c| &c.name), unix_ms());
 
-    let (forward, forward_rx) = match nats {
+    let (link, feed) = match nats {
         Some(_) => {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let (silences, silences_rx) = mpsc::unbounded_channel();
-            (
-                Some(pipeline::ClusterLink {
-                    forward: tx,
-                    silences,
-                }),
-                Some((rx, silences_rx)),
-            )
+            let (link, feed) = pipeline::ClusterLink::new();
+            (Some(link), Some(feed))
         }
         None => (None, None),
     };
@@ -324,7 +324,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let alerting = start_alerting(
         &config.alerting,
         &plan,
-        forward.clone(),
+        link.clone(),
         targets,
         host.clone(),
         &store,
@@ -337,53 +337,45 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         true,
     )
     .map_err(|(e, _)| anyhow::anyhow!("alerting cannot start: {e}"))?;
-    let remedy_memory = Arc::new(RemediationMemory::default());
-    let remedy_jobs = TaskTracker::new();
-    let remedy_claims: Arc<dyn Claims> = match &nats {
-        Some((n, _, id)) => Arc::new(crate::cluster::NatsClaims::new(
-            n.clone(),
-            id.clone(),
-            store.clone(),
-        )),
-        None => Arc::new(StoreClaims(store.clone())),
-    };
-    let remediation = start_remediation(
-        &config,
-        &host,
-        &alert_tx,
-        &book,
-        (&remedy_memory, &remedy_claims),
-        &remedy_jobs,
-        remedy_events,
-    );
-    let logger = start_logger(&book, &host_rx, &config, log_events);
-    let cluster = nats
-        .zip(forward_rx)
-        .map(|((nats, cfg, id), (forward_rx, silences_rx))| {
-            let direct_after = cfg.unreachable_after.get();
-            let member = crate::cluster::Member::start(
-                nats.clone(),
-                cfg,
-                id,
-                host.to_string(),
-                book.clone(),
-                tasks.clone(),
-                &plan.checks,
-            );
-            let alerts = crate::cluster::AlertTasks::start(
-                nats,
+    let remedy = RemedyKeep {
+        memory: Arc::new(RemediationMemory::default()),
+        jobs: TaskTracker::new(),
+        claims: match &nats {
+            Some((n, _, id)) => Arc::new(crate::cluster::NatsClaims::new(
+                n.clone(),
+                id.clone(),
                 store.clone(),
-                (forward_rx, silences_rx),
-                alert_tx.clone(),
-                member.member.leading(),
-                direct_after,
-            );
-            ClusterRun {
-                member,
-                alerts,
-                plan: plan.clone(),
-            }
-        });
+            )),
+            None => Arc::new(StoreClaims(store.clone())),
+        },
+    };
+    let remediation = start_remediation(&config, &host, &alert_tx, &book, &remedy, remedy_events);
+    let logger = start_logger(&book, &host_rx, &config, log_events);
+    let cluster = nats.zip(feed).map(|((nats, cfg, id), feed)| {
+        let direct_after = cfg.unreachable_after.get();
+        let member = crate::cluster::Member::start(
+            nats.clone(),
+            cfg,
+            id,
+            host.to_string(),
+            book.clone(),
+            tasks.clone(),
+            &plan.checks,
+        );
+        let alerts = crate::cluster::AlertTasks::start(
+            nats,
+            store.clone(),
+            feed,
+            alert_tx.clone(),
+            member.member.leading(),
+            direct_after,
+        );
+        ClusterRun {
+            member,
+            alerts,
+            plan: plan.clone(),
+        }
+    });
     let journal_stop = CancellationToken::new();
     let store_health = Arc::new(crate::journal::StoreHealth::default());
     let journal = tokio::spawn(
@@ -409,7 +401,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         alerts: alert_status.clone(),
         alert_tx: alert_tx.clone(),
         store: store_health,
-        remediation: remedy_memory.clone(),
+        remediation: remedy.memory.clone(),
         history,
     });
     let socket_path = state_dir.join(control::SOCKET_FILE);
@@ -429,9 +421,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         alert_tx: alert_tx.clone(),
         alerting: Some(alerting),
         remediation: Some(remediation),
-        remedy_memory,
-        remedy_jobs,
-        remedy_claims,
+        remedy,
         logger: Some(logger),
         tasks,
         scheduler,
@@ -446,7 +436,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         http_listen: opts.http_listen,
         consoles: None,
         cluster,
-        forward,
+        link,
     };
     engine.refresh_door();
     engine.consoles = Some(crate::console::Consoles::start(
@@ -588,8 +578,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     if let Some(r) = engine.remediation.take() {
         let _ = r.handle.await;
     }
-    engine.remedy_jobs.close();
-    engine.remedy_jobs.wait().await;
+    engine.remedy.jobs.close();
+    engine.remedy.jobs.wait().await;
     if let Some(a) = engine.alerting.take() {
         a.stop.cancel();
         let _ = a.handles.pipeline.await;
@@ -632,7 +622,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 fn start_alerting(
     setup: &AlertingSetup,
     plan: &Plan,
-    forward: Option<pipeline::ClusterLink>,
+    link: Option<pipeline::ClusterLink>,
     targets: Vec<pipeline::Target>,
     host: Arc<str>,
     store: &Arc<Store>,
@@ -644,7 +634,7 @@ fn start_alerting(
     // The reminders of the checks that are down. In a cluster the leader's policy
     // sends them, from the transitions it reads: a replica's own view of which checks
     // are down is not the cluster's.
-    let down = match forward {
+    let down = match link {
         Some(_) => Vec::new(),
         None => down_events(book, plan.checks.iter(), &host),
     };
@@ -656,7 +646,7 @@ fn start_alerting(
             down,
             host,
             replay_inbox,
-            cluster: forward,
+            cluster: link,
         },
         targets,
         store.clone(),
@@ -673,8 +663,7 @@ fn start_remediation(
     host: &str,
     alert_tx: &mpsc::Sender<AlertInput>,
     book: &Arc<StatusBook>,
-    (memory, claims): (&Arc<RemediationMemory>, &Arc<dyn Claims>),
-    jobs: &TaskTracker,
+    keep: &RemedyKeep,
     events: mpsc::Receiver<Committed>,
 ) -> Stage<mpsc::Receiver<Committed>> {
     let stop = CancellationToken::new();
@@ -683,10 +672,10 @@ fn start_remediation(
         host,
         alert_tx.clone(),
         book.clone(),
-        memory.clone(),
-        claims.clone(),
+        keep.memory.clone(),
+        keep.claims.clone(),
     )
-    .spawn(events, stop.clone(), jobs.clone());
+    .spawn(events, stop.clone(), keep.jobs.clone());
     Stage { stop, handle }
 }
 
@@ -882,7 +871,7 @@ impl Engine {
                     match start_alerting(
                         &config.alerting,
                         &plan,
-                        self.forward.clone(),
+                        self.link.clone(),
                         targets,
                         new_host.clone(),
                         &self.store,
@@ -920,8 +909,7 @@ impl Engine {
                 &new_host,
                 &self.alert_tx,
                 &self.book,
-                (&self.remedy_memory, &self.remedy_claims),
-                &self.remedy_jobs,
+                &self.remedy,
                 events,
             ));
         }

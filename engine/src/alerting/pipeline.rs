@@ -192,6 +192,26 @@ pub struct ClusterLink {
     pub silences: mpsc::UnboundedSender<SilenceChange>,
 }
 
+/// The other end of a [`ClusterLink`], which the cluster's tasks read.
+pub struct ClusterFeed {
+    pub transitions: mpsc::UnboundedReceiver<(u64, Item)>,
+    pub silences: mpsc::UnboundedReceiver<SilenceChange>,
+}
+
+impl ClusterLink {
+    pub fn new() -> (ClusterLink, ClusterFeed) {
+        let (forward, transitions) = mpsc::unbounded_channel();
+        let (silences, silences_rx) = mpsc::unbounded_channel();
+        (
+            ClusterLink { forward, silences },
+            ClusterFeed {
+                transitions,
+                silences: silences_rx,
+            },
+        )
+    }
+}
+
 /// The pipeline's two queues; a stage hands them to the next one.
 pub struct Inputs {
     pub commands: mpsc::Receiver<Input>,
@@ -675,13 +695,16 @@ impl Pipeline {
         // In a cluster, ids are made on every replica: a random one, not one of a
         // counter the replicas would share.
         let clustered = self.cluster.is_some();
-        let taken: Vec<u64> = self
-            .policy
-            .silences
-            .active(0)
-            .iter()
-            .map(|s| s.id)
-            .collect();
+        let taken: Vec<u64> = match clustered {
+            true => self
+                .policy
+                .silences
+                .active(0)
+                .iter()
+                .map(|s| s.id)
+                .collect(),
+            false => Vec::new(),
+        };
         let host = self.host.clone();
         let next_id = move || {
             if clustered {

@@ -99,21 +99,18 @@ impl AlertTasks {
     pub fn start(
         nats: Nats,
         store: Arc<Store>,
-        (forward, silences): (
-            mpsc::UnboundedReceiver<(u64, Item)>,
-            mpsc::UnboundedReceiver<crate::alerting::pipeline::SilenceChange>,
-        ),
+        feed: crate::alerting::pipeline::ClusterFeed,
         pipeline: mpsc::Sender<Input>,
         leading: watch::Receiver<bool>,
         direct_after: Duration,
     ) -> AlertTasks {
         let stop = CancellationToken::new();
         let silences =
-            super::silences::start(nats.clone(), silences, pipeline.clone(), stop.clone());
+            super::silences::start(nats.clone(), feed.silences, pipeline.clone(), stop.clone());
         let forwarder = tokio::spawn(forwarder(
             nats.clone(),
             store.clone(),
-            forward,
+            feed.transitions,
             pipeline.clone(),
             direct_after,
             stop.clone(),

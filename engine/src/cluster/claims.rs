@@ -18,16 +18,13 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use vigia_core::alert::policy::Item;
 
-use super::{alerts, all_entries_rev, key_of, Nats};
+use super::{alerts, all_entries_rev, key_of, lock, within, Nats};
 use crate::remediation::{Claims, StoreClaims};
 use crate::store::{Op, Store};
 
 /// How long a claim is kept: the leader needs it only until it has seen its replica
 /// alive after the run, or reported it.
 pub const KEEP: Duration = Duration::from_secs(86_400);
-
-/// Every wait on NATS for a claim: a repair is not held up longer by the cluster.
-const WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -92,7 +89,7 @@ impl Claims for NatsClaims {
             let Ok(body) = serde_json::to_vec(&rec) else {
                 return true;
             };
-            match tokio::time::timeout(WAIT, self.nats.remedy.create(&key, body.into())).await {
+            match within(self.nats.remedy.create(&key, body.into())).await {
                 Ok(Ok(rev)) => {
                     lock(&self.revs).insert(key, (rev, started));
                     true
@@ -104,14 +101,8 @@ impl Claims for NatsClaims {
                             .await;
                     false
                 }
-                r => {
-                    let why = match r {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("no answer within {}", vigia_api::Dur(WAIT)),
-                    };
-                    tracing::warn!(event = "remediation_claim", check = %check, "The remediation run of {check} could not be claimed in the cluster ({why}); it runs here anyway (if this replica dies during it, no other one will say so).");
-                    true
-                }
+                Ok(Err(e)) => unclaimed(check, &e.to_string()),
+                Err(why) => unclaimed(check, &why),
             }
         })
     }
@@ -132,8 +123,7 @@ impl Claims for NatsClaims {
                 return;
             };
             let check = done.check().unwrap_or_default();
-            match tokio::time::timeout(WAIT, self.nats.remedy.update(&key, body.into(), rev)).await
-            {
+            match within(self.nats.remedy.update(&key, body.into(), rev)).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     tracing::warn!(event = "remediation_claim", check = %check, "The remediation run of {check} ended, but the leader had already alerted it as \"outcome unknown\" (this replica was out of the cluster during the run); its transcript is in this log only.");
@@ -144,6 +134,12 @@ impl Claims for NatsClaims {
             }
         })
     }
+}
+
+/// A run that could not be claimed runs anyway: a repair is not put off for NATS.
+fn unclaimed(check: &str, why: &str) -> bool {
+    tracing::warn!(event = "remediation_claim", check = %check, "The remediation run of {check} could not be claimed in the cluster ({why}); it runs here anyway (if this replica dies during it, no other one will say so).");
+    true
 }
 
 /// The leader's part: the claims of replicas not in `live` that were not reported yet
@@ -172,12 +168,8 @@ pub async fn report_orphans(nats: &Nats, live: &BTreeSet<String>) -> Result<usiz
         }
         rec.state = ClaimState::Reported;
         if let Ok(body) = serde_json::to_vec(&rec) {
-            let _ = tokio::time::timeout(WAIT, nats.remedy.update(&key, body.into(), rev)).await;
+            let _ = within(nats.remedy.update(&key, body.into(), rev)).await;
         }
     }
     Ok(fresh)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

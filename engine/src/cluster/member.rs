@@ -4,6 +4,8 @@
 //! to the cluster commands (the leader's).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +20,7 @@ use vigia_core::placement::{Placement, Replica, StartSummary};
 use vigia_core::status::CheckState;
 
 use super::client::{ClusterCommand, Selector};
-use super::{key_of, name_of, CheckRecord, Nats, PlaceRecord, ReplicaRecord};
+use super::{key_of, lock, name_of, CheckRecord, Nats, PlaceRecord, ReplicaRecord};
 use crate::book::StatusBook;
 use crate::clock::unix_ms;
 use crate::scheduler::{Observation, SchedulerShared};
@@ -68,15 +70,15 @@ pub struct Member {
     /// cleared by the heartbeat task, read by the loop before it hands out checks.
     cut: Mutex<bool>,
     /// Whether the last heartbeat got through.
-    beating: std::sync::atomic::AtomicBool,
+    beating: AtomicBool,
     /// Counts what may change placement (the config's checks, the placements, the live
     /// replicas, a command): the loop reconciles and takes over only when it moved (or
     /// every few seconds), not on every tick.
-    changes: std::sync::atomic::AtomicU64,
+    changes: AtomicU64,
     wake: Notify,
     /// The leader's key was seen deleted or expired (its watch): try to take the lease
     /// now rather than at the next heartbeat.
-    leader_free: std::sync::atomic::AtomicBool,
+    leader_free: AtomicBool,
     started: Instant,
     started_ms: u64,
 }
@@ -133,10 +135,10 @@ impl Member {
             reach,
             leading: watch::channel(false).0,
             cut: Mutex::new(false),
-            beating: std::sync::atomic::AtomicBool::new(true),
-            changes: std::sync::atomic::AtomicU64::new(0),
+            beating: AtomicBool::new(true),
+            changes: AtomicU64::new(0),
             wake: Notify::new(),
-            leader_free: std::sync::atomic::AtomicBool::new(true),
+            leader_free: AtomicBool::new(true),
             started: Instant::now(),
             started_ms: unix_ms(),
         });
@@ -181,8 +183,7 @@ impl Member {
 
     /// Something placement depends on changed: the loop looks again, now.
     fn poke(&self) {
-        self.changes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.changes.fetch_add(1, Relaxed);
         self.wake.notify_one();
     }
 
@@ -256,12 +257,10 @@ impl Member {
     /// lease without polling. The loop reads the whole bucket every 5 s as well: a
     /// watch stalls for seconds after a NATS restart.
     async fn watch_replicas(self: Arc<Self>) {
-        loop {
-            let Ok(mut w) = self.nats.replicas.watch_all().await else {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            };
-            while let Some(Ok(e)) = w.next().await {
+        let nats = self.nats.clone();
+        follow(
+            || nats.replicas.watch_all(),
+            |e| {
                 let changed = {
                     let mut live = lock(&self.live);
                     match e.operation {
@@ -277,29 +276,26 @@ impl Member {
                 if changed {
                     self.poke();
                 }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            },
+        )
+        .await
     }
 
     /// Watches the leader's key: deleted (a leader that left) or expired (one that
     /// died), the others try to take the lease at once.
     async fn watch_leader(self: Arc<Self>) {
-        loop {
-            let Ok(mut w) = self.nats.leader.watch("leader").await else {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            };
-            while let Some(Ok(e)) = w.next().await {
+        let nats = self.nats.clone();
+        follow(
+            || nats.leader.watch("leader"),
+            |e| {
                 let free = e.operation != kv::Operation::Put;
-                self.leader_free
-                    .store(free, std::sync::atomic::Ordering::Relaxed);
+                self.leader_free.store(free, Relaxed);
                 if free {
                     self.wake.notify_one();
                 }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            },
+        )
+        .await
     }
 
     async fn run(self: Arc<Self>, stop: CancellationToken) {
@@ -346,11 +342,11 @@ impl Member {
                 continue;
             }
             // While the heartbeat does not get through, nothing else is tried.
-            if !self.beating.load(std::sync::atomic::Ordering::Relaxed) {
+            if !self.beating.load(Relaxed) {
                 continue;
             }
             if leader_rev.is_some()
-                || self.leader_free.load(std::sync::atomic::Ordering::Relaxed)
+                || self.leader_free.load(Relaxed)
                 || last_try.is_none_or(|t: Instant| t.elapsed() >= self.hb())
             {
                 last_try = Some(Instant::now());
@@ -369,10 +365,7 @@ impl Member {
             } else {
                 claims_seen = None;
             }
-            let now = (
-                self.changes.load(std::sync::atomic::Ordering::Relaxed),
-                places,
-            );
+            let now = (self.changes.load(Relaxed), places);
             // A full look costs a pass over every floating check: only when something
             // changed, or every 5 s (refused checks, a take-over that must wait).
             if seen == Some(now) && last_look.elapsed() < Duration::from_secs(5) {
@@ -413,8 +406,7 @@ impl Member {
                 _ = stop.cancelled() => return,
             }
             let beat = self.beat().await;
-            self.beating
-                .store(beat.is_ok(), std::sync::atomic::Ordering::Relaxed);
+            self.beating.store(beat.is_ok(), Relaxed);
             match beat {
                 Ok(()) => {
                     last_ok = Instant::now();
@@ -481,8 +473,7 @@ impl Member {
             Ok(l) => {
                 let mut live = lock(&self.live);
                 if !live.keys().eq(l.keys()) {
-                    self.changes
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.changes.fetch_add(1, Relaxed);
                 }
                 *live = l;
             }
@@ -524,8 +515,7 @@ impl Member {
                 Err(_) => {
                     // Taken (its put reaches watch_leader) or NATS did not answer (the
                     // heartbeat's try is the backstop).
-                    self.leader_free
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    self.leader_free.store(false, Relaxed);
                     None
                 }
             },
@@ -1162,6 +1152,20 @@ async fn next_msg(s: &mut Option<async_nats::Subscriber>) -> Option<async_nats::
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// Follows a watch, opened again (after 1 s when it cannot be) whenever it ends: a KV
+/// watch ends when NATS restarts.
+async fn follow<W, E>(open: impl Fn() -> W, mut on: impl FnMut(kv::Entry))
+where
+    W: std::future::Future<Output = Result<kv::Watch, E>>,
+{
+    loop {
+        let Ok(mut w) = open().await else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        while let Some(Ok(e)) = w.next().await {
+            on(e);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

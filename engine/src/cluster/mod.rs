@@ -339,6 +339,23 @@ impl Nats {
     }
 }
 
+/// How long a replica waits on one NATS write of cluster state (a silence, a claim)
+/// before it takes NATS as out of reach.
+const WRITE_WAIT: Duration = Duration::from_secs(5);
+
+/// A NATS call given [`WRITE_WAIT`]: its answer, or what went wrong, in words.
+async fn within<T, E: std::fmt::Display>(
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<Result<T, E>, String> {
+    tokio::time::timeout(WRITE_WAIT, call)
+        .await
+        .map_err(|_| format!("no answer within {}", vigia_api::Dur(WRITE_WAIT)))
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Every live key of a bucket with its value.
 async fn all_entries(kv: &kv::Store) -> Result<Vec<(String, bytes::Bytes)>, String> {
     Ok(all_entries_rev(kv)

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use vigia_core::silence::Silence;
 
-use super::{all_entries_rev, Nats};
+use super::{all_entries_rev, within, Nats};
 use crate::alerting::pipeline::{Input, SilenceChange};
 
 /// The backstop read of the bucket.
@@ -123,30 +123,23 @@ async fn write(kv: &kv::Store, c: &SilenceChange, stop: &CancellationToken) -> b
     let mut warned = false;
     loop {
         let r = match &c.silence {
-            Some(s) => match serde_json::to_vec(s) {
-                Ok(body) => match tokio::time::timeout(
-                    Duration::from_secs(5),
-                    kv.create(key(c.id), body.into()),
-                )
-                .await
-                {
+            Some(s) => {
+                let Ok(body) = serde_json::to_vec(s) else {
+                    return true;
+                };
+                match within(kv.create(key(c.id), body.into())).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                         tracing::error!(event = "silence_conflict", id = c.id, pattern = %s.pattern, "Silence {} ({}) got an id another replica had just given to another silence: the cluster keeps that one, and this one ends here. Add it again.", c.id, s.pattern);
                         Ok(())
                     }
                     Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("no answer within 5s".into()),
-                },
-                Err(_) => Ok(()),
-            },
-            None => {
-                match tokio::time::timeout(Duration::from_secs(5), kv.delete(key(c.id))).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("no answer within 5s".into()),
+                    Err(e) => Err(e),
                 }
             }
+            None => within(kv.delete(key(c.id)))
+                .await
+                .and_then(|r| r.map_err(|e| e.to_string())),
         };
         match r {
             Ok(()) => {
