@@ -203,3 +203,69 @@ pub struct TargetStats {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asked_wait_ms: Option<u64>,
 }
+
+impl TargetStats {
+    /// Adds another replica's figures of the same target (a cluster's sum): counts add
+    /// up, the latest error and delivery are kept.
+    pub fn add(&mut self, other: &TargetStats) {
+        if self.channel.is_empty() {
+            self.channel.clone_from(&other.channel);
+            self.target.clone_from(&other.target);
+        }
+        self.pending += other.pending;
+        self.delivered += other.delivered;
+        self.failed += other.failed;
+        self.retries += other.retries;
+        if other.last_error_at > self.last_error_at {
+            self.last_error.clone_from(&other.last_error);
+            self.last_error_at = other.last_error_at;
+            self.asked_wait_ms = other.asked_wait_ms;
+        }
+        self.last_delivered_at = self.last_delivered_at.max(other.last_delivered_at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TargetStats;
+
+    #[test]
+    fn a_clusters_delivery_figures_add_up_and_keep_the_latest_error() {
+        let mut sum = TargetStats::default();
+        let a = TargetStats {
+            channel: "tg".into(),
+            target: "telegram chat 1".into(),
+            pending: 1,
+            delivered: 10,
+            failed: 1,
+            retries: 3,
+            last_error: Some("old".into()),
+            last_error_at: Some(100),
+            last_delivered_at: Some(500),
+            asked_wait_ms: None,
+        };
+        let b = TargetStats {
+            channel: "tg".into(),
+            target: "telegram chat 1".into(),
+            pending: 2,
+            delivered: 5,
+            failed: 0,
+            retries: 1,
+            last_error: Some("429 Too Many Requests".into()),
+            last_error_at: Some(300),
+            last_delivered_at: Some(200),
+            asked_wait_ms: Some(3000),
+        };
+        sum.add(&a);
+        sum.add(&b);
+        assert_eq!(sum.channel, "tg");
+        assert_eq!(
+            (sum.pending, sum.delivered, sum.failed, sum.retries),
+            (3, 15, 1, 4)
+        );
+        assert_eq!(sum.last_error.as_deref(), Some("429 Too Many Requests"));
+        assert_eq!(sum.last_error_at, Some(300));
+        assert_eq!(sum.asked_wait_ms, Some(3000));
+        assert_eq!(sum.last_delivered_at, Some(500));
+    }
+}

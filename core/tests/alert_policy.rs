@@ -517,3 +517,27 @@ fn a_replica_s_cluster_notices_go_to_every_channel_and_read_well() {
         "{text}"
     );
 }
+
+/// A replica of a cluster that stops leading drops what it holds of the stream's items:
+/// those go nowhere from here, the others still go out.
+#[test]
+fn forgotten_items_are_not_released() {
+    let mut s = Sim::new(
+        &[("tg", None), ("console", None)],
+        Duration::from_secs(30),
+        0,
+    );
+    s.event("web", Transition::Failed, t("10:00"));
+    s.event("db", Transition::Failed, t("10:00"));
+    // `web` came first: seq 1, held on both channels.
+    let gone = s.p.forget(&|seq| seq == 1);
+    assert_eq!(gone.len(), 2, "one entry per channel: {gone:?}");
+    assert!(gone.iter().all(|(_, seq)| *seq == 1));
+    assert_eq!(s.p.held_entries(), 2);
+    let out = s.due(t("10:01"));
+    assert_eq!(out.len(), 2, "{out:?}");
+    for m in &out {
+        assert_eq!(m.seqs, vec![2], "only db's entry goes out on {}", m.channel);
+        assert_eq!(m.ctx.check, "db");
+    }
+}

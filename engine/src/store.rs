@@ -631,6 +631,20 @@ impl Store {
         }
     }
 
+    /// Every undelivered message: target, seq, bytes.
+    pub fn outbox_entries(&self) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
+        let err = self.io_err("reading the outbox");
+        let tx = self.with_db(|db| db.begin_read().map_err(|e| err(e.into())))?;
+        let t = tx.open_table(OUTBOX).map_err(|e| err(e.into()))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = item.map_err(|e| err(e.into()))?;
+            let (target, seq) = k.value();
+            out.push((target.to_string(), seq, v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     /// How many messages each target has waiting.
     pub fn outbox_counts(&self) -> Result<HashMap<String, usize>, StoreError> {
         let err = self.io_err("reading the outbox");

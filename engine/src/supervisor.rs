@@ -333,6 +333,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         Inputs {
             commands: alert_rx,
             events: alert_events,
+            shared: pipeline::Shared::new(),
         },
         true,
     )
@@ -358,8 +359,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             cfg,
             id,
             host.to_string(),
-            book.clone(),
-            tasks.clone(),
+            crate::cluster::Ties {
+                book: book.clone(),
+                tasks: tasks.clone(),
+                alerts: alert_status.clone(),
+                proof: feed.lead.clone(),
+            },
             &plan.checks,
         );
         let alerts = crate::cluster::AlertTasks::start(

@@ -595,6 +595,130 @@ fn a_replica_paused_past_its_lease_alerts_nothing_for_the_checks_that_moved() {
     );
 }
 
+/// The leader (and so the alerting replica) of a cluster whose checks are placed, with
+/// Telegram refusing: a check of another replica goes down, and the leader holds the
+/// failure in its outbox (a retry logged). Returns the leader's index and the check.
+fn leader_holding_a_failure(c: &Cluster, checks: u64) -> (usize, String) {
+    let n = c.replicas.len();
+    wait_until("the checks placed", Duration::from_secs(20), || {
+        let p = c.placed();
+        (p.len() == n && p.iter().map(|(_, k)| k).sum::<u64>() == checks).then_some(())
+    });
+    let leader = wait_until("a leader", Duration::from_secs(10), || c.leader());
+    let li = c.replicas.iter().position(|r| r.id == leader).unwrap();
+    let owner = c
+        .replicas
+        .iter()
+        .find(|r| r.id != leader)
+        .unwrap()
+        .id
+        .clone();
+    let down = c.checks_of(&owner)[0].clone();
+    c.mock.set("telegram", "error");
+    c.target(&down).up.store(false, Ordering::SeqCst);
+    c.replicas[li].proc().wait_for(
+        "the leader to hold the failure",
+        Duration::from_secs(20),
+        |e| e.iter().any(|e| e["event"] == "delivery_retry"),
+    );
+    (li, down)
+}
+
+/// What the leader holds back (here: Telegram refusing) is the cluster's, not its own:
+/// it dies, the next leader sends it once Telegram takes messages again; it comes back
+/// and drops its copy instead of sending it a second time. `vigia status` on any
+/// replica shows the cluster's delivery figures.
+#[test]
+fn what_a_dead_leader_held_goes_out_once_from_the_next_one() {
+    let mut c = cluster(3, 20, 6, "");
+    let (li, down) = leader_holding_a_failure(&c, 6);
+    let leader = c.replicas[li].id.clone();
+    c.replicas[li].kill9();
+    wait_until("a new leader", Duration::from_secs(15), || {
+        c.leader().filter(|l| *l != leader)
+    });
+    c.mock.set("telegram", "ok");
+    wait_until(
+        "the held failure sent by the new leader",
+        Duration::from_secs(30),
+        || (count(&c.mock, &down, "failed") == 1).then_some(()),
+    );
+    // The figures of the replica that delivered it, seen from one that did not.
+    let new_leader = c.leader().unwrap();
+    let other = c
+        .replicas
+        .iter()
+        .find(|r| r.id != new_leader && r.id != leader)
+        .unwrap();
+    wait_until(
+        "the cluster's delivery figures",
+        Duration::from_secs(10),
+        || {
+            let out = vigia(&["status", "--json"], &other.config);
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let delivered: u64 = v["channels"]
+                .as_object()?
+                .values()
+                .filter_map(|t| t["delivered"].as_u64())
+                .sum();
+            (delivered >= 1).then_some(())
+        },
+    );
+    let text = String::from_utf8_lossy(&vigia(&["status"], &other.config).stdout).to_string();
+    assert!(
+        text.contains("delivery figures are the live replicas' summed"),
+        "{text}"
+    );
+    // The dead leader comes back: its copy goes, and nothing is sent twice.
+    c.replicas[li].spawn();
+    c.replicas[li].proc().wait_for(
+        "the old leader to drop its copy",
+        Duration::from_secs(30),
+        |e| {
+            e.iter()
+                .any(|e| e["event"] == "cluster_alerts" && e["unsent"].as_u64() == Some(1))
+        },
+    );
+    heal_and_count_once(&c, &down);
+}
+
+/// A leader paused past its lease while it holds a failure: the next leader sends it;
+/// the paused one, resumed, is no longer the leader, sends nothing and drops its copy.
+#[test]
+fn a_leader_paused_while_it_held_a_failure_does_not_send_it_when_it_wakes() {
+    let c = cluster(2, 20, 4, "");
+    let (li, down) = leader_holding_a_failure(&c, 4);
+    let leader = c.replicas[li].id.clone();
+    c.replicas[li].proc().signal(libc::SIGSTOP);
+    wait_until("a new leader", Duration::from_secs(15), || {
+        c.leader().filter(|l| *l != leader)
+    });
+    c.mock.set("telegram", "ok");
+    wait_until(
+        "the held failure sent by the new leader",
+        Duration::from_secs(30),
+        || (count(&c.mock, &down, "failed") == 1).then_some(()),
+    );
+    c.replicas[li].proc().signal(libc::SIGCONT);
+    c.replicas[li].proc().wait_for(
+        "the old leader to step down and drop its copy",
+        Duration::from_secs(20),
+        |e| {
+            e.iter()
+                .any(|e| e["event"] == "cluster_alerts" && e["unsent"].as_u64() == Some(1))
+        },
+    );
+    heal_and_count_once(&c, &down);
+    assert!(
+        !c.replicas[li]
+            .proc()
+            .events()
+            .iter()
+            .any(|e| e["event"] == "delivered"),
+        "the paused leader delivered after it woke"
+    );
+}
+
 /// Telegram messages (their text) that contain `what`.
 fn messages_with(mock: &Mock, what: &str) -> Vec<String> {
     mock.telegram_messages()

@@ -95,6 +95,11 @@ pub struct Held {
     pub release_at: u64,
     /// Held by a closed send window (it goes out in a digest).
     pub windowed: bool,
+    /// In a cluster: an item the leader took from the cluster's stream, which keeps it
+    /// until its messages are out; a replica that restarts or stops leading drops it
+    /// (the next leader gets it from the stream).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 /// A message for one channel, ready to render.
@@ -315,6 +320,22 @@ impl Policy {
         self.held.entry(channel).or_default().push(held);
     }
 
+    /// Drops the held entries whose item `drop(seq)` names; returns their channels and
+    /// seqs (for the store).
+    pub fn forget(&mut self, drop: &dyn Fn(u64) -> bool) -> Vec<(Arc<str>, u64)> {
+        let mut out = Vec::new();
+        for (ch, list) in &mut self.held {
+            list.retain(|h| {
+                let gone = drop(h.seq);
+                if gone {
+                    out.push((ch.clone(), h.seq));
+                }
+                !gone
+            });
+        }
+        out
+    }
+
     /// After a restart: reminders of checks that are down, counted from their change.
     pub fn restore_reminder(&mut self, event: AlertEvent, now: u64) {
         let Some(every) = self.alerting(&event.check).remind_every else {
@@ -457,6 +478,7 @@ impl Policy {
                 item: item.clone(),
                 release_at,
                 windowed,
+                shared: false,
             };
             held_list.push(held.clone());
             out.push((ch.name.clone(), held));

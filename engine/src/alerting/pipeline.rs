@@ -52,6 +52,10 @@ pub struct Stored {
     /// What to do with it (a send, unless the Telegram console edits or answers).
     #[serde(default, skip_serializing_if = "Action::is_send")]
     pub action: Action,
+    /// In a cluster, on the leader: the items of the cluster's stream it carries (their
+    /// seqs here). The stream keeps an item until every message carrying it is out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<u64>,
 }
 
 /// What a stored message asks of its target. Only Telegram targets get anything but
@@ -90,6 +94,7 @@ impl Stored {
             document: String::new(),
             created_at: unix_ms(),
             action,
+            sources: Vec::new(),
         }
     }
 }
@@ -162,10 +167,14 @@ pub enum Input {
     /// (one per command), or why nothing could be stored.
     Work(Box<Work>, oneshot::Sender<Result<Vec<Reply>, String>>),
     /// In a cluster: an item for this replica's own policy, never forwarded: one the
-    /// leader took from the cluster's stream (`done` once its fate is stored, so the
-    /// stream may forget it), or one of this replica's own that could not reach the
-    /// stream while NATS was out of reach (fail open).
+    /// leader took from the cluster's stream (`settled` once every message carrying it
+    /// is delivered or dropped, or the policy sends none: then the stream may forget
+    /// it), or one of this replica's own that could not reach the stream while NATS was
+    /// out of reach (fail open).
     Direct(u64, Box<Item>, Option<oneshot::Sender<()>>),
+    /// In a cluster: this replica no longer leads. What it holds or has not delivered
+    /// of the stream's items is dropped: the stream gives them to the next leader.
+    StepDown,
     /// In a cluster: the cluster's silences, as read after this replica's changes up to
     /// `gen` were written (an older read, which may lack one of them, is not applied).
     Silences { gen: u64, set: Vec<Silence> },
@@ -184,38 +193,88 @@ pub struct SilenceChange {
     pub silence: Option<Silence>,
 }
 
+/// In a cluster: until when (on [`crate::clock::mono_ms`]) this replica's lead is
+/// proven: its last renewal of the lease, plus the lease, less a heartbeat; 0 while it
+/// does not lead. A message carrying the stream's items goes out only while it holds:
+/// a leader paused or cut off past it may have been replaced, and the next one sends it.
+pub type LeadProof = Arc<std::sync::atomic::AtomicU64>;
+
 /// What a pipeline in a cluster hands out: committed transitions to the cluster's
-/// stream, silence changes to the cluster's copy of the silences.
+/// stream, silence changes to the cluster's copy of the silences; and what it is told:
+/// whether its lead is proven.
 #[derive(Clone)]
 pub struct ClusterLink {
     pub forward: Forward,
     pub silences: mpsc::UnboundedSender<SilenceChange>,
+    pub lead: LeadProof,
 }
 
 /// The other end of a [`ClusterLink`], which the cluster's tasks read.
 pub struct ClusterFeed {
     pub transitions: mpsc::UnboundedReceiver<(u64, Item)>,
     pub silences: mpsc::UnboundedReceiver<SilenceChange>,
+    /// The member keeps it.
+    pub lead: LeadProof,
 }
 
 impl ClusterLink {
     pub fn new() -> (ClusterLink, ClusterFeed) {
         let (forward, transitions) = mpsc::unbounded_channel();
         let (silences, silences_rx) = mpsc::unbounded_channel();
+        let lead = LeadProof::default();
         (
-            ClusterLink { forward, silences },
+            ClusterLink {
+                forward,
+                silences,
+                lead: lead.clone(),
+            },
             ClusterFeed {
                 transitions,
                 silences: silences_rx,
+                lead,
             },
         )
     }
 }
 
-/// The pipeline's two queues; a stage hands them to the next one.
+/// The pipeline's queues; a stage hands them to the next one.
 pub struct Inputs {
     pub commands: mpsc::Receiver<Input>,
     pub events: mpsc::Receiver<Committed>,
+    pub shared: Shared,
+}
+
+/// In a cluster, on the leader: the items of the cluster's stream whose messages are
+/// not all out yet. Outlives a stage, as the queues do.
+pub struct Shared {
+    open: HashMap<u64, Open>,
+    /// The senders report here the sources of each message they are done with.
+    tx: mpsc::UnboundedSender<Vec<u64>>,
+    rx: mpsc::UnboundedReceiver<Vec<u64>>,
+}
+
+impl Shared {
+    pub fn new() -> Shared {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Shared {
+            open: HashMap::new(),
+            tx,
+            rx,
+        }
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared::new()
+    }
+}
+
+/// One item of the stream, while something carries it.
+struct Open {
+    /// Its held entries (one per channel) and outbox messages (one per target and part).
+    refs: usize,
+    settled: oneshot::Sender<()>,
 }
 
 /// One delivery target: a console, a Telegram chat, a webhook.
@@ -325,6 +384,9 @@ pub fn start(
     stop: CancellationToken,
 ) -> Result<Handles, (String, Inputs)> {
     let loaded = (|| {
+        if setup.replay_inbox && setup.cluster.is_some() {
+            drop_shared(&store)?;
+        }
         let counts = store.outbox_counts()?;
         let saved = store.load_targets()?;
         let held = store.load_held()?;
@@ -407,18 +469,27 @@ pub fn start(
     for event in setup.down {
         policy.restore_reminder(event, now);
     }
+    let Inputs {
+        commands,
+        events,
+        shared: Shared { open, tx, rx },
+    } = inputs;
     let stop_senders = CancellationToken::new();
     let senders = targets
         .iter()
         .map(|t| {
             tokio::spawn(sender(
-                t.key.clone(),
-                t.sink.clone(),
-                t.wake.clone(),
+                Outlet {
+                    key: t.key.clone(),
+                    sink: t.sink.clone(),
+                    wake: t.wake.clone(),
+                    max_wait: setup.alerting.max_retry_wait,
+                    settled: tx.clone(),
+                    lead: setup.cluster.as_ref().map(|c| c.lead.clone()),
+                },
                 store.clone(),
                 status.clone(),
                 stop_senders.clone(),
-                setup.alerting.max_retry_wait,
             ))
         })
         .collect();
@@ -434,8 +505,10 @@ pub fn start(
         stop: stop.clone(),
         cluster: setup.cluster,
         silence_gen: 0,
+        open,
+        settled_tx: tx,
     };
-    let pipeline = tokio::spawn(p.run(inputs, inbox, stop));
+    let pipeline = tokio::spawn(p.run(commands, events, rx, inbox, stop));
     Ok(Handles {
         pipeline,
         senders,
@@ -459,15 +532,21 @@ struct Pipeline {
     cluster: Option<ClusterLink>,
     /// This replica's silence changes handed to the cluster so far.
     silence_gen: u64,
+    /// See [`Shared`].
+    open: HashMap<u64, Open>,
+    settled_tx: mpsc::UnboundedSender<Vec<u64>>,
 }
 
 impl Pipeline {
     async fn run(
         mut self,
-        mut inputs: Inputs,
+        commands: mpsc::Receiver<Input>,
+        events: mpsc::Receiver<Committed>,
+        mut settled: mpsc::UnboundedReceiver<Vec<u64>>,
         inbox: Vec<(u64, Vec<u8>)>,
         stop: CancellationToken,
     ) -> Inputs {
+        let mut inputs = Queues { commands, events };
         // Items committed before a crash that alerting had not taken yet.
         for (seq, bytes) in inbox {
             match serde_json::from_slice::<Item>(&bytes) {
@@ -497,6 +576,7 @@ impl Pipeline {
                     Some(i) => self.input(i).await,
                     None => commands_open = false,
                 },
+                Some(seqs) = settled.recv() => self.settle(&seqs),
                 _ = sleep_until_ms(deadline) => {}
                 _ = stop.cancelled() => break,
             }
@@ -506,10 +586,21 @@ impl Pipeline {
         }
         self.take_queued(&mut inputs).await;
         self.flush().await;
-        inputs
+        while let Ok(seqs) = settled.try_recv() {
+            self.settle(&seqs);
+        }
+        Inputs {
+            commands: inputs.commands,
+            events: inputs.events,
+            shared: Shared {
+                open: self.open,
+                tx: self.settled_tx,
+                rx: settled,
+            },
+        }
     }
 
-    async fn take_queued(&mut self, inputs: &mut Inputs) {
+    async fn take_queued(&mut self, inputs: &mut Queues) {
         loop {
             if let Ok(e) = inputs.events.try_recv() {
                 self.event(e).await;
@@ -533,14 +624,8 @@ impl Pipeline {
     async fn input(&mut self, i: Input) {
         match i {
             Input::Item(seq, item) => self.accept(seq, *item).await,
-            Input::Direct(seq, item, done) => {
-                // Only a stored fate lets the stream forget the item.
-                if self.accept_here(seq, *item).await {
-                    if let Some(d) = done {
-                        let _ = d.send(());
-                    }
-                }
-            }
+            Input::Direct(seq, item, settled) => self.accept_here(seq, *item, settled).await,
+            Input::StepDown => self.step_down().await,
             Input::Checks(map) => self.policy.set_checks(map),
             Input::Silences { gen, set } if gen >= self.silence_gen => {
                 self.take_silences(set).await
@@ -754,11 +839,12 @@ impl Pipeline {
             }
             return;
         }
-        self.accept_here(seq, item).await;
+        self.accept_here(seq, item, None).await;
     }
 
-    /// Whether the item's fate is stored.
-    async fn accept_here(&mut self, seq: u64, item: Item) -> bool {
+    /// Takes an item into this replica's policy and stores its fate. One of the
+    /// cluster's stream (`settled`) stays open until its messages are out.
+    async fn accept_here(&mut self, seq: u64, item: Item, settled: Option<oneshot::Sender<()>>) {
         let check = item.check().map(str::to_string);
         // A transition ends the acknowledged failure (the policy moves the ack into a
         // recovery's message).
@@ -768,7 +854,12 @@ impl Pipeline {
             }
             _ => None,
         };
-        let (fate, held) = self.policy.accept(seq, item, unix_ms());
+        let (fate, mut held) = self.policy.accept(seq, item, unix_ms());
+        if settled.is_some() {
+            for (_, h) in &mut held {
+                h.shared = true;
+            }
+        }
         match (&fate, &check) {
             (Fate::Silenced(id), Some(c)) => {
                 tracing::info!(event = "alert_silenced", check = %c, silence = id, "The alert of {c} is not sent: silence {id} covers it.")
@@ -790,7 +881,80 @@ impl Pipeline {
             self.status.set_ack(&c, None);
             ops.push(Op::Ack(c, None));
         }
-        self.persist(ops).await
+        // Not stored (the stage stops): the stream gives the item to the next reader.
+        if !self.persist(ops).await {
+            return;
+        }
+        match settled {
+            Some(s) if held.is_empty() => {
+                let _ = s.send(());
+            }
+            Some(settled) => {
+                self.open.insert(
+                    seq,
+                    Open {
+                        refs: held.len(),
+                        settled,
+                    },
+                );
+            }
+            None => {}
+        }
+    }
+
+    /// Counts the stream's items' messages in (`+`) and out (`-`); an item nothing
+    /// carries any more is settled: the stream may forget it.
+    fn count(&mut self, seq: u64, delta: isize) {
+        let Some(o) = self.open.get_mut(&seq) else {
+            return;
+        };
+        o.refs = o.refs.saturating_add_signed(delta);
+        if o.refs == 0 {
+            if let Some(o) = self.open.remove(&seq) {
+                let _ = o.settled.send(());
+            }
+        }
+    }
+
+    /// The senders are done with messages carrying these items.
+    fn settle(&mut self, seqs: &[u64]) {
+        for s in seqs {
+            self.count(*s, -1);
+        }
+    }
+
+    /// This replica no longer leads: what it holds or has not delivered of the stream's
+    /// items goes (a message being sent now may still go out: the one repeat allowed).
+    async fn step_down(&mut self) {
+        if self.open.is_empty() {
+            return;
+        }
+        let gone: std::collections::HashSet<u64> = self.open.drain().map(|(s, _)| s).collect();
+        let mut ops: Vec<Op> = self
+            .policy
+            .forget(&|s| gone.contains(&s))
+            .into_iter()
+            .map(|(ch, s)| Op::Held(ch.to_string(), s, None))
+            .collect();
+        let held = ops.len();
+        let store = self.store.clone();
+        let outbox = tokio::task::spawn_blocking(move || store.outbox_entries()).await;
+        let mut unsent = 0;
+        if let Ok(Ok(entries)) = outbox {
+            for (key, seq, bytes) in entries {
+                let carries = serde_json::from_slice::<Stored>(&bytes)
+                    .is_ok_and(|m| m.sources.iter().any(|s| gone.contains(s)));
+                if carries {
+                    self.status
+                        .update(&key, |s| s.pending = s.pending.saturating_sub(1));
+                    ops.push(Op::Outbox(key, seq, None));
+                    unsent += 1;
+                }
+            }
+        }
+        if self.persist(ops).await {
+            tracing::info!(event = "cluster_alerts", held, unsent, "This replica no longer leads: the {} alerts of the cluster it had not sent all of ({held} held back, {unsent} messages undelivered) are left to the next leader; the cluster's stream keeps them until they are out.", gone.len());
+        }
     }
 
     /// Stores what the policy released: held entries out, messages into the outbox,
@@ -845,6 +1009,17 @@ impl Pipeline {
                 ops.push(Op::Held(m.channel.to_string(), *seq, None));
             }
         }
+        // The stream's items each message carries.
+        let sources: Vec<Vec<u64>> = messages
+            .iter()
+            .map(|m| {
+                m.seqs
+                    .iter()
+                    .copied()
+                    .filter(|s| self.open.contains_key(s))
+                    .collect()
+            })
+            .collect();
         let jobs: Vec<(usize, usize)> = messages
             .iter()
             .enumerate()
@@ -857,16 +1032,25 @@ impl Pipeline {
                     .map(move |(ti, _)| (mi, ti))
             })
             .collect();
-        let Some(rendered) = self.render_all(messages, jobs).await else {
+        let Some(rendered) = self.render_all(messages, jobs.clone()).await else {
             // Only when the runtime shuts down (render catches what a template can
             // throw). Nothing is stored: the held entries are still in the store and
             // are sent after the restart.
             return;
         };
         let mut woken = Vec::new();
-        for (ti, stored) in rendered {
+        // Each item's held entries leave, its messages come in.
+        let mut counts: HashMap<u64, isize> = HashMap::new();
+        for s in sources.iter().flatten() {
+            *counts.entry(*s).or_default() -= 1;
+        }
+        for (&(mi, _), (ti, stored)) in jobs.iter().zip(rendered) {
             let t = &self.targets[ti];
-            for stored in stored {
+            for mut stored in stored {
+                stored.sources = sources[mi].clone();
+                for s in &stored.sources {
+                    *counts.entry(*s).or_default() += 1;
+                }
                 let seq = self.store.next_seq();
                 ops.push(Op::Outbox(
                     t.key.clone(),
@@ -878,11 +1062,45 @@ impl Pipeline {
             woken.push(t.wake.clone());
         }
         if self.persist(ops).await {
+            for (s, delta) in counts {
+                self.count(s, delta);
+            }
             for w in woken {
                 w.notify_one();
             }
         }
     }
+}
+
+/// The pipeline's own queues while it runs.
+struct Queues {
+    commands: mpsc::Receiver<Input>,
+    events: mpsc::Receiver<Committed>,
+}
+
+/// At a start in a cluster: what this replica held or had not delivered as the leader
+/// is still the stream's (the leader acknowledges an item once its messages are out),
+/// and goes to whichever replica leads now: dropped here, or both would send it.
+fn drop_shared(store: &Store) -> Result<(), crate::store::StoreError> {
+    let mut ops = Vec::new();
+    for (ch, seq, bytes) in store.load_held()? {
+        if serde_json::from_slice::<Held>(&bytes).is_ok_and(|h| h.shared) {
+            ops.push(Op::Held(ch, seq, None));
+        }
+    }
+    let held = ops.len();
+    for (key, seq, bytes) in store.outbox_entries()? {
+        if serde_json::from_slice::<Stored>(&bytes).is_ok_and(|m| !m.sources.is_empty()) {
+            ops.push(Op::Outbox(key, seq, None));
+        }
+    }
+    if ops.is_empty() {
+        return Ok(());
+    }
+    store.apply(&ops)?;
+    let unsent = ops.len() - held;
+    tracing::info!(event = "cluster_alerts", held, unsent, "What this replica had not sent as the cluster's leader before it stopped ({held} alerts held back, {unsent} messages undelivered) is left to the leader: the cluster's stream keeps it until it is out.");
+    Ok(())
 }
 
 /// What rendering needs of a target, to take to the blocking pool.
@@ -943,6 +1161,7 @@ fn render(templates: &Templates, host: &str, t: &Look, m: &Message) -> Vec<Store
             document: document.clone(),
             created_at: now,
             action: Action::Send,
+            sources: Vec::new(),
         })
         .collect();
     // The buttons go under the last part.
@@ -965,16 +1184,29 @@ async fn sleep_until_ms(deadline: Option<u64>) {
     }
 }
 
-/// Delivers one target's outbox, oldest first.
-async fn sender(
+/// One target's sender: where it delivers and whom it tells.
+struct Outlet {
     key: String,
     sink: Arc<dyn Sink>,
     wake: Arc<Notify>,
-    store: Arc<Store>,
-    status: Arc<AlertStatus>,
-    stop: CancellationToken,
+    /// `alerting.max_retry_wait`.
     max_wait: Duration,
-) {
+    /// The pipeline, of each message carrying the stream's items that is done with.
+    settled: mpsc::UnboundedSender<Vec<u64>>,
+    /// In a cluster.
+    lead: Option<LeadProof>,
+}
+
+/// Delivers one target's outbox, oldest first.
+async fn sender(out: Outlet, store: Arc<Store>, status: Arc<AlertStatus>, stop: CancellationToken) {
+    let Outlet {
+        key,
+        sink,
+        wake,
+        max_wait,
+        settled,
+        lead,
+    } = out;
     let first_wait = Duration::from_secs(1).min(max_wait);
     let mut backoff = first_wait;
     loop {
@@ -1007,6 +1239,16 @@ async fn sender(
             }
             Err(_) => return,
         };
+        // The stream's items go out only while the lead is proven; when it is not, they
+        // wait (the lead is renewed, or it passed: then the pipeline drops them here).
+        if let Some(l) = lead.as_ref().filter(|_| !msg.sources.is_empty()) {
+            if crate::clock::mono_ms() >= l.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
         let result = tokio::select! {
             r = sink.send(&msg) => r,
             _ = stop.cancelled() => return,
@@ -1035,6 +1277,9 @@ async fn sender(
                 if !crate::store::persist_until_ok(&store, ops, "a delivered message", &stop).await
                 {
                     return;
+                }
+                if !msg.sources.is_empty() {
+                    let _ = settled.send(msg.sources);
                 }
                 tracing::info!(event = "delivered", target = %key, kind = %msg.kind, "A {} message was delivered to {}.", msg.kind, sink.describe());
             }
@@ -1081,6 +1326,9 @@ async fn sender(
                 ];
                 if !crate::store::persist_until_ok(&store, ops, "a dropped message", &stop).await {
                     return;
+                }
+                if !msg.sources.is_empty() {
+                    let _ = settled.send(msg.sources);
                 }
             }
         }

@@ -7,8 +7,12 @@
 //! after a crash is dropped by the stream, and the fence already let only the check's
 //! owner commit it. Once the stream has it, the inbox entry goes. The **alerter** runs
 //! on the leader only: it reads the stream through one durable consumer and gives each
-//! item to its own pipeline; the item is acknowledged once its fate is stored there, so
-//! a leader that dies before leaves it to the next one (after the consumer's ack wait).
+//! item to its own pipeline. The item is acknowledged once every message carrying it
+//! is delivered (or dropped by policy: silenced, suppressed, a permanent refusal);
+//! until then the leader tells the stream it is still at work on it. So what the
+//! leader holds back (a closed send window, grouping, Telegram down) is the cluster's:
+//! a leader that dies leaves it to the next one (after the consumer's ack wait), one
+//! that steps down drops its copies at once, and a restarted one drops them at start.
 //!
 //! Silences are the cluster's too: see [`super::silences`].
 //!
@@ -29,9 +33,14 @@ use super::Nats;
 use crate::alerting::pipeline::Input;
 use crate::store::{Op, Store};
 
-/// How long the leader may hold an item it took without storing its fate before the
-/// stream gives it to the next reader.
+/// How long the leader may hold an item it took without saying it is still at work on
+/// it before the stream gives it to the next reader.
 const ACK_WAIT: Duration = Duration::from_secs(5);
+/// How often the leader says so, for each item not out yet.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// How many items the leader may hold unacknowledged: a night of a closed send window
+/// or a long Telegram outage must not stop the items behind them.
+const MAX_ACK_PENDING: i64 = 100_000;
 /// How long the stream keeps its items and remembers their `Nats-Msg-Id` (a publish
 /// repeated within it is dropped): the whole time, so a replica that comes back after
 /// days, with a transition in its inbox that the leader alerted for it (a remediation
@@ -254,77 +263,144 @@ async fn alerter(
             event = "cluster_alerts",
             "This replica leads: it alerts the cluster's transitions now."
         );
-        while *leading.borrow() && !stop.is_cancelled() {
-            // Every wait on NATS is bounded and gives way to the stop: with NATS gone a
-            // fetch may never end by itself.
-            let fetch = consumer
-                .fetch()
-                .max_messages(64)
-                .expires(Duration::from_secs(1))
-                .messages();
-            let batch = tokio::select! {
-                b = tokio::time::timeout(Duration::from_secs(5), fetch) => b,
-                _ = stop.cancelled() => return,
+        // Ends the items' watchers when the lead ends: unacknowledged, they go to the
+        // next leader.
+        let term = stop.child_token();
+        let ended = lead(&consumer, &store, &pipeline, &leading, &term).await;
+        term.cancel();
+        if ended == Lead::Over {
+            return;
+        }
+        // Stepped down: its copies go, or two replicas would send them.
+        if pipeline.send(Input::StepDown).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[derive(PartialEq)]
+enum Lead {
+    /// The lead ended; this replica may lead again.
+    Lost,
+    /// The engine stops.
+    Over,
+}
+
+/// Reads the stream while this replica leads.
+async fn lead(
+    consumer: &consumer::PullConsumer,
+    store: &Store,
+    pipeline: &mpsc::Sender<Input>,
+    leading: &watch::Receiver<bool>,
+    term: &CancellationToken,
+) -> Lead {
+    while *leading.borrow() {
+        // Every wait on NATS is bounded and gives way to the stop: with NATS gone a
+        // fetch may never end by itself.
+        let fetch = consumer
+            .fetch()
+            .max_messages(64)
+            .expires(Duration::from_secs(1))
+            .messages();
+        let batch = tokio::select! {
+            b = tokio::time::timeout(Duration::from_secs(5), fetch) => b,
+            _ = term.cancelled() => return Lead::Over,
+        };
+        let mut batch = match batch {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::debug!(event = "cluster_alerts", "Reading the event stream: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(_) => continue,
+        };
+        loop {
+            let next = tokio::select! {
+                n = tokio::time::timeout(Duration::from_secs(5), batch.next()) => n,
+                _ = term.cancelled() => return Lead::Over,
             };
-            let mut batch = match batch {
-                Ok(Ok(b)) => b,
-                Ok(Err(e)) => {
-                    tracing::debug!(event = "cluster_alerts", "Reading the event stream: {e}");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+            let Ok(Some(Ok(m))) = next else { break };
+            let item = match serde_json::from_slice::<Item>(&m.payload) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(
+                        event = "cluster_alerts",
+                        "An item of the event stream could not be read ({e}); it is dropped."
+                    );
+                    let _ = m.ack().await;
                     continue;
                 }
-                Err(_) => continue,
             };
-            loop {
-                let next = tokio::select! {
-                    n = tokio::time::timeout(Duration::from_secs(5), batch.next()) => n,
-                    _ = stop.cancelled() => return,
-                };
-                let Ok(Some(Ok(m))) = next else { break };
-                let item = match serde_json::from_slice::<Item>(&m.payload) {
-                    Ok(i) => i,
-                    Err(e) => {
-                        tracing::warn!(
-                            event = "cluster_alerts",
-                            "An item of the event stream could not be read ({e}); it is dropped."
-                        );
-                        let _ = m.ack().await;
-                        continue;
+            let (settled, out) = oneshot::channel();
+            if pipeline
+                .send(Input::Direct(
+                    store.next_seq(),
+                    Box::new(item),
+                    Some(settled),
+                ))
+                .await
+                .is_err()
+            {
+                return Lead::Over;
+            }
+            tokio::spawn(watch_item(m, out, term.clone()));
+        }
+    }
+    Lead::Lost
+}
+
+/// Acknowledges an item once its messages are out, and says meanwhile that the leader
+/// is at work on it. Ends without a word when the lead or the engine ends, or the
+/// pipeline lets the item go (it stepped down): the stream gives it to the next reader.
+async fn watch_item(
+    m: jetstream::Message,
+    mut out: oneshot::Receiver<()>,
+    term: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            r = &mut out => {
+                if r.is_ok() && !term.is_cancelled() {
+                    if let Err(e) = m.double_ack().await {
+                        tracing::debug!(event = "cluster_alerts", "Acknowledging an item: {e}");
                     }
-                };
-                let (done, stored) = oneshot::channel();
-                if pipeline
-                    .send(Input::Direct(store.next_seq(), Box::new(item), Some(done)))
-                    .await
-                    .is_err()
-                {
-                    return;
                 }
-                // Not stored (the stage stops): the stream gives it to the next reader.
-                if stored.await.is_err() {
-                    return;
-                }
-                if let Err(e) = m.double_ack().await {
-                    tracing::debug!(event = "cluster_alerts", "Acknowledging an item: {e}");
+                return;
+            }
+            _ = tick.tick() => {
+                if let Err(e) = m.ack_with(jetstream::AckKind::Progress).await {
+                    tracing::debug!(event = "cluster_alerts", "Telling the stream an item is at work: {e}");
                 }
             }
+            _ = term.cancelled() => return,
         }
     }
 }
 
 async fn open_consumer(nats: &Nats) -> Result<consumer::PullConsumer, String> {
     let stream = open_stream(nats).await?;
-    stream
-        .get_or_create_consumer(
-            "alerter",
-            consumer::pull::Config {
-                durable_name: Some("alerter".into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
-                max_ack_pending: 1024,
-                ..Default::default()
-            },
-        )
+    let config = consumer::pull::Config {
+        durable_name: Some("alerter".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        max_ack_pending: MAX_ACK_PENDING,
+        ..Default::default()
+    };
+    let mut consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer("alerter", config.clone())
         .await
-        .map_err(|e| format!("cannot open the alerter's consumer: {e}"))
+        .map_err(|e| format!("cannot open the alerter's consumer: {e}"))?;
+    // One made by an older Vigia, which acknowledged items once their fate was stored,
+    // took 1024 at a time.
+    if consumer.cached_info().config.max_ack_pending != MAX_ACK_PENDING {
+        consumer = stream
+            .update_consumer(config)
+            .await
+            .map_err(|e| format!("cannot update the alerter's consumer: {e}"))?;
+    }
+    Ok(consumer)
 }

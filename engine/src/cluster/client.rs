@@ -185,8 +185,18 @@ pub async fn merge_status(
             c.last = theirs.last;
         }
     }
+    // The leader delivers the cluster's alerts (and any replica its own, failing open):
+    // the figures are the live replicas' summed, this one's as its engine gave them.
+    for (id, r) in &live {
+        if id == me {
+            continue;
+        }
+        for (key, t) in &r.targets {
+            view.channels.entry(key.clone()).or_default().add(t);
+        }
+    }
     Ok(format!(
-        "cluster {}: {} replicas alive ({}), leader {}; this is {me}",
+        "cluster {}: {} replicas alive ({}), leader {}; this is {me}; delivery figures are the live replicas' summed",
         cfg.prefix,
         live.len(),
         live.keys().cloned().collect::<Vec<_>>().join(", "),

@@ -54,6 +54,10 @@ pub struct Member {
     host: String,
     book: Arc<StatusBook>,
     tasks: Arc<SchedulerShared>,
+    /// This replica's delivery figures, which its heartbeat carries.
+    alerts: Arc<crate::alerting::pipeline::AlertStatus>,
+    /// Until when its lead is proven (for alerting's senders).
+    proof: crate::alerting::pipeline::LeadProof,
     floating: Mutex<Arc<BTreeMap<Arc<str>, Floating>>>,
     pinned: Mutex<usize>,
     /// Floating checks owned here → the revision of their record we last wrote.
@@ -81,6 +85,16 @@ pub struct Member {
     leader_free: AtomicBool,
     started: Instant,
     started_ms: u64,
+}
+
+/// What the member shares with the rest of the engine.
+pub struct Ties {
+    pub book: Arc<StatusBook>,
+    pub tasks: Arc<SchedulerShared>,
+    /// This replica's delivery figures, for its heartbeat.
+    pub alerts: Arc<crate::alerting::pipeline::AlertStatus>,
+    /// Alerting's senders read it (the pipeline's [`crate::alerting::pipeline::ClusterLink`]).
+    pub proof: crate::alerting::pipeline::LeadProof,
 }
 
 /// The running member: its task and what it tells the supervisor.
@@ -113,10 +127,15 @@ impl Member {
         cfg: ClusterConfig,
         id: String,
         host: String,
-        book: Arc<StatusBook>,
-        tasks: Arc<SchedulerShared>,
+        ties: Ties,
         checks: &[PlannedCheck],
     ) -> MemberHandle {
+        let Ties {
+            book,
+            tasks,
+            alerts,
+            proof,
+        } = ties;
         let (assigned, rx) = watch::channel(Arc::new(BTreeSet::new()));
         let (reach, reach_rx) = tokio::sync::mpsc::unbounded_channel();
         let member = Arc::new(Member {
@@ -126,6 +145,8 @@ impl Member {
             host,
             book,
             tasks,
+            alerts,
+            proof,
             floating: Mutex::default(),
             pinned: Mutex::new(0),
             owned: Mutex::default(),
@@ -193,6 +214,9 @@ impl Member {
     }
 
     fn set_leading(&self, now: bool) {
+        if !now {
+            self.proof.store(0, Relaxed);
+        }
         self.leading
             .send_if_modified(|l| std::mem::replace(l, now) != now);
     }
@@ -459,6 +483,7 @@ impl Member {
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: self.started_ms,
             at: unix_ms(),
+            targets: self.alerts.snapshot(),
         };
         let bytes = serde_json::to_vec(&rec).unwrap_or_default();
         tokio::time::timeout(self.hb(), self.nats.replicas.put(&self.id, bytes.into()))
@@ -499,7 +524,10 @@ impl Member {
     async fn lead(&self, rev: Option<u64>) -> Option<u64> {
         let kv = &self.nats.leader;
         let me = bytes::Bytes::from(self.id.clone());
-        match rev {
+        // The lease runs from the server's write, which is after this.
+        let proven =
+            crate::clock::mono_ms() + self.lease().saturating_sub(self.hb()).as_millis() as u64;
+        let rev = match rev {
             Some(r) => match kv.update("leader", me, r).await {
                 Ok(r) => Some(r),
                 Err(e) => {
@@ -519,7 +547,10 @@ impl Member {
                     None
                 }
             },
-        }
+        };
+        self.proof
+            .store(if rev.is_some() { proven } else { 0 }, Relaxed);
+        rev
     }
 
     /// The leader's placement work: new checks placed as if started, those of dead or

@@ -49,7 +49,7 @@ use vigia_config::cluster::ClusterConfig;
 pub use alerts::AlertTasks;
 pub use claims::NatsClaims;
 pub use client::{command, info, merge_status, status, ClusterCommand, Selector};
-pub use member::{Member, MemberHandle, Reach};
+pub use member::{Member, MemberHandle, Reach, Ties};
 
 use crate::store::StoredCheck;
 
@@ -72,6 +72,9 @@ pub struct ReplicaRecord {
     pub version: String,
     pub started_at: u64,
     pub at: u64,
+    /// Its delivery figures per target: `vigia status` sums the live replicas'.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub targets: BTreeMap<String, vigia_core::snapshot::TargetStats>,
 }
 
 /// Where a floating check is to run.
