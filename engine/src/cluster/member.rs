@@ -229,11 +229,15 @@ impl Member {
         self.cfg.lease.get()
     }
 
-    /// Keeps `places` equal to the bucket: a watch of its last values and changes,
-    /// started again on an error (after a NATS restart the watch stalls for seconds)
-    /// and every minute (a reconcile, whatever the watch missed).
+    /// Keeps `places` equal to the bucket: a whole read, then a watch of its changes,
+    /// both again on an error (after a NATS restart the watch stalls for seconds) and
+    /// when the bucket's last sequence, asked every minute, is past what was seen (a
+    /// change the watch missed, or one between the read and the watch). With 9000
+    /// checks a whole read each minute on every replica was most of what crossed NATS.
     async fn watch_places(self: Arc<Self>) {
         loop {
+            // Asked before the read: a change after it is in the read or comes later.
+            let before = self.place_seq().await;
             match self.nats.placements().await {
                 Ok(all) => {
                     *lock(&self.places) = all;
@@ -249,31 +253,53 @@ impl Member {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             };
-            let until = tokio::time::Instant::now() + Duration::from_secs(60);
-            loop {
-                let next = tokio::time::timeout_at(until, w.next()).await;
-                let Ok(Some(Ok(e))) = next else { break };
-                let Some(name) = name_of(&e.key) else {
-                    continue;
-                };
-                {
-                    let mut places = lock(&self.places);
-                    match e.operation {
-                        kv::Operation::Put => match serde_json::from_slice::<PlaceRecord>(&e.value)
-                        {
-                            Ok(r) => {
-                                places.insert(name, (r, e.revision));
-                            }
-                            Err(_) => continue,
-                        },
-                        _ => {
-                            places.remove(&name);
-                        }
-                    }
+            let mut seen = before.unwrap_or(0);
+            'watch: loop {
+                let until = tokio::time::Instant::now() + Duration::from_secs(60);
+                loop {
+                    let next = match tokio::time::timeout_at(until, w.next()).await {
+                        Ok(Some(Ok(e))) => e,
+                        // Time to look whether the watch missed anything.
+                        Err(_) => break,
+                        Ok(_) => break 'watch,
+                    };
+                    seen = seen.max(next.revision);
+                    self.place_entry(next);
                 }
-                self.poke();
+                match self.place_seq().await {
+                    Some(last) if last <= seen => continue,
+                    _ => break,
+                }
             }
         }
+    }
+
+    /// The placement bucket's last sequence, fresh from the server.
+    async fn place_seq(&self) -> Option<u64> {
+        let mut stream = self.nats.place.stream.clone();
+        let info = tokio::time::timeout(Duration::from_secs(5), stream.info()).await;
+        info.ok()?.ok().map(|i| i.state.last_sequence)
+    }
+
+    fn place_entry(&self, e: kv::Entry) {
+        let Some(name) = name_of(&e.key) else {
+            return;
+        };
+        {
+            let mut places = lock(&self.places);
+            match e.operation {
+                kv::Operation::Put => match serde_json::from_slice::<PlaceRecord>(&e.value) {
+                    Ok(r) => {
+                        places.insert(name, (r, e.revision));
+                    }
+                    Err(_) => return,
+                },
+                _ => {
+                    places.remove(&name);
+                }
+            }
+        }
+        self.poke();
     }
 
     /// Keeps `live` equal to the replicas' bucket: a heartbeat is a put, an expired
