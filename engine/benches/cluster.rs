@@ -11,8 +11,9 @@
 //!    another replica; leader takeover = from the kill to a new leader in the lease
 //!    bucket. The replica is started again and `vigia cluster rebalance` spreads the
 //!    checks before the next round. Median and max.
-//! 2. **Load** (`--duration 60s`): tcp × 3000 @ 10s on one standalone engine, then
-//!    3 replicas × 3000 floating tcp checks @ 10s, in the same run: CPU per executed
+//! 2. **Load** (`--duration 60s`): tcp × 3000 @ 10s on one standalone engine, then on
+//!    three standalone engines side by side (the cluster's load without the cluster),
+//!    then 3 replicas × 3000 floating tcp checks @ 10s, in the same run: CPU per executed
 //!    check (user+sys of the engines; NATS's own CPU printed aside), and the messages
 //!    through NATS per second (nats-server's /varz `in_msgs` + `out_msgs`).
 //!
@@ -441,6 +442,30 @@ fn load(d: Duration) {
         d.as_secs_f64()
     );
 
+    // The same load as the cluster's, without it: three standalone engines side by side
+    // (on this 2-core machine three engines' runs cost more each than one's).
+    let three: Vec<Killed> = (0..3)
+        .map(|i| {
+            spawn(&config(
+                &root.path().join(format!("alone{i}")),
+                None,
+                None,
+                &tcp_checks(N, &ports),
+                "1s",
+                "3s",
+                N,
+            ))
+        })
+        .collect();
+    let pids: Vec<u32> = three.iter().map(|p| p.0.id()).collect();
+    let (cpu, executed) = measure(&pids, &hits, d);
+    drop(three);
+    let side = cpu / executed as f64 * 1e6;
+    println!(
+        "standalone × 3 side by side: tcp × {N} @ 10s each over {:.0} s: {executed} runs, CPU/check {side:.1} µs",
+        d.as_secs_f64()
+    );
+
     let nats = Nats::start();
     let checks = tcp_checks(3 * N, &ports);
     let configs = replica_configs(root.path(), nats.port, &checks, "3s", N);
@@ -466,9 +491,10 @@ fn load(d: Duration) {
     let nats_cpu = cpu_seconds(nats_pid) - n0;
     let per = cpu / executed as f64 * 1e6;
     println!(
-        "cluster: 3 replicas × tcp × {N} @ 10s over {:.0} s: {executed} runs, CPU/check {per:.1} µs ({:.2}× standalone); nats-server CPU {:.1} µs/check more; through NATS {:.0} messages/s",
+        "cluster: 3 replicas × tcp × {N} @ 10s over {:.0} s: {executed} runs, CPU/check {per:.1} µs ({:.2}× one standalone engine, {:.2}× three side by side); nats-server CPU {:.1} µs/check more; through NATS {:.0} messages/s",
         d.as_secs_f64(),
         per / alone,
+        per / side,
         nats_cpu / executed as f64 * 1e6,
         msgs as f64 / secs
     );

@@ -72,6 +72,19 @@ fn claim_key(item: &Item) -> Option<String> {
     alerts::msg_id(item).map(|id| key_of(&id))
 }
 
+impl NatsClaims {
+    /// This replica's claim record of a run, as it is written.
+    fn record(&self, started: u64, state: ClaimState, item: &Item) -> Option<Vec<u8>> {
+        let rec = ClaimRecord {
+            replica: self.replica.clone(),
+            started,
+            state,
+            item: item.clone(),
+        };
+        serde_json::to_vec(&rec).ok()
+    }
+}
+
 impl Claims for NatsClaims {
     fn claim<'a>(&'a self, seq: u64, unknown: &'a Item) -> BoxFuture<'a, bool> {
         Box::pin(async move {
@@ -80,13 +93,7 @@ impl Claims for NatsClaims {
                 return true;
             };
             let started = crate::clock::unix_ms();
-            let rec = ClaimRecord {
-                replica: self.replica.clone(),
-                started,
-                state: ClaimState::Running,
-                item: unknown.clone(),
-            };
-            let Ok(body) = serde_json::to_vec(&rec) else {
+            let Some(body) = self.record(started, ClaimState::Running, unknown) else {
                 return true;
             };
             match within(self.nats.remedy.create(&key, body.into())).await {
@@ -113,13 +120,7 @@ impl Claims for NatsClaims {
             let Some((rev, started)) = lock(&self.revs).remove(&key) else {
                 return;
             };
-            let rec = ClaimRecord {
-                replica: self.replica.clone(),
-                started,
-                state: ClaimState::Done,
-                item: done.clone(),
-            };
-            let Ok(body) = serde_json::to_vec(&rec) else {
+            let Some(body) = self.record(started, ClaimState::Done, done) else {
                 return;
             };
             let check = done.check().unwrap_or_default();

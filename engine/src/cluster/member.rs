@@ -711,16 +711,16 @@ impl Member {
     /// Whether every check placed here runs here now.
     async fn take_assigned(&self) -> bool {
         let floating = lock(&self.floating).clone();
+        // This replica's placements, looked up in the config's floating checks: a pass
+        // over the placements and a lookup for this replica's third of them, not a
+        // lookup for every check of the cluster (9000 of them, every 5 s, were 5 % of
+        // a replica's CPU).
         let desired: BTreeSet<Arc<str>> = {
             let places = lock(&self.places);
-            floating
-                .keys()
-                .filter(|n| {
-                    places
-                        .get(&***n)
-                        .is_some_and(|(p, _)| !p.stopped && p.replica.as_deref() == Some(&self.id))
-                })
-                .cloned()
+            places
+                .iter()
+                .filter(|(_, (p, _))| !p.stopped && p.replica.as_deref() == Some(&self.id))
+                .filter_map(|(n, _)| floating.get_key_value(n.as_str()).map(|(k, _)| k.clone()))
                 .collect()
         };
         let current = self.assigned.borrow().clone();
