@@ -634,15 +634,7 @@ fn what_a_dead_leader_held_goes_out_once_from_the_next_one() {
     let (li, down) = leader_holding_a_failure(&c, 6);
     let leader = c.replicas[li].id.clone();
     c.replicas[li].kill9();
-    wait_until("a new leader", Duration::from_secs(15), || {
-        c.leader().filter(|l| *l != leader)
-    });
-    c.mock.set("telegram", "ok");
-    wait_until(
-        "the held failure sent by the new leader",
-        Duration::from_secs(30),
-        || (count(&c.mock, &down, "failed") == 1).then_some(()),
-    );
+    the_next_leader_sends_it(&c, &leader, &down);
     // The figures of the replica that delivered it, seen from one that did not.
     let new_leader = c.leader().unwrap();
     let other = c
@@ -674,6 +666,20 @@ fn what_a_dead_leader_held_goes_out_once_from_the_next_one() {
     drops_its_copy_and_nothing_repeats(&c, li, &down);
 }
 
+/// Another replica than `old` leads; Telegram takes messages again: the failure of
+/// `down` the old leader held goes out, from the new one.
+fn the_next_leader_sends_it(c: &Cluster, old: &str, down: &str) {
+    wait_until("a new leader", Duration::from_secs(15), || {
+        c.leader().filter(|l| *l != old)
+    });
+    c.mock.set("telegram", "ok");
+    wait_until(
+        "the held failure sent by the new leader",
+        Duration::from_secs(30),
+        || (count(&c.mock, down, "failed") == 1).then_some(()),
+    );
+}
+
 /// The old leader says it left the message it had not delivered to the leader; then,
 /// after the check's recovery went out, its failure went out once.
 fn drops_its_copy_and_nothing_repeats(c: &Cluster, old: usize, down: &str) {
@@ -696,15 +702,7 @@ fn a_leader_paused_while_it_held_a_failure_does_not_send_it_when_it_wakes() {
     let (li, down) = leader_holding_a_failure(&c, 4);
     let leader = c.replicas[li].id.clone();
     c.replicas[li].proc().signal(libc::SIGSTOP);
-    wait_until("a new leader", Duration::from_secs(15), || {
-        c.leader().filter(|l| *l != leader)
-    });
-    c.mock.set("telegram", "ok");
-    wait_until(
-        "the held failure sent by the new leader",
-        Duration::from_secs(30),
-        || (count(&c.mock, &down, "failed") == 1).then_some(()),
-    );
+    the_next_leader_sends_it(&c, &leader, &down);
     c.replicas[li].proc().signal(libc::SIGCONT);
     drops_its_copy_and_nothing_repeats(&c, li, &down);
     assert!(
