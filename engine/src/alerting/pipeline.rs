@@ -938,19 +938,20 @@ impl Pipeline {
             .collect();
         let held = ops.len();
         let store = self.store.clone();
-        let outbox = tokio::task::spawn_blocking(move || store.outbox_entries()).await;
-        let mut unsent = 0;
-        if let Ok(Ok(entries)) = outbox {
-            for (key, seq, bytes) in entries {
-                let carries = serde_json::from_slice::<Stored>(&bytes)
-                    .is_ok_and(|m| m.sources.iter().any(|s| gone.contains(s)));
-                if carries {
-                    self.status
-                        .update(&key, |s| s.pending = s.pending.saturating_sub(1));
-                    ops.push(Op::Outbox(key, seq, None));
-                    unsent += 1;
-                }
-            }
+        let mine = gone.clone();
+        let unsent = tokio::task::spawn_blocking(move || {
+            carrying(&store, |sources| sources.iter().any(|s| mine.contains(s)))
+        })
+        .await;
+        let list = match unsent {
+            Ok(Ok(list)) => list,
+            _ => Vec::new(),
+        };
+        let unsent = list.len();
+        for (key, seq) in list {
+            self.status
+                .update(&key, |s| s.pending = s.pending.saturating_sub(1));
+            ops.push(Op::Outbox(key, seq, None));
         }
         if self.persist(ops).await {
             tracing::info!(event = "cluster_alerts", held, unsent, "This replica no longer leads: the {} alerts of the cluster it had not sent all of ({held} held back, {unsent} messages undelivered) are left to the next leader; the cluster's stream keeps them until they are out.", gone.len());
@@ -1078,6 +1079,22 @@ struct Queues {
     events: mpsc::Receiver<Committed>,
 }
 
+/// The outbox messages (target, seq) whose sources, the stream's items they carry,
+/// `pick` names.
+fn carrying(
+    store: &Store,
+    pick: impl Fn(&[u64]) -> bool,
+) -> Result<Vec<(String, u64)>, crate::store::StoreError> {
+    Ok(store
+        .outbox_entries()?
+        .into_iter()
+        .filter(|(_, _, bytes)| {
+            serde_json::from_slice::<Stored>(bytes).is_ok_and(|m| pick(&m.sources))
+        })
+        .map(|(key, seq, _)| (key, seq))
+        .collect())
+}
+
 /// At a start in a cluster: what this replica held or had not delivered as the leader
 /// is still the stream's (the leader acknowledges an item once its messages are out),
 /// and goes to whichever replica leads now: dropped here, or both would send it.
@@ -1089,11 +1106,12 @@ fn drop_shared(store: &Store) -> Result<(), crate::store::StoreError> {
         }
     }
     let held = ops.len();
-    for (key, seq, bytes) in store.outbox_entries()? {
-        if serde_json::from_slice::<Stored>(&bytes).is_ok_and(|m| !m.sources.is_empty()) {
-            ops.push(Op::Outbox(key, seq, None));
-        }
-    }
+    let unsent = carrying(store, |sources| !sources.is_empty())?;
+    ops.extend(
+        unsent
+            .into_iter()
+            .map(|(key, seq)| Op::Outbox(key, seq, None)),
+    );
     if ops.is_empty() {
         return Ok(());
     }
