@@ -170,6 +170,10 @@ impl CheckSnapshot {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatsSnapshot {
     pub executed: u64,
+    /// Times the ticker woke to start due checks: `executed / wakeups` is how well
+    /// the grid batches runs (each wakeup costs the runtime a thread wake).
+    #[serde(default)]
+    pub wakeups: u64,
     pub skipped: u64,
     pub timeouts: u64,
     pub panics: u64,

@@ -409,14 +409,34 @@ fn tcp_checks(n: usize, ports: &[u16]) -> String {
     s
 }
 
-/// CPU seconds of `pids` and hits at the target over `d`, after one interval.
-fn measure(pids: &[u32], hits: &AtomicU64, d: Duration) -> (f64, u64) {
+/// The engines' runs and ticker wakeups so far, summed (their control sockets).
+fn runs_and_wakeups(configs: &[PathBuf]) -> (u64, u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    configs.iter().fold((0, 0), |(r, w), c| {
+        let sock = c.with_file_name("state").join("vigia.sock");
+        match rt.block_on(vigia_engine::control::stats(&sock)) {
+            Ok(s) => (r + s.executed, w + s.wakeups),
+            Err(_) => (r, w),
+        }
+    })
+}
+
+/// CPU seconds of `pids`, hits at the target and the runs per ticker wakeup over `d`,
+/// after one interval.
+fn measure(pids: &[u32], configs: &[PathBuf], hits: &AtomicU64, d: Duration) -> (f64, u64, f64) {
     std::thread::sleep(Duration::from_secs(10));
+    let (r0, w0) = runs_and_wakeups(configs);
     let cpu0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
     let h0 = hits.load(Ordering::Relaxed);
     std::thread::sleep(d);
     let cpu1: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
-    (cpu1 - cpu0, hits.load(Ordering::Relaxed) - h0)
+    let hits = hits.load(Ordering::Relaxed) - h0;
+    let (r1, w1) = runs_and_wakeups(configs);
+    let per_wakeup = (r1 - r0) as f64 / (w1 - w0).max(1) as f64;
+    (cpu1 - cpu0, hits, per_wakeup)
 }
 
 fn load(d: Duration) {
@@ -434,19 +454,19 @@ fn load(d: Duration) {
         N,
     );
     let p = spawn(&standalone);
-    let (cpu, executed) = measure(&[p.0.id()], &hits, d);
+    let (cpu, executed, batch) = measure(&[p.0.id()], &[standalone], &hits, d);
     drop(p);
     let alone = cpu / executed as f64 * 1e6;
     println!(
-        "standalone: tcp × {N} @ 10s over {:.0} s: {executed} runs, CPU/check {alone:.1} µs",
+        "standalone: tcp × {N} @ 10s over {:.0} s: {executed} runs, {batch:.0} a wakeup, CPU/check {alone:.1} µs",
         d.as_secs_f64()
     );
 
     // The same load as the cluster's, without it: three standalone engines side by side
     // (on this 2-core machine three engines' runs cost more each than one's).
-    let three: Vec<Killed> = (0..3)
+    let alone3: Vec<PathBuf> = (0..3)
         .map(|i| {
-            spawn(&config(
+            config(
                 &root.path().join(format!("alone{i}")),
                 None,
                 None,
@@ -454,15 +474,16 @@ fn load(d: Duration) {
                 "1s",
                 "3s",
                 N,
-            ))
+            )
         })
         .collect();
+    let three: Vec<Killed> = alone3.iter().map(|c| spawn(c)).collect();
     let pids: Vec<u32> = three.iter().map(|p| p.0.id()).collect();
-    let (cpu, executed) = measure(&pids, &hits, d);
+    let (cpu, executed, batch) = measure(&pids, &alone3, &hits, d);
     drop(three);
     let side = cpu / executed as f64 * 1e6;
     println!(
-        "standalone × 3 side by side: tcp × {N} @ 10s each over {:.0} s: {executed} runs, CPU/check {side:.1} µs",
+        "standalone × 3 side by side: tcp × {N} @ 10s each over {:.0} s: {executed} runs, {batch:.0} a wakeup, CPU/check {side:.1} µs",
         d.as_secs_f64()
     );
 
@@ -485,13 +506,13 @@ fn load(d: Duration) {
     let m0 = nats.msgs();
     let n0 = cpu_seconds(nats_pid);
     let t0 = Instant::now();
-    let (cpu, executed) = measure(&pids, &hits, d);
+    let (cpu, executed, batch) = measure(&pids, &configs, &hits, d);
     let secs = t0.elapsed().as_secs_f64();
     let msgs = nats.msgs() - m0;
     let nats_cpu = cpu_seconds(nats_pid) - n0;
     let per = cpu / executed as f64 * 1e6;
     println!(
-        "cluster: 3 replicas × tcp × {N} @ 10s over {:.0} s: {executed} runs, CPU/check {per:.1} µs ({:.2}× one standalone engine, {:.2}× three side by side); nats-server CPU {:.1} µs/check more; through NATS {:.0} messages/s",
+        "cluster: 3 replicas × tcp × {N} @ 10s over {:.0} s: {executed} runs, {batch:.0} a wakeup, CPU/check {per:.1} µs ({:.2}× one standalone engine, {:.2}× three side by side); nats-server CPU {:.1} µs/check more; through NATS {:.0} messages/s",
         d.as_secs_f64(),
         per / alone,
         per / side,

@@ -6,9 +6,13 @@
 //! - First runs are spread over the interval by a stable hash of the name (members of a
 //!   group share their group's phase), so 10 000 checks do not fire in one millisecond
 //!   and a restart keeps each check's phase.
-//! - Ticks are `start + k * interval`: the period does not drift with run time. A check
-//!   never overlaps itself: a run that ends after its next tick makes that run late, and
-//!   ticks missed by whole intervals (an overloaded machine) are skipped and counted.
+//! - Ticks are `epoch + phase + k * interval`, with one epoch (the scheduler's start) for
+//!   every check, whenever it was added: the period does not drift with run time, and
+//!   checks added later (a reload, a cluster placing checks here in batches) share their
+//!   grid slot's wakeup with those already there. A check that runs at once (new after a
+//!   reload, taken over) then rejoins its phase. A check never overlaps itself: a run
+//!   that ends after its next tick makes that run late, and ticks missed by whole
+//!   intervals (an overloaded machine) are skipped and counted.
 //! - A global semaphore caps concurrent runs. A run that passes its timeout becomes the
 //!   failure "timed out after 3s"; a panic becomes an UNKNOWN outcome. Neither touches
 //!   other checks.
@@ -131,6 +135,8 @@ impl Histogram {
 #[derive(Default)]
 pub struct Stats {
     pub executed: AtomicU64,
+    /// Wakeups of the ticker that started at least one run.
+    pub wakeups: AtomicU64,
     pub skipped: AtomicU64,
     pub timeouts: AtomicU64,
     pub panics: AtomicU64,
@@ -147,6 +153,7 @@ impl Stats {
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             executed: self.executed.load(Ordering::Relaxed),
+            wakeups: self.wakeups.load(Ordering::Relaxed),
             skipped: self.skipped.load(Ordering::Relaxed),
             timeouts: self.timeouts.load(Ordering::Relaxed),
             panics: self.panics.load(Ordering::Relaxed),
@@ -160,6 +167,7 @@ impl Stats {
 
     pub fn reset(&self) {
         self.executed.store(0, Ordering::Relaxed);
+        self.wakeups.store(0, Ordering::Relaxed);
         self.skipped.store(0, Ordering::Relaxed);
         self.timeouts.store(0, Ordering::Relaxed);
         self.panics.store(0, Ordering::Relaxed);
@@ -305,6 +313,11 @@ pub struct Scheduler {
     /// Whether the first plan was applied (and the ticker started): later ones are
     /// reloads.
     started: bool,
+    /// Every check's ticks are `epoch + phase + k * interval` (set by the first apply).
+    epoch: Option<Instant>,
+    /// The grid new checks are phased on; kept while a plan's rate moves it less than
+    /// [`GRID_HYSTERESIS`]×, so that checks added in batches land on one set of slots.
+    grid_ms: Option<u64>,
 }
 
 /// On a reload, checks that are new or changed run at once (an operator who saved a
@@ -319,6 +332,8 @@ impl Scheduler {
             timeline: Arc::default(),
             runs: TaskTracker::new(),
             started: false,
+            epoch: None,
+            grid_ms: None,
         }
     }
 
@@ -376,20 +391,25 @@ impl Scheduler {
             .count();
         let run_now = self.started && fresh <= RUN_AT_ONCE_MAX;
         let base = Instant::now();
+        let epoch = *self.epoch.get_or_insert(base);
         if !self.started {
             self.started = true;
             tokio::spawn(ticker(
                 self.timeline.clone(),
                 self.shared.clone(),
                 self.runs.clone(),
-                base,
+                epoch,
             ));
         }
         // A fixed grid for A/B benchmarks (BENCHMARKS.md); not a setting.
-        let grid_ms = std::env::var("VIGIA_BENCH_GRID_MS")
+        let wanted = std::env::var("VIGIA_BENCH_GRID_MS")
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or_else(|| grid_of(plan.checks.iter()));
+        let grid_ms = sticky_grid(self.grid_ms, wanted);
+        if !plan.checks.is_empty() {
+            self.grid_ms = Some(grid_ms);
+        }
         let mut ticks = Vec::new();
         for planned in &plan.checks {
             match running.remove(&planned.name) {
@@ -409,11 +429,12 @@ impl Scheduler {
                     if self.shared.book.ensure(&spec.name, unix_ms()) {
                         summary.resumed.push(spec.name.clone());
                     }
+                    let anchor = epoch + phase(&spec, grid_ms);
                     let at = match run_now {
                         true => base,
-                        false => base + phase(&spec, grid_ms),
+                        false => next_on_phase(anchor, spec.interval, base),
                     };
-                    let slot = Slot::new(spec, previous);
+                    let slot = Slot::new(spec, previous, anchor);
                     ticks.push((at, slot.clone()));
                     next.insert(planned.name.clone(), slot);
                 }
@@ -487,6 +508,31 @@ pub const MAX_GRID_MS: u64 = 1000;
 pub const CHECKS_PER_WAKEUP: f64 = 250.0;
 pub const MIN_SLOTS_PER_INTERVAL: u64 = 10;
 
+/// How far (as a factor) a plan's grid may move from the scheduler's before new checks
+/// are phased on the new one: a replica whose checks arrive in batches (1, 20, …, 3000
+/// of them) would otherwise phase each batch on a grid of its own, and its checks
+/// would spread over hundreds of wakeups an interval instead of a dozen.
+pub const GRID_HYSTERESIS: u64 = 2;
+
+/// The grid new checks are phased on: the scheduler's `current` one while `wanted` (the
+/// plan's, [`grid_of`]) is within [`GRID_HYSTERESIS`]× of it, else `wanted`.
+pub fn sticky_grid(current: Option<u64>, wanted: u64) -> u64 {
+    match current {
+        Some(g) if wanted * GRID_HYSTERESIS >= g && wanted <= g * GRID_HYSTERESIS => g,
+        _ => wanted,
+    }
+}
+
+/// The first tick on a check's phase (`anchor + k * interval`, k ≥ 0) at or after `t`.
+pub fn next_on_phase(anchor: Instant, interval: Duration, t: Instant) -> Instant {
+    if t <= anchor {
+        return anchor;
+    }
+    let every = interval.as_nanos().max(1);
+    let k = t.duration_since(anchor).as_nanos().div_ceil(every);
+    anchor + Duration::from_nanos((k * every).min(u64::MAX as u128) as u64)
+}
+
 /// The grid for a plan's checks, in ms.
 pub fn grid_of<'a>(checks: impl IntoIterator<Item = &'a PlannedCheck>) -> u64 {
     let rate: f64 = checks
@@ -515,6 +561,9 @@ pub fn phase(spec: &PlannedCheck, grid_ms: u64) -> Duration {
 /// this and its place in the [`Timeline`] (about 100 bytes), not a task of its own.
 struct Slot {
     spec: Arc<PlannedCheck>,
+    /// Its phase: its ticks are `anchor + k * interval` (a run at once is off it; the
+    /// tick after it is back on it).
+    anchor: Instant,
     /// [`IDLE`], [`RUNNING`] or [`OWED`].
     state: AtomicU8,
     /// Out of the plan (removed, changed, shut down): no new run starts.
@@ -541,9 +590,10 @@ const RUNNING: u8 = 1;
 const OWED: u8 = 2;
 
 impl Slot {
-    fn new(spec: Arc<PlannedCheck>, previous: Option<Arc<Slot>>) -> Arc<Slot> {
+    fn new(spec: Arc<PlannedCheck>, previous: Option<Arc<Slot>>, anchor: Instant) -> Arc<Slot> {
         Arc::new(Slot {
             spec,
+            anchor,
             state: AtomicU8::new(IDLE),
             retired: AtomicBool::new(false),
             owed_due: AtomicU64::new(0),
@@ -655,10 +705,14 @@ async fn ticker(
 ) {
     loop {
         let now = Instant::now();
+        let mut fired = false;
         let next = timeline.advance(now, |at, slot| {
+            fired = true;
             fire(slot, at, &shared, &runs, epoch);
             let interval = slot.spec.interval.max(Duration::from_millis(1));
-            let mut next = at + interval;
+            // On its phase that is `at + interval`; after a run at once (off its phase)
+            // the first tick of its phase at least half an interval on.
+            let mut next = next_on_phase(slot.anchor, interval, at + interval / 2);
             // Behind by whole intervals (a machine that was suspended or overloaded):
             // those ticks are skipped and counted, not fired in a burst.
             if next + interval <= now {
@@ -671,6 +725,9 @@ async fn ticker(
             }
             next
         });
+        if fired {
+            shared.stats.wakeups.fetch_add(1, Ordering::Relaxed);
+        }
         let sleep = async {
             match next {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -983,7 +1040,7 @@ mod size_tests {
             labels: None,
             fingerprint: 0,
         });
-        let slot = Slot::new(spec, None);
+        let slot = Slot::new(spec, None, Instant::now());
         let f = run(slot, shared, Instant::now(), Instant::now());
         let size = std::mem::size_of_val(&f);
         assert!(size <= 640, "a run's future grew to {size} bytes");

@@ -11,7 +11,9 @@ use tokio::time::Instant;
 use vigia_api::{CheckOutcome, Node, RunContext};
 use vigia_engine::book::StatusBook;
 use vigia_engine::config::{Plan, PlannedCheck};
-use vigia_engine::scheduler::{grid_of, phase, Observation as Update, Scheduler, SchedulerShared};
+use vigia_engine::scheduler::{
+    grid_of, next_on_phase, phase, sticky_grid, Observation as Update, Scheduler, SchedulerShared,
+};
 use vigia_engine::status::Transition;
 
 /// A check that plays a script: '.' success, 'x' failure, 'p' panic; the last
@@ -525,6 +527,107 @@ async fn after_a_reload_new_and_changed_checks_run_at_once() {
         .filter(|c| c.last.is_some())
         .count();
     assert!(ran < 10, "{ran} of 101 ran at once");
+}
+
+/// Checks that arrive in many small batches (a cluster replica taking over its checks
+/// as the leader places them) share their grid slots' wakeups with the checks already
+/// there: every batch is phased from the scheduler's one epoch on one grid. Before,
+/// each batch ran at once and kept that instant as its phase: 300 checks took 30
+/// wakeups an interval of 10 runs each (a replica of 3000 took ~450 of ~7).
+#[tokio::test(start_paused = true)]
+async fn checks_added_in_batches_share_the_wakeups_of_their_slots() {
+    let (mut s, _rx) = setup(1000);
+    let mut checks = Vec::new();
+    for batch in 0..30 {
+        for i in 0..10 {
+            checks.push(planned(
+                &format!("b{batch}-{i}"),
+                Scripted::new(".", Duration::ZERO),
+                10,
+                1,
+                3,
+                1,
+            ));
+        }
+        s.apply(&plan(checks.clone()));
+        // Batches come at odd times, as placements do.
+        tokio::time::sleep(Duration::from_millis(137)).await;
+    }
+    // Every check has run at once and rejoined its phase by then.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let stats = &s.shared().stats;
+    stats.reset();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let runs = stats.executed.load(Ordering::SeqCst);
+    let wakeups = stats.wakeups.load(Ordering::SeqCst);
+    assert_eq!(runs, 900, "300 checks every 10 s for 30 s");
+    // 300 checks @ 10 s: a 1 s grid, 10 slots of ~30; some slots may be empty.
+    assert!(
+        wakeups <= 30 + 3,
+        "{wakeups} wakeups for {runs} runs ({} a wakeup)",
+        runs / wakeups.max(1)
+    );
+}
+
+/// A check that ran at once after a reload then runs on its phase: its ticks are the
+/// scheduler's epoch + phase + k * interval, the first at least half an interval after
+/// the run at once.
+#[tokio::test(start_paused = true)]
+async fn a_check_run_at_once_rejoins_its_phase() {
+    let (mut s, _rx) = setup(10);
+    let epoch = Instant::now();
+    let first = planned("first", Scripted::new(".", Duration::ZERO), 60, 5, 3, 1);
+    s.apply(&plan(vec![first.clone()]));
+    tokio::time::sleep(Duration::from_millis(12_345)).await;
+    let added = Scripted::new(".", Duration::ZERO);
+    let spec = planned("added", added.clone(), 60, 5, 3, 1);
+    let reloaded = Instant::now();
+    s.apply(&plan(vec![first, spec.clone()]));
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    let starts = added.starts.lock().unwrap().clone();
+    assert_eq!(starts[0], reloaded, "ran at once");
+    assert!(starts.len() >= 3, "{starts:?}");
+    let anchor = epoch + phase(&spec, grid_of([&spec]));
+    assert!(
+        starts[1] - starts[0] >= Duration::from_secs(30),
+        "{starts:?}"
+    );
+    for (k, at) in starts[1..].iter().enumerate() {
+        let off = at.duration_since(anchor).as_millis() % 60_000;
+        assert_eq!(
+            off,
+            0,
+            "run {} at {:?} is off its phase",
+            k + 1,
+            *at - epoch
+        );
+        if k > 0 {
+            assert_eq!(*at - starts[k], Duration::from_secs(60), "{starts:?}");
+        }
+    }
+}
+
+#[test]
+fn the_grid_stays_while_the_rate_moves_less_than_twice() {
+    assert_eq!(sticky_grid(None, 833), 833);
+    assert_eq!(sticky_grid(Some(1000), 833), 1000);
+    assert_eq!(sticky_grid(Some(1000), 500), 1000);
+    assert_eq!(sticky_grid(Some(1000), 499), 499);
+    assert_eq!(sticky_grid(Some(250), 500), 250);
+    assert_eq!(sticky_grid(Some(250), 501), 501);
+
+    let anchor = Instant::now();
+    let s = Duration::from_secs(1);
+    assert_eq!(next_on_phase(anchor + s, 10 * s, anchor), anchor + s);
+    assert_eq!(next_on_phase(anchor, 10 * s, anchor), anchor);
+    assert_eq!(
+        next_on_phase(anchor, 10 * s, anchor + Duration::from_millis(1)),
+        anchor + 10 * s
+    );
+    assert_eq!(
+        next_on_phase(anchor, 10 * s, anchor + 25 * s),
+        anchor + 30 * s
+    );
 }
 
 /// A check changed while it runs: its new version starts only once the old version's

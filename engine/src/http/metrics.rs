@@ -190,6 +190,11 @@ pub fn render(
                 st.executed,
             ),
             (
+                "vigia_scheduler_wakeups_total",
+                "Wakeups of the scheduler that started check runs (runs per wakeup: how well runs are batched).",
+                st.wakeups,
+            ),
+            (
                 "vigia_scheduler_skipped_total",
                 "Ticks skipped because the check's previous run had not ended.",
                 st.skipped,
