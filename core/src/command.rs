@@ -4,6 +4,8 @@
 //! `{"reply":"silence","id":12,...}`); the HTTP API, the cluster and the Telegram
 //! console of later releases speak the same enum.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::silence::Silence;
@@ -49,6 +51,49 @@ pub enum Command {
         #[serde(default)]
         by: String,
     },
+    /// In a cluster: its replicas, its leader and where each floating check runs.
+    ClusterStatus,
+    /// In a cluster: how many checks each live replica (or `replica`) runs, asked of
+    /// it now.
+    ClusterInfo {
+        #[serde(default)]
+        replica: Option<String>,
+    },
+    /// In a cluster: a placement command, carried out by the leader.
+    Cluster {
+        command: ClusterCommand,
+    },
+}
+
+/// Which floating checks a cluster start or stop means.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    /// Check names, or group names (a group's members).
+    #[serde(default)]
+    pub checks: Vec<String>,
+    /// `--label k=v`: the checks with all these labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub all: bool,
+}
+
+impl Selector {
+    pub fn is_empty(&self) -> bool {
+        self.checks.is_empty() && self.labels.is_empty() && !self.all
+    }
+}
+
+/// A placement command to the cluster's leader.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", content = "args", rename_all = "snake_case")]
+pub enum ClusterCommand {
+    Start(Selector),
+    Stop(Selector),
+    Drain(String),
+    Undrain(String),
+    Rebalance { dry_run: bool },
 }
 
 /// The answer to a [`Command`].
@@ -76,6 +121,20 @@ pub enum Reply {
         ack: crate::alert::Ack,
         #[serde(default)]
         already: bool,
+    },
+    /// The cluster's map (`vigia cluster status --json`'s document).
+    ClusterStatus {
+        status: serde_json::Value,
+    },
+    /// Each replica's live answer (`replica`, `host`, `capacity`, `floating`,
+    /// `pinned`, `labels`), or `replica` and `error` for one that did not answer.
+    ClusterInfo {
+        replicas: Vec<serde_json::Value>,
+    },
+    /// The leader's answer, in the replica scheduler's words (`started 3 of 5: 2
+    /// refused (all replicas at capacity)`).
+    ClusterAnswer {
+        text: String,
     },
     /// The command was understood and refused, or could not be carried out.
     Error {
@@ -113,5 +172,22 @@ mod tests {
         assert!(e.to_string().contains("missing field `id`"), "{e}");
         let r = serde_json::to_string(&Reply::Removed { id: 3 }).unwrap();
         assert_eq!(r, r#"{"reply":"removed","id":3}"#);
+        let c: Command = serde_json::from_str(
+            r#"{"cmd":"cluster","command":{"cmd":"stop","args":{"labels":{"company":"acme"}}}}"#,
+        )
+        .unwrap();
+        let Command::Cluster {
+            command: ClusterCommand::Stop(sel),
+        } = c
+        else {
+            panic!("{c:?}")
+        };
+        assert_eq!(sel.labels["company"], "acme");
+        assert!(!sel.all && sel.checks.is_empty());
+        let e = serde_json::from_str::<Command>(
+            r#"{"cmd":"cluster","command":{"cmd":"start","args":{"check":["a"]}}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field `check`"), "{e}");
     }
 }

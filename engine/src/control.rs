@@ -40,7 +40,20 @@ pub struct Door {
     pub remediation: Arc<crate::remediation::RemediationMemory>,
     /// Result history (buckets and transitions), read by the API and `vigia history`.
     pub history: Arc<crate::history::History>,
+    /// In a cluster: where the cluster commands go (the member, over its own NATS
+    /// connection); `None` standalone.
+    pub cluster: Option<Arc<dyn ClusterDesk>>,
 }
+
+/// The cluster's side of the door: it carries out [`Command::ClusterStatus`],
+/// [`Command::ClusterInfo`] and [`Command::Cluster`]. The door knows only this much
+/// of the cluster.
+pub trait ClusterDesk: Send + Sync {
+    fn execute(&self, cmd: Command) -> futures::future::BoxFuture<'_, Reply>;
+}
+
+/// What a cluster command gets from a standalone engine.
+pub const STANDALONE: &str = "this engine runs standalone: its config has no `cluster:` section";
 
 /// `no check is named `wbe` (did you mean `web`?)`: the one sentence for an unknown
 /// name, on the socket and over HTTP.
@@ -175,6 +188,12 @@ impl Door {
                     Err(e) => Reply::error(format!("reading the history failed: {e}")),
                 }
             }
+            cmd @ (Command::ClusterStatus
+            | Command::ClusterInfo { .. }
+            | Command::Cluster { .. }) => match &self.cluster {
+                Some(desk) => desk.execute(cmd).await,
+                None => Reply::error(STANDALONE),
+            },
             Command::Ack { name, .. } if self.check(&name).is_err() => {
                 let names = self.check(&name).err().unwrap_or_default();
                 Reply::error(no_such_check(&name, &names))

@@ -408,6 +408,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         store: store_health,
         remediation: remedy.memory.clone(),
         history,
+        cluster: cluster
+            .as_ref()
+            .map(|c| c.member.member.clone() as Arc<dyn control::ClusterDesk>),
     });
     let socket_path = state_dir.join(control::SOCKET_FILE);
     let control_stop = CancellationToken::new();

@@ -17,6 +17,8 @@ use common::*;
 use serde_json::Value;
 
 const TOKEN: &str = "4242:cluster-test-token";
+/// The replicas' HTTP token (`http.token_file`).
+const HTTP_TOKEN: &str = "cluster-http-token-0123456789abcdef";
 
 fn nats_server_bin() -> PathBuf {
     let p = std::env::var_os("VIGIA_NATS_SERVER")
@@ -182,6 +184,8 @@ fn cluster_with(
         ));
     }
     entries.push_str(extra);
+    let token_file = root.path().join("http.token");
+    std::fs::write(&token_file, HTTP_TOKEN).unwrap();
     let replicas = (0..n)
         .map(|i| {
             let id = format!("r{i}");
@@ -193,11 +197,13 @@ fn cluster_with(
                 format!(
                     "engine:\n  hostname: host-{id}\n  state_dir: state\n  status_log_interval: 1h\n  shutdown_grace: 2s\n\
 cluster:\n  nats: {url}\n  replica_id: {id}\n  capacity: {capacity}\n  heartbeat: 500ms\n  lease: 2s\n  unreachable_after: 3s\n\
+http:\n  token_file: {token}\n\
 alerting:\n  group_wait: 0s\n  max_retry_wait: 1s\n\
 channels:\n  ops:\n    type: telegram\n    token_env: VIGIA_E2E_TOKEN\n    chat_ids: [424242]\n    api_url: http://127.0.0.1:{tg}\n\
 checks:\n{entries}",
                     url = nats.url(),
-                    tg = mock.telegram
+                    tg = mock.telegram,
+                    token = token_file.display()
                 ),
             )
             .unwrap();
@@ -394,6 +400,63 @@ fn thirty_checks_are_shared_evenly_and_the_scheduler_commands_answer_like_the_se
     );
     let (ok, text) = c.cli(&["cluster", "rebalance", "--dry-run"]);
     assert!(ok, "{text}");
+
+    // The same commands through another replica's HTTP API (its own NATS connection).
+    let addr = http_addr(c.replicas[1].proc());
+    let get = |path: &str| {
+        let (code, _, body) = request(&addr, "GET", path, None, None);
+        assert_eq!(code, 200, "GET {path}: {body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let post = |path: &str, body: &str| {
+        let (code, _, answer) = request(&addr, "POST", path, Some(HTTP_TOKEN), Some(body));
+        (code, answer)
+    };
+    let map = get("/api/v1/cluster");
+    assert_eq!(map["replicas"].as_array().unwrap().len(), 3, "{map}");
+    assert_eq!(map["leader"], c.status()["leader"], "{map}");
+    let live = get("/api/v1/cluster/replicas");
+    let floating: u64 = live["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["floating"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(floating, 30, "{live}");
+    let one = get("/api/v1/cluster/replicas/r2");
+    assert_eq!(one["replicas"][0]["replica"], "r2", "{one}");
+    let (code, _, body) = request(
+        &addr,
+        "POST",
+        "/api/v1/cluster/stop",
+        None,
+        Some(r#"{"checks":["c00"]}"#),
+    );
+    assert_eq!(code, 401, "a change without the token: {body}");
+    let (code, answer) = post("/api/v1/cluster/stop", r#"{"checks":["c00"]}"#);
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer.contains("stopped 1 of 1"), "{answer}");
+    let (code, answer) = post("/api/v1/cluster/stop", r#"{"checks":["c00"]}"#);
+    assert!(code == 200 && answer.contains("not monitored"), "{answer}");
+    let (code, answer) = post("/api/v1/cluster/start", r#"{"checks":["c00"]}"#);
+    assert!(code == 200 && answer.contains("started 1 of 1"), "{answer}");
+    let (code, answer) = post("/api/v1/cluster/start", r#"{"check":["c00"]}"#);
+    assert!(
+        code == 400 && answer.contains("unknown field `check`"),
+        "{answer}"
+    );
+    let (code, answer) = post("/api/v1/cluster/start", "{}");
+    assert!(
+        code == 400 && answer.contains("say which checks"),
+        "{answer}"
+    );
+    let (code, answer) = post("/api/v1/cluster/reboot", "{}");
+    assert!(
+        code == 404 && answer.contains("no such cluster action"),
+        "{answer}"
+    );
+    let (code, answer) = post("/api/v1/cluster/rebalance?dry_run=true", "");
+    assert_eq!(code, 200, "{answer}");
 }
 
 /// Thousands of floating checks are placed under one leader: its placements go many

@@ -14,43 +14,6 @@ use serde_json::Value;
 
 const TOKEN: &str = "s3cret-token-for-tests-0123456789";
 
-/// One HTTP/1.1 exchange on a new connection: (status, headers, body).
-fn request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    if let Some(b) = body {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
-    }
-    req.push_str("\r\n");
-    if let Some(b) = body {
-        req.push_str(b);
-    }
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_string(), body.to_string())
-}
-
 /// `POST /api/v1/silences` with the token: the new silence's id.
 fn add_silence(addr: &str, body: &str) -> u64 {
     let (code, _, answer) = request(addr, "POST", "/api/v1/silences", Some(TOKEN), Some(body));
@@ -143,6 +106,10 @@ fn reads_writes_and_refusals() {
     assert_eq!(code, 200);
     let status = json(&body);
     assert_eq!(status["checks"].as_array().unwrap().len(), 2);
+    // A standalone engine has no cluster to show or command.
+    let (code, _, body) = request(&addr, "GET", "/api/v1/cluster", None, None);
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("runs standalone"), "{body}");
 
     // Writes: 401 without a token, 403 with a wrong one; the token is never echoed.
     let silence = r#"{"pattern": "bad", "for": "2h", "reason": "shop closed"}"#;

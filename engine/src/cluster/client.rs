@@ -5,40 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use vigia_config::cluster::ClusterConfig;
 
 use super::{connect, Nats};
 
-/// Which floating checks a start or stop means.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Selector {
-    /// Check names, or group names (a group's members).
-    #[serde(default)]
-    pub checks: Vec<String>,
-    /// `--label k=v`: the checks with all these labels.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub all: bool,
-}
-
-impl Selector {
-    pub fn is_empty(&self) -> bool {
-        self.checks.is_empty() && self.labels.is_empty() && !self.all
-    }
-}
-
-/// A command to the leader.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "cmd", content = "args", rename_all = "snake_case")]
-pub enum ClusterCommand {
-    Start(Selector),
-    Stop(Selector),
-    Drain(String),
-    Undrain(String),
-    Rebalance { dry_run: bool },
-}
+pub use vigia_core::command::{ClusterCommand, Selector};
 
 async fn open(cfg: &ClusterConfig) -> Result<Nats, String> {
     connect(cfg, "vigia cluster (CLI)").await
@@ -47,6 +18,18 @@ async fn open(cfg: &ClusterConfig) -> Result<Nats, String> {
 /// `vigia cluster status`: the replicas, the leader, where the checks run.
 pub async fn status(cfg: &ClusterConfig, json: bool) -> Result<String, String> {
     let nats = open(cfg).await?;
+    let doc = status_on(&nats).await?;
+    if json {
+        return Ok(doc.to_string());
+    }
+    Ok(render_status(cfg, &doc))
+}
+
+/// The cluster's map as one document: `leader`, `replicas` (each with `placed`,
+/// `running`, `capacity`, `pinned`, `draining`, `leader` and its `checks`), and the
+/// checks `stopped`, `waiting` (not placed, and why) and `orphaned` (on a replica
+/// that is not alive, about to move).
+pub async fn status_on(nats: &Nats) -> Result<serde_json::Value, String> {
     let live = nats.live_replicas().await?;
     let leader = nats.leader_id().await?;
     let places = nats.placements().await?;
@@ -66,64 +49,76 @@ pub async fn status(cfg: &ClusterConfig, json: bool) -> Result<String, String> {
             )),
         }
     }
-    if json {
-        let replicas: Vec<_> = live
-            .values()
-            .map(|r| {
-                serde_json::json!({
-                    "id": r.id, "host": r.host, "capacity": r.capacity, "labels": r.labels,
-                    "placed": per.get(&r.id).map_or(0, Vec::len), "running": r.running,
-                    "pinned": r.pinned, "draining": drained.contains(&r.id),
-                    "leader": leader.as_deref() == Some(&r.id), "version": r.version,
-                    "checks": per.get(&r.id).cloned().unwrap_or_default(),
-                })
+    let replicas: Vec<_> = live
+        .values()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.id, "host": r.host, "capacity": r.capacity, "labels": r.labels,
+                "placed": per.get(&r.id).map_or(0, Vec::len), "running": r.running,
+                "pinned": r.pinned, "draining": drained.contains(&r.id),
+                "leader": leader.as_deref() == Some(&r.id), "version": r.version,
+                "checks": per.get(&r.id).cloned().unwrap_or_default(),
             })
-            .collect();
-        return Ok(serde_json::json!({
-            "leader": leader, "replicas": replicas, "stopped": stopped,
-            "waiting": waiting, "orphaned": orphaned,
         })
-        .to_string());
-    }
+        .collect();
+    Ok(serde_json::json!({
+        "leader": leader, "replicas": replicas, "stopped": stopped,
+        "waiting": waiting, "orphaned": orphaned,
+    }))
+}
+
+/// The table `vigia cluster status` prints, from [`status_on`]'s document.
+fn render_status(cfg: &ClusterConfig, doc: &serde_json::Value) -> String {
+    let empty = Vec::new();
+    let list = |key: &str| -> Vec<String> {
+        doc[key]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    let replicas = doc["replicas"].as_array().unwrap_or(&empty);
     let mut out = String::new();
     out.push_str(&format!(
         "cluster {} at {}: {} replicas alive, leader {}\n",
         cfg.prefix,
         cfg.nats.join(","),
-        live.len(),
-        leader.as_deref().unwrap_or("none (electing)")
+        replicas.len(),
+        doc["leader"].as_str().unwrap_or("none (electing)")
     ));
     out.push_str(&format!(
         "{:<20} {:>8} {:>8} {:>8}  {}\n",
         "REPLICA", "PLACED", "CAPACITY", "PINNED", "STATE"
     ));
-    for r in live.values() {
+    for r in replicas {
         let mut state = Vec::new();
-        if leader.as_deref() == Some(&r.id) {
+        if r["leader"] == true {
             state.push("leader");
         }
-        if drained.contains(&r.id) {
+        if r["draining"] == true {
             state.push("draining");
         }
         out.push_str(&format!(
             "{:<20} {:>8} {:>8} {:>8}  {}\n",
-            r.id,
-            per.get(&r.id).map_or(0, Vec::len),
-            r.capacity,
-            r.pinned,
+            r["id"].as_str().unwrap_or("?"),
+            r["placed"],
+            r["capacity"],
+            r["pinned"],
             state.join(", ")
         ));
     }
-    for (what, list) in [
-        ("stopped", &stopped),
-        ("not running", &waiting),
-        ("moving", &orphaned),
+    for (what, key) in [
+        ("stopped", "stopped"),
+        ("not running", "waiting"),
+        ("moving", "orphaned"),
     ] {
-        if !list.is_empty() {
-            out.push_str(&format!("{what} ({}): {}\n", list.len(), list.join(", ")));
+        let items = list(key);
+        if !items.is_empty() {
+            out.push_str(&format!("{what} ({}): {}\n", items.len(), items.join(", ")));
         }
     }
-    Ok(out.trim_end().to_string())
+    out.trim_end().to_string()
 }
 
 /// `vigia status` in a cluster: each floating check as the cluster has it (the state
@@ -207,41 +202,70 @@ pub async fn merge_status(
 /// `vigia cluster info [REPLICA]`: asked of the replica itself, now.
 pub async fn info(cfg: &ClusterConfig, replica: Option<&str>) -> Result<String, String> {
     let nats = open(cfg).await?;
+    let lines: Vec<String> = info_on(&nats, replica)
+        .await?
+        .iter()
+        .map(|v| match v["error"].as_str() {
+            Some(e) => format!(
+                "{}: does not answer ({e})",
+                v["replica"].as_str().unwrap_or("?")
+            ),
+            None => format!(
+                "{}: runs {} floating checks (capacity {}) and {} pinned",
+                v["replica"].as_str().unwrap_or("?"),
+                v["floating"],
+                v["capacity"],
+                v["pinned"]
+            ),
+        })
+        .collect();
+    Ok(lines.join("\n"))
+}
+
+/// Each live replica's (or `replica`'s) own answer, asked now: `replica`, `host`,
+/// `capacity`, `floating`, `pinned`, `labels`; or `replica` and `error`.
+pub async fn info_on(nats: &Nats, replica: Option<&str>) -> Result<Vec<serde_json::Value>, String> {
     let ids: Vec<String> = match replica {
         Some(r) => vec![r.to_string()],
         None => nats.live_replicas().await?.into_keys().collect(),
     };
-    let mut lines = Vec::new();
+    let mut answers = Vec::new();
     for id in ids {
         let asked = tokio::time::timeout(
             Duration::from_secs(3),
             nats.client.request(nats.info_subject(&id), "".into()),
         )
         .await;
-        match asked {
-            Ok(Ok(m)) => {
-                let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
-                lines.push(format!(
-                    "{id}: runs {} floating checks (capacity {}) and {} pinned",
-                    v["floating"], v["capacity"], v["pinned"]
-                ));
-            }
-            Ok(Err(e)) => lines.push(format!("{id}: does not answer ({e})")),
-            Err(_) => lines.push(format!("{id}: does not answer (3s)")),
-        }
+        answers.push(match asked {
+            Ok(Ok(m)) => serde_json::from_slice(&m.payload).unwrap_or_else(
+                |e| serde_json::json!({ "replica": id, "error": format!("an answer that is not JSON: {e}") }),
+            ),
+            Ok(Err(e)) => serde_json::json!({ "replica": id, "error": e.to_string() }),
+            Err(_) => serde_json::json!({ "replica": id, "error": "no answer within 3s" }),
+        });
     }
-    if lines.is_empty() {
+    if answers.is_empty() {
         return Err("no replica is alive".into());
     }
-    Ok(lines.join("\n"))
+    Ok(answers)
 }
 
 /// Sends a command to the leader and returns its answer.
 pub async fn command(cfg: &ClusterConfig, cmd: &ClusterCommand) -> Result<String, String> {
     let nats = open(cfg).await?;
+    command_on(&nats, cfg.lease.get(), cmd).await
+}
+
+/// Sends a command to the leader over `nats`; while the lease changes hands (up to two
+/// leases) it asks again.
+pub async fn command_on(
+    nats: &Nats,
+    lease: Duration,
+    cmd: &ClusterCommand,
+) -> Result<String, String> {
     let body: bytes::Bytes = serde_json::to_vec(cmd).map_err(|e| e.to_string())?.into();
     // The lease may be changing hands: ask again for a few seconds.
-    let until = tokio::time::Instant::now() + cfg.lease.get() * 2;
+    let until = tokio::time::Instant::now() + lease * 2;
     loop {
         let leader = nats.leader_id().await?;
         let why = match leader {

@@ -132,6 +132,36 @@ pub struct Member {
     started_ms: u64,
 }
 
+/// The cluster commands from the door (the socket, the HTTP API), over this
+/// replica's own NATS connection.
+impl crate::control::ClusterDesk for Member {
+    fn execute(
+        &self,
+        cmd: vigia_core::command::Command,
+    ) -> futures::future::BoxFuture<'_, vigia_core::command::Reply> {
+        use vigia_core::command::{Command, Reply};
+        Box::pin(async move {
+            let r = match cmd {
+                Command::ClusterStatus => super::client::status_on(&self.nats)
+                    .await
+                    .map(|status| Reply::ClusterStatus { status }),
+                Command::ClusterInfo { replica } => {
+                    super::client::info_on(&self.nats, replica.as_deref())
+                        .await
+                        .map(|replicas| Reply::ClusterInfo { replicas })
+                }
+                Command::Cluster { command } => {
+                    super::client::command_on(&self.nats, self.lease(), &command)
+                        .await
+                        .map(|text| Reply::ClusterAnswer { text })
+                }
+                other => Err(format!("{other:?} is not a cluster command")),
+            };
+            r.unwrap_or_else(Reply::error)
+        })
+    }
+}
+
 /// What the member shares with the rest of the engine.
 pub struct Ties {
     pub book: Arc<StatusBook>,

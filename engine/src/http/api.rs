@@ -37,6 +37,17 @@ pub fn routes() -> Router<AppState> {
             axum::routing::delete(silence_remove),
         )
         .route("/badge/{*file}", get(badge))
+        .route("/api/v1/cluster", get(cluster_status))
+        .route("/api/v1/cluster/replicas", get(cluster_info))
+        .route("/api/v1/cluster/replicas/{id}", get(cluster_info_of))
+        .route(
+            "/api/v1/cluster/{action}",
+            axum::routing::post(cluster_action),
+        )
+        .route(
+            "/api/v1/cluster/{action}/{replica}",
+            axum::routing::post(cluster_replica_action),
+        )
 }
 
 /// Routes that need no token anywhere (a load balancer's health check).
@@ -78,6 +89,10 @@ async fn index() -> Response {
             "DELETE /api/v1/silences/{id}",
             "GET /api/v1/events (Server-Sent Events)",
             "GET /badge/{name}.svg (?uptime=7d)",
+            "GET /api/v1/cluster (in a cluster: replicas, leader, where each floating check runs)",
+            "GET /api/v1/cluster/replicas[/{id}] (each replica's live count)",
+            "POST /api/v1/cluster/start|stop {\"checks\": [\"web\"], \"labels\": {\"company\": \"acme\"}, \"all\": false}",
+            "POST /api/v1/cluster/drain/{replica}, /undrain/{replica}, /rebalance (?dry_run=true)",
         ]
     }))
     .into_response()
@@ -358,9 +373,15 @@ async fn remove(s: &AppState, id: &str) -> Response {
 fn reply(r: Reply) -> Response {
     match r {
         Reply::Error { error: e } => {
-            let status = if e.contains("no silence") || e.contains("no check") {
+            let status = if e.contains("no silence")
+                || e.contains("no check")
+                || e == crate::control::STANDALONE
+            {
                 StatusCode::NOT_FOUND
-            } else if e.contains("stopped") {
+            } else if e.contains("did not answer")
+                || e.contains("no replica leads")
+                || e.contains("stopped")
+            {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -368,6 +389,120 @@ fn reply(r: Reply) -> Response {
             error(status, e)
         }
         r => Json(r).into_response(),
+    }
+}
+
+/// The cluster's map and its replicas' hosts are for those who may see everything.
+fn cluster_hidden(viewer: Viewer) -> Option<Response> {
+    (viewer == Viewer::Public).then(|| {
+        error(
+            StatusCode::FORBIDDEN,
+            "the cluster's map needs `Authorization: Bearer <token>` (the token of `http.token_file`)".into(),
+        )
+    })
+}
+
+/// `GET /api/v1/cluster`: the document of `vigia cluster status --json`.
+async fn cluster_status(
+    State(s): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
+) -> Response {
+    if let Some(r) = cluster_hidden(viewer) {
+        return r;
+    }
+    match s.door.execute(Command::ClusterStatus).await {
+        Reply::ClusterStatus { status } => Json(status).into_response(),
+        r => reply(r),
+    }
+}
+
+async fn cluster_info(State(s): State<AppState>, Extension(viewer): Extension<Viewer>) -> Response {
+    cluster_info_for(&s, viewer, None).await
+}
+
+async fn cluster_info_of(
+    State(s): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<String>,
+) -> Response {
+    cluster_info_for(&s, viewer, Some(id)).await
+}
+
+/// `GET /api/v1/cluster/replicas[/{id}]`: `{"replicas": [...]}`, each asked now.
+async fn cluster_info_for(s: &AppState, viewer: Viewer, replica: Option<String>) -> Response {
+    if let Some(r) = cluster_hidden(viewer) {
+        return r;
+    }
+    match s.door.execute(Command::ClusterInfo { replica }).await {
+        Reply::ClusterInfo { replicas } => Json(json!({ "replicas": replicas })).into_response(),
+        r => reply(r),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DryRun {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /api/v1/cluster/start|stop` (a JSON selector) and `/rebalance`.
+async fn cluster_action(
+    State(s): State<AppState>,
+    Path(action): Path<String>,
+    Query(q): Query<DryRun>,
+    body: Bytes,
+) -> Response {
+    use vigia_core::command::{ClusterCommand, Selector};
+    let selector = || -> Result<Selector, (StatusCode, String)> {
+        let sel: Selector = parse_body(&body).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+        if sel.is_empty() {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "say which checks: {\"checks\": [names or groups]}, {\"labels\": {\"k\": \"v\"}} or {\"all\": true}".into(),
+            ));
+        }
+        Ok(sel)
+    };
+    let command = match action.as_str() {
+        "start" => selector().map(ClusterCommand::Start),
+        "stop" => selector().map(ClusterCommand::Stop),
+        "rebalance" => Ok(ClusterCommand::Rebalance { dry_run: q.dry_run }),
+        _ => Err((
+            StatusCode::NOT_FOUND,
+            format!("no such cluster action: POST /api/v1/cluster/{action}; the actions are start, stop, rebalance, drain/{{replica}} and undrain/{{replica}}"),
+        )),
+    };
+    match command {
+        Ok(command) => cluster_answer(&s, command).await,
+        Err((status, why)) => error(status, why),
+    }
+}
+
+/// `POST /api/v1/cluster/drain/{replica}` and `/undrain/{replica}`.
+async fn cluster_replica_action(
+    State(s): State<AppState>,
+    Path((action, replica)): Path<(String, String)>,
+) -> Response {
+    use vigia_core::command::ClusterCommand;
+    let command = match action.as_str() {
+        "drain" => ClusterCommand::Drain(replica),
+        "undrain" => ClusterCommand::Undrain(replica),
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no such cluster action: POST /api/v1/cluster/{action}/{replica}; the actions on a replica are drain and undrain"),
+            )
+        }
+    };
+    cluster_answer(&s, command).await
+}
+
+/// `{"answer": "started 3 of 5: 2 refused (all replicas at capacity)"}`.
+async fn cluster_answer(s: &AppState, command: vigia_core::command::ClusterCommand) -> Response {
+    match s.door.execute(Command::Cluster { command }).await {
+        Reply::ClusterAnswer { text } => Json(json!({ "answer": text })).into_response(),
+        r => reply(r),
     }
 }
 
