@@ -784,9 +784,12 @@ fn what_a_dead_leader_held_goes_out_once_from_the_next_one() {
             (delivered >= 1).then_some(())
         },
     );
+    // The dead leader's own figures (its refused tries) stay in the sum.
     let text = String::from_utf8_lossy(&vigia(&["status"], &other.config).stdout).to_string();
     assert!(
-        text.contains("delivery figures are the live replicas' summed"),
+        text.contains(&format!(
+            "delivery figures are the live replicas' summed, and those of {leader} as last written (not alive)"
+        )),
         "{text}"
     );
     // The dead leader comes back: its copy goes, and nothing is sent twice.

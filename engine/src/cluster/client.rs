@@ -181,7 +181,9 @@ pub async fn merge_status(
         }
     }
     // The leader delivers the cluster's alerts (and any replica its own, failing open):
-    // the figures are the live replicas' summed, this one's as its engine gave them.
+    // the figures are the live replicas' summed, this one's as its engine gave them, and
+    // those of replicas that are gone as they last wrote them (a dead leader's
+    // deliveries stay counted).
     for (id, r) in &live {
         if id == me {
             continue;
@@ -190,8 +192,25 @@ pub async fn merge_status(
             view.channels.entry(key.clone()).or_default().add(t);
         }
     }
+    let mut gone = Vec::new();
+    for (id, f) in nats.figures().await.unwrap_or_default() {
+        if id == me || live.contains_key(&id) {
+            continue;
+        }
+        for (key, t) in &f.targets {
+            view.channels.entry(key.clone()).or_default().add(t);
+        }
+        gone.push(id);
+    }
+    let gone = match gone.as_slice() {
+        [] => String::new(),
+        ids => format!(
+            ", and those of {} as last written (not alive)",
+            ids.join(", ")
+        ),
+    };
     Ok(format!(
-        "cluster {}: {} replicas alive ({}), leader {}; this is {me}; delivery figures are the live replicas' summed",
+        "cluster {}: {} replicas alive ({}), leader {}; this is {me}; delivery figures are the live replicas' summed{gone}",
         cfg.prefix,
         live.len(),
         live.keys().cloned().collect::<Vec<_>>().join(", "),

@@ -548,6 +548,8 @@ impl Member {
         let mut last_ok_ms = unix_ms();
         // Since when (unix ms) NATS is out of reach, once that was reported.
         let mut reported: Option<u64> = None;
+        // The delivery figures last written to `<p>-figures`.
+        let mut figures_written: Option<Vec<u8>> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -559,6 +561,7 @@ impl Member {
                 Ok(()) => {
                     last_ok = Instant::now();
                     last_ok_ms = unix_ms();
+                    self.write_figures(&mut figures_written).await;
                     if std::mem::replace(&mut *lock(&self.cut), false) {
                         tracing::info!(event = "cluster_reachable", replica = %self.id, "NATS can be reached again: this replica takes part in the cluster again.");
                         self.poke();
@@ -595,6 +598,28 @@ impl Member {
             }
         }
     }
+    /// Writes this replica's delivery figures to `<p>-figures` when they changed since
+    /// `written`: what `vigia status` sums for a replica once it is gone.
+    async fn write_figures(&self, written: &mut Option<Vec<u8>>) {
+        let targets = self.alerts.snapshot();
+        let Ok(now) = serde_json::to_vec(&targets) else {
+            return;
+        };
+        if written.as_ref() == Some(&now) {
+            return;
+        }
+        let rec = super::FiguresRecord {
+            at: unix_ms(),
+            targets,
+        };
+        let bytes = serde_json::to_vec(&rec).unwrap_or_default();
+        match tokio::time::timeout(self.hb(), self.nats.figures.put(&self.id, bytes.into())).await {
+            Ok(Ok(_)) => *written = Some(now),
+            Ok(Err(e)) => tracing::debug!(event = "cluster", "Writing the delivery figures: {e}"),
+            Err(_) => tracing::debug!(event = "cluster", "Writing the delivery figures: timed out"),
+        }
+    }
+
     async fn beat(&self) -> Result<(), String> {
         let running = self.assigned.borrow().len();
         let rec = ReplicaRecord {

@@ -15,6 +15,8 @@
 //!                                                                  Nats-Msg-Id, read by the leader
 //! <p>-silences  KV                    s-<id> → Silence             written by the replica where it was
 //!                                                                  added or ended; read by all
+//! <p>-figures   KV                    replica id → FiguresRecord   its delivery figures, written when
+//!                                                                  they change; kept after it dies
 //! <p>-remedy    KV, max_age = 1 day   transition → ClaimRecord     create() by the replica that runs
 //!                                                                  its remediation; the leader reports
 //!                                                                  those of replicas that died
@@ -112,7 +114,17 @@ pub struct Nats {
     pub meta: kv::Store,
     pub remedy: kv::Store,
     pub silences: kv::Store,
+    /// Each replica's delivery figures as it last wrote them, kept after it dies.
+    pub figures: kv::Store,
     pub prefix: String,
+}
+
+/// A replica's delivery figures in `<p>-figures` (no expiry): `vigia status` adds
+/// those of replicas that are gone, so a dead leader's deliveries stay in the sum.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FiguresRecord {
+    pub at: u64,
+    pub targets: BTreeMap<String, vigia_core::snapshot::TargetStats>,
 }
 
 /// A check name as a KV key: letters, digits, `-` and `_` as they are, every other
@@ -249,6 +261,7 @@ pub async fn connect(cfg: &ClusterConfig, name: &str) -> Result<Nats, String> {
         meta: open(bucket("meta", Duration::ZERO, 1)).await?,
         remedy: open(bucket("remedy", claims::KEEP, 1)).await?,
         silences: open(bucket("silences", Duration::ZERO, 1)).await?,
+        figures: open(bucket("figures", Duration::ZERO, 1)).await?,
         client,
         js,
         prefix: p.clone(),
@@ -330,6 +343,15 @@ impl Nats {
             }
         }
         Ok(out)
+    }
+
+    /// Every replica's figures as it last wrote them (the dead ones' too), by id.
+    pub async fn figures(&self) -> Result<BTreeMap<String, FiguresRecord>, String> {
+        Ok(all_entries(&self.figures)
+            .await?
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, serde_json::from_slice(&v).ok()?)))
+            .collect())
     }
 
     /// The replicas an operator drained.
