@@ -11,11 +11,13 @@
 //!    another replica; leader takeover = from the kill to a new leader in the lease
 //!    bucket. The replica is started again and `vigia cluster rebalance` spreads the
 //!    checks before the next round. Median and max.
-//! 2. **Load** (`--duration 60s`): tcp × 3000 @ 10s on one standalone engine, then on
-//!    three standalone engines side by side (the cluster's load without the cluster),
-//!    then 3 replicas × 3000 floating tcp checks @ 10s, in the same run: CPU per executed
-//!    check (user+sys of the engines; NATS's own CPU printed aside), and the messages
-//!    through NATS per second (nats-server's /varz `in_msgs` + `out_msgs`).
+//! 2. **Load** (`--duration 60s`): tcp × 3000 @ 10s on one standalone engine, then
+//!    three standalone engines and 3 replicas × 3000 floating checks at the same time
+//!    (the cluster's load without the cluster, beside it: the machine's drift falls on
+//!    both), over four windows: CPU per executed check of each group (user+sys of its
+//!    engines, runs from their control sockets; NATS's own CPU printed aside), the
+//!    runs per wakeup of their schedulers, and the messages through NATS per second
+//!    (nats-server's /varz `in_msgs` + `out_msgs`).
 //!
 //! 3. **Chaos** (`--only chaos --rounds 100`, ~10 min, not in CI): each round flips one
 //!    of 6 checks' targets, `kill -9`s a random replica 0-1.5 s later (the alerting
@@ -462,8 +464,9 @@ fn load(d: Duration) {
         d.as_secs_f64()
     );
 
-    // The same load as the cluster's, without it: three standalone engines side by side
-    // (on this 2-core machine three engines' runs cost more each than one's).
+    // The fair control: three standalone engines running at the same time as the three
+    // replicas, on the same targets, measured over the same windows. Run one after the
+    // other, the machine's drift between runs (±15 %, at times 2×) decided the ratio.
     let alone3: Vec<PathBuf> = (0..3)
         .map(|i| {
             config(
@@ -477,16 +480,6 @@ fn load(d: Duration) {
             )
         })
         .collect();
-    let three: Vec<Killed> = alone3.iter().map(|c| spawn(c)).collect();
-    let pids: Vec<u32> = three.iter().map(|p| p.0.id()).collect();
-    let (cpu, executed, batch) = measure(&pids, &alone3, &hits, d);
-    drop(three);
-    let side = cpu / executed as f64 * 1e6;
-    println!(
-        "standalone × 3 side by side: tcp × {N} @ 10s each over {:.0} s: {executed} runs, {batch:.0} a wakeup, CPU/check {side:.1} µs",
-        d.as_secs_f64()
-    );
-
     let nats = Nats::start();
     let checks = tcp_checks(3 * N, &ports);
     let configs = replica_configs(root.path(), nats.port, &checks, "3s", N);
@@ -501,25 +494,68 @@ fn load(d: Duration) {
         3 * N,
         started.elapsed().as_secs_f64()
     );
-    let pids: Vec<u32> = procs.iter().map(|p| p.0.id()).collect();
+    let three: Vec<Killed> = alone3.iter().map(|c| spawn(c)).collect();
+    let cluster_pids: Vec<u32> = procs.iter().map(|p| p.0.id()).collect();
+    let alone_pids: Vec<u32> = three.iter().map(|p| p.0.id()).collect();
     let nats_pid = nats.child.0.id();
+    // Every check has run once (first runs are spread over one interval).
+    std::thread::sleep(Duration::from_secs(12));
+    const WINDOWS: u32 = 4;
+    let mut ratios = Vec::new();
+    let (mut all_c, mut all_a, mut runs_c, mut runs_a) = (0.0, 0.0, 0u64, 0u64);
+    let (mut batch_c, mut batch_a) = (0.0, 0.0);
     let m0 = nats.msgs();
     let n0 = cpu_seconds(nats_pid);
     let t0 = Instant::now();
-    let (cpu, executed, batch) = measure(&pids, &configs, &hits, d);
+    for w in 1..=WINDOWS {
+        let (rc0, wc0) = runs_and_wakeups(&configs);
+        let (ra0, wa0) = runs_and_wakeups(&alone3);
+        let cc0: f64 = cluster_pids.iter().map(|p| cpu_seconds(*p)).sum();
+        let ca0: f64 = alone_pids.iter().map(|p| cpu_seconds(*p)).sum();
+        std::thread::sleep(d / WINDOWS);
+        let cc1: f64 = cluster_pids.iter().map(|p| cpu_seconds(*p)).sum();
+        let ca1: f64 = alone_pids.iter().map(|p| cpu_seconds(*p)).sum();
+        let (rc1, wc1) = runs_and_wakeups(&configs);
+        let (ra1, wa1) = runs_and_wakeups(&alone3);
+        let (rc, ra) = (rc1 - rc0, ra1 - ra0);
+        let (pc, pa) = (
+            (cc1 - cc0) / rc.max(1) as f64 * 1e6,
+            (ca1 - ca0) / ra.max(1) as f64 * 1e6,
+        );
+        batch_c = rc as f64 / (wc1 - wc0).max(1) as f64;
+        batch_a = ra as f64 / (wa1 - wa0).max(1) as f64;
+        println!(
+            "  window {w}/{WINDOWS} ({:.0} s): cluster {rc} runs, {pc:.1} µs/check; three standalone {ra} runs, {pa:.1} µs/check; ratio {:.2}×",
+            (d / WINDOWS).as_secs_f64(),
+            pc / pa
+        );
+        ratios.push(pc / pa);
+        all_c += cc1 - cc0;
+        all_a += ca1 - ca0;
+        runs_c += rc;
+        runs_a += ra;
+    }
     let secs = t0.elapsed().as_secs_f64();
     let msgs = nats.msgs() - m0;
     let nats_cpu = cpu_seconds(nats_pid) - n0;
-    let per = cpu / executed as f64 * 1e6;
+    drop(three);
+    drop(procs);
+    ratios.sort_by(f64::total_cmp);
+    let (per, side) = (
+        all_c / runs_c.max(1) as f64 * 1e6,
+        all_a / runs_a.max(1) as f64 * 1e6,
+    );
     println!(
-        "cluster: 3 replicas × tcp × {N} @ 10s over {:.0} s: {executed} runs, {batch:.0} a wakeup, CPU/check {per:.1} µs ({:.2}× one standalone engine, {:.2}× three side by side); nats-server CPU {:.1} µs/check more; through NATS {:.0} messages/s",
+        "cluster: 3 replicas × tcp × {N} @ 10s over {:.0} s, beside three standalone engines × tcp × {N} @ 10s at the same time: {runs_c} runs, {batch_c:.0} a wakeup (standalone {batch_a:.0}), CPU/check {per:.1} µs against {side:.1} µs: {:.2}× (median of the windows {:.2}×, range {:.2}–{:.2}×), {:.2}× one standalone engine alone; nats-server CPU {:.1} µs/check more; through NATS {:.0} messages/s",
         d.as_secs_f64(),
-        per / alone,
         per / side,
-        nats_cpu / executed as f64 * 1e6,
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1],
+        per / alone,
+        nats_cpu / runs_c.max(1) as f64 * 1e6,
         msgs as f64 / secs
     );
-    drop(procs);
 }
 
 /// A listener that answers "OK" while `up`, closes at once while down.
