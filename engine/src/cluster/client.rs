@@ -22,7 +22,7 @@ pub async fn status(cfg: &ClusterConfig, json: bool) -> Result<String, String> {
     if json {
         return Ok(doc.to_string());
     }
-    Ok(render_status(cfg, &doc))
+    Ok(render_status(&cfg.prefix, &cfg.nats.join(","), &doc))
 }
 
 /// The cluster's map as one document: `leader`, `replicas` (each with `placed`,
@@ -68,7 +68,7 @@ pub async fn status_on(nats: &Nats) -> Result<serde_json::Value, String> {
 }
 
 /// The table `vigia cluster status` prints, from [`status_on`]'s document.
-fn render_status(cfg: &ClusterConfig, doc: &serde_json::Value) -> String {
+fn render_status(prefix: &str, urls: &str, doc: &serde_json::Value) -> String {
     let empty = Vec::new();
     let list = |key: &str| -> Vec<String> {
         doc[key]
@@ -81,9 +81,7 @@ fn render_status(cfg: &ClusterConfig, doc: &serde_json::Value) -> String {
     let replicas = doc["replicas"].as_array().unwrap_or(&empty);
     let mut out = String::new();
     out.push_str(&format!(
-        "cluster {} at {}: {} replicas alive, leader {}\n",
-        cfg.prefix,
-        cfg.nats.join(","),
+        "cluster {prefix} at {urls}: {} replicas alive, leader {}\n",
         replicas.len(),
         doc["leader"].as_str().unwrap_or("none (electing)")
     ));
@@ -102,9 +100,9 @@ fn render_status(cfg: &ClusterConfig, doc: &serde_json::Value) -> String {
         out.push_str(&format!(
             "{:<20} {:>8} {:>8} {:>8}  {}\n",
             r["id"].as_str().unwrap_or("?"),
-            r["placed"],
-            r["capacity"],
-            r["pinned"],
+            r["placed"].as_u64().unwrap_or(0),
+            r["capacity"].as_u64().unwrap_or(0),
+            r["pinned"].as_u64().unwrap_or(0),
             state.join(", ")
         ));
     }
@@ -232,9 +230,9 @@ pub async fn info(cfg: &ClusterConfig, replica: Option<&str>) -> Result<String, 
             None => format!(
                 "{}: runs {} floating checks (capacity {}) and {} pinned",
                 v["replica"].as_str().unwrap_or("?"),
-                v["floating"],
-                v["capacity"],
-                v["pinned"]
+                v["floating"].as_u64().unwrap_or(0),
+                v["capacity"].as_u64().unwrap_or(0),
+                v["pinned"].as_u64().unwrap_or(0)
             ),
         })
         .collect();
@@ -317,5 +315,42 @@ pub async fn command_on(
             return Err(why);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table lines up: the numbers are right-aligned under their headings.
+    #[test]
+    fn the_status_table_keeps_its_columns() {
+        let doc = serde_json::json!({
+            "leader": "r2",
+            "replicas": [
+                { "id": "r1", "placed": 3, "capacity": 10, "pinned": 0, "draining": false, "leader": false },
+                { "id": "r2", "placed": 1234, "capacity": 5000, "pinned": 2, "draining": true, "leader": true },
+            ],
+            "stopped": ["c05"], "waiting": [], "orphaned": [],
+        });
+        let text = render_status("vigia", "nats://127.0.0.1:4222", &doc);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "cluster vigia at nats://127.0.0.1:4222: 2 replicas alive, leader r2"
+        );
+        assert_eq!(
+            lines[1],
+            "REPLICA                PLACED CAPACITY   PINNED  STATE"
+        );
+        assert_eq!(
+            lines[2],
+            "r1                          3       10        0  "
+        );
+        assert_eq!(
+            lines[3],
+            "r2                       1234     5000        2  leader, draining"
+        );
+        assert_eq!(lines[4], "stopped (1): c05");
     }
 }
