@@ -555,7 +555,7 @@ impl Member {
         // Since when (unix ms) NATS is out of reach, once that was reported.
         let mut reported: Option<u64> = None;
         // The delivery figures last written to `<p>-figures`.
-        let mut figures_written: Option<Vec<u8>> = None;
+        let mut figures_written = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -606,12 +606,12 @@ impl Member {
     }
     /// Writes this replica's delivery figures to `<p>-figures` when they changed since
     /// `written`: what `vigia status` sums for a replica once it is gone.
-    async fn write_figures(&self, written: &mut Option<Vec<u8>>) {
+    async fn write_figures(
+        &self,
+        written: &mut Option<BTreeMap<String, vigia_core::snapshot::TargetStats>>,
+    ) {
         let targets = self.alerts.snapshot();
-        let Ok(now) = serde_json::to_vec(&targets) else {
-            return;
-        };
-        if written.as_ref() == Some(&now) {
+        if written.as_ref() == Some(&targets) {
             return;
         }
         let rec = super::FiguresRecord {
@@ -620,7 +620,7 @@ impl Member {
         };
         let bytes = serde_json::to_vec(&rec).unwrap_or_default();
         match tokio::time::timeout(self.hb(), self.nats.figures.put(&self.id, bytes.into())).await {
-            Ok(Ok(_)) => *written = Some(now),
+            Ok(Ok(_)) => *written = Some(rec.targets),
             Ok(Err(e)) => tracing::debug!(event = "cluster", "Writing the delivery figures: {e}"),
             Err(_) => tracing::debug!(event = "cluster", "Writing the delivery figures: timed out"),
         }
