@@ -540,6 +540,33 @@ fn at_capacity_the_start_is_partial_and_says_why() {
             && text.contains("5 refused (all replicas at capacity)"),
         "{text}"
     );
+    let waiting = |c: &Cluster| c.status()["waiting"].as_array().unwrap().len();
+    // A slot freed by a stop goes to a waiting check at once: the stop changed the
+    // placements, so the leader looks again (its look with nothing changed comes only
+    // once a minute).
+    let on_r1 = c.checks_of("r1")[0].clone();
+    let (ok, text) = c.cli(&["cluster", "stop", &on_r1]);
+    assert!(ok, "{text}");
+    wait_until("a waiting check in the freed slot", Duration::from_secs(20), || {
+        (waiting(&c) == 4).then_some(())
+    });
+    // A replica back at once with more room (killed, its config raised to 20) takes the
+    // rest, whether the leader saw it go or only its new capacity.
+    let mut c = c;
+    let leader = wait_until("a leader", Duration::from_secs(10), || c.leader());
+    let i = c.replicas.iter().position(|r| r.id != leader).unwrap();
+    c.replicas[i].kill9();
+    let config = std::fs::read_to_string(&c.replicas[i].config).unwrap();
+    std::fs::write(
+        &c.replicas[i].config,
+        config.replace("capacity: 10\n", "capacity: 20\n"),
+    )
+    .unwrap();
+    c.replicas[i].spawn();
+    wait_until("every started check placed", Duration::from_secs(20), || {
+        let p = c.placed();
+        (waiting(&c) == 0 && p.iter().map(|(_, n)| n).sum::<u64>() == 34).then_some(())
+    });
 }
 
 #[test]

@@ -42,6 +42,16 @@ const SETTLE_QUIET: Duration = Duration::from_millis(20);
 /// The longest a replica waits for a burst to end before it takes over what came.
 const SETTLE_MAX: Duration = Duration::from_millis(250);
 
+/// The leader's look at every floating check when nothing changed: a backstop.
+const LOOK_EVERY: Duration = Duration::from_secs(60);
+
+/// The leader's next look after a pass that could not write all it decided.
+const LOOK_RETRY: Duration = Duration::from_secs(5);
+
+/// The shortest time between two whole reads of the replicas' bucket while its watch
+/// is silent.
+const LIVE_READ_EVERY: Duration = Duration::from_secs(5);
+
 /// The leader writes its placements in chunks of this many, each whole, and looks at
 /// its deadline between them.
 const PLACE_CHUNK: usize = 256;
@@ -128,6 +138,13 @@ pub struct Member {
     /// The leader's key was seen deleted or expired (its watch): try to take the lease
     /// now rather than at the next heartbeat.
     leader_free: AtomicBool,
+    /// When (mono ms) the replicas' watch last showed a heartbeat: every live replica,
+    /// this one too, puts one each `heartbeat`, so a watch silent for longer is stalled
+    /// (after a NATS restart, for seconds) and `live` is read whole instead.
+    replicas_seen: AtomicU64,
+    /// When (mono ms) the leader's watch last showed its key: the leader renews it
+    /// twice a heartbeat, so while it is seen there is nothing to try.
+    leader_seen: AtomicU64,
     started: Instant,
     started_ms: u64,
 }
@@ -235,6 +252,8 @@ impl Member {
             changes: AtomicU64::new(0),
             wake: Notify::new(),
             leader_free: AtomicBool::new(true),
+            replicas_seen: AtomicU64::new(0),
+            leader_seen: AtomicU64::new(0),
             started: Instant::now(),
             started_ms: unix_ms(),
         });
@@ -379,19 +398,26 @@ impl Member {
 
     /// Keeps `live` equal to the replicas' bucket: a heartbeat is a put, an expired
     /// one a purge (the bucket has limit markers), so a death is seen ~0.1 s after the
-    /// lease without polling. The loop reads the whole bucket every 5 s as well: a
-    /// watch stalls for seconds after a NATS restart.
+    /// lease without polling. The loop reads the whole bucket when this watch has been
+    /// silent for two heartbeats (it stalls for seconds after a NATS restart).
     async fn watch_replicas(self: Arc<Self>) {
         let nats = self.nats.clone();
         follow(
             || nats.replicas.watch_all(),
             |e| {
+                self.replicas_seen.store(crate::clock::mono_ms(), Relaxed);
                 let changed = {
                     let mut live = lock(&self.live);
                     match e.operation {
                         kv::Operation::Put => {
                             match serde_json::from_slice::<ReplicaRecord>(&e.value) {
-                                Ok(r) => live.insert(e.key.clone(), r).is_none(),
+                                // A new replica, or one whose capacity changed (it
+                                // restarted with another config): placement may change.
+                                Ok(r) => {
+                                    let capacity = r.capacity;
+                                    live.insert(e.key.clone(), r)
+                                        .is_none_or(|old| old.capacity != capacity)
+                                }
                                 Err(_) => false,
                             }
                         }
@@ -414,6 +440,7 @@ impl Member {
             || nats.leader.watch("leader"),
             |e| {
                 let free = e.operation != kv::Operation::Put;
+                self.leader_seen.store(crate::clock::mono_ms(), Relaxed);
                 self.leader_free.store(free, Relaxed);
                 if free {
                     self.wake.notify_one();
@@ -421,6 +448,11 @@ impl Member {
             },
         )
         .await
+    }
+
+    /// Whether a watch last showed something more than `silent` ago.
+    fn silent(seen: &AtomicU64, silent: Duration) -> bool {
+        crate::clock::mono_ms().saturating_sub(seen.load(Relaxed)) > silent.as_millis() as u64
     }
 
     async fn run(self: Arc<Self>, stop: CancellationToken) {
@@ -442,7 +474,9 @@ impl Member {
         // What the last full look saw: the count of changes, whether it could place.
         let mut seen: Option<(u64, bool)> = None;
         let mut last_look = Instant::now();
-        let mut last_live = Instant::now();
+        let mut last_live: Option<Instant> = None;
+        // Whether the leader's last pass wrote all it decided.
+        let mut complete = true;
         let mut last_try = None::<Instant>;
         // The live replicas when the leader last looked at the remediation claims: one
         // gone since may have died during a run.
@@ -470,19 +504,28 @@ impl Member {
             if !self.beating.load(Relaxed) {
                 continue;
             }
+            // A replica that does not lead tries when the leader's key went, and, as
+            // the backstop of that watch, once a heartbeat while the watch has not
+            // shown the key for a lease (a create refused each second by a live
+            // leader was a round trip a second on every replica, for nothing).
             if leader_rev.is_some()
                 || self.leader_free.load(Relaxed)
                 || last_try.is_none_or(|t: Instant| t.elapsed() >= self.hb())
+                    && Self::silent(&self.leader_seen, self.lease())
             {
                 last_try = Some(Instant::now());
                 leader_rev = self.lead(leader_rev).await;
             }
             self.set_leading(leader_rev.is_some() && !*lock(&self.cut));
             let places = leader_rev.is_some() && self.started.elapsed() >= self.lease();
-            // `live` follows the replicas' bucket (watch_replicas); a whole read every
-            // 5 s is the backstop for what a stalled watch missed.
-            if last_live.elapsed() >= Duration::from_secs(5) {
-                last_live = Instant::now();
+            // `live` follows the replicas' bucket (watch_replicas); a whole read at
+            // start and, at most every 5 s, while that watch is stalled is the backstop
+            // for what it missed. Read every 5 s on every replica, it was a new
+            // consumer and a handful of round trips each time, for nothing.
+            if last_live.is_none_or(|t| {
+                t.elapsed() >= LIVE_READ_EVERY && Self::silent(&self.replicas_seen, 2 * self.hb())
+            }) {
+                last_live = Some(Instant::now());
                 self.refresh_live().await;
             }
             if places {
@@ -492,13 +535,15 @@ impl Member {
             }
             let mut now = (self.changes.load(Relaxed), places);
             // A full look costs a pass over every floating check: only when something
-            // changed, when the last one could not take everything over (`seen` is
-            // None: a last owner that has not let go), or, on the leader, every 5 s
-            // (refused checks are tried again). A replica that does not lead finds
-            // nothing new in unchanged placements: that pass every 5 s over 9000 was a
-            // fifth of an idle replica's CPU. The placements' watch (with its backstop
-            // each minute) moves `changes` when they change.
-            let periodic = places && last_look.elapsed() >= Duration::from_secs(5);
+            // changed (the config's checks, the placements, a replica come, gone or
+            // with another capacity, a command: refused checks are tried again then),
+            // when the last one could not take everything over (`seen` is None: a last
+            // owner that has not let go), or, on the leader, once a minute as a
+            // backstop. Every 5 s over 9000 checks, that pass was most of an idle
+            // leader's CPU, and a fifth of an idle follower's. The placements' watch
+            // (with its own backstop each minute) moves `changes` when they change.
+            let every = if complete { LOOK_EVERY } else { LOOK_RETRY };
+            let periodic = places && last_look.elapsed() >= every;
             if seen == Some(now) && !periodic {
                 continue;
             }
@@ -511,7 +556,7 @@ impl Member {
             }
             last_look = Instant::now();
             if places {
-                self.reconcile(&mut rr).await;
+                complete = self.reconcile(&mut rr).await;
             }
             // Not all taken over (a last owner that has not let go yet): again soon.
             seen = self.take_assigned().await.then_some(now);
@@ -716,11 +761,21 @@ impl Member {
     /// lease in time: written one by one, 9000 placements took
     /// 6 s, and a lease of 3 s ran out meanwhile (two replicas led for a moment). What
     /// was not written is decided again at the next pass, which comes at once.
-    async fn reconcile(&self, rr: &mut usize) {
+    ///
+    /// Whether every decision was written: if not (NATS refused or timed out a
+    /// write, or could not tell the drained replicas), the loop looks again after
+    /// [`LOOK_RETRY`], not only at its next change.
+    async fn reconcile(&self, rr: &mut usize) -> bool {
         let deadline = tokio::time::Instant::now() + self.hb() / 2;
         let floating = lock(&self.floating).clone();
         let places = lock(&self.places).clone();
-        let drained = self.nats.drained().await.unwrap_or_default();
+        let (drained, mut complete) = match self.nats.drained().await {
+            Ok(d) => (d, true),
+            Err(e) => {
+                tracing::debug!(event = "cluster", "Reading the drained replicas: {e}");
+                (BTreeSet::new(), false)
+            }
+        };
         let mut placement = self.placement(&places, &drained, *rr);
         let mut decisions = Vec::new();
         for name in floating.keys() {
@@ -779,15 +834,21 @@ impl Member {
         while rest.peek().is_some() && tokio::time::Instant::now() < deadline {
             let chunk: Vec<Decision> = rest.by_ref().take(PLACE_CHUNK).collect();
             let next_rr = chunk.last().map_or(*rr, |d| d.rr_after);
-            written += futures::stream::iter(chunk)
+            let n = chunk.len();
+            let ok = futures::stream::iter(chunk)
                 .map(|d: Decision| async move {
-                    if self.write_place(&d.name, &d.rec, d.rev).await {
+                    let ok = self.write_place(&d.name, &d.rec, d.rev).await;
+                    if ok {
                         d.log();
                     }
+                    ok
                 })
                 .buffer_unordered(WRITES_IN_FLIGHT)
+                .filter(|ok| std::future::ready(*ok))
                 .count()
                 .await;
+            complete &= ok == n;
+            written += n;
             *rr = next_rr;
         }
         let removed: Vec<String> = places
@@ -795,18 +856,21 @@ impl Member {
             .filter(|name| !floating.contains_key(name.as_str()))
             .cloned()
             .collect();
+        let to_delete = removed.len();
         let deleted = futures::stream::iter(removed)
-            .map(|name: String| async move {
-                let _ = self.nats.place.delete(key_of(&name)).await;
-            })
+            .map(|name: String| async move { self.nats.place.delete(key_of(&name)).await.is_ok() })
             .buffer_unordered(WRITES_IN_FLIGHT)
             .take_until(tokio::time::sleep_until(deadline))
+            .filter(|ok| std::future::ready(*ok))
             .count()
             .await;
+        complete &= deleted == to_delete;
         if tokio::time::Instant::now() >= deadline {
             tracing::debug!(event = "cluster", written, deleted, "Placement paused at its deadline (the lease is renewed first); the rest comes at the next pass.");
             self.wake.notify_one();
+            return false;
         }
+        complete
     }
 
     fn placement(
