@@ -547,9 +547,11 @@ fn at_capacity_the_start_is_partial_and_says_why() {
     let on_r1 = c.checks_of("r1")[0].clone();
     let (ok, text) = c.cli(&["cluster", "stop", &on_r1]);
     assert!(ok, "{text}");
-    wait_until("a waiting check in the freed slot", Duration::from_secs(20), || {
-        (waiting(&c) == 4).then_some(())
-    });
+    wait_until(
+        "a waiting check in the freed slot",
+        Duration::from_secs(20),
+        || (waiting(&c) == 4).then_some(()),
+    );
     // A replica back at once with more room (killed, its config raised to 20) takes the
     // rest, whether the leader saw it go or only its new capacity.
     let mut c = c;
@@ -563,10 +565,14 @@ fn at_capacity_the_start_is_partial_and_says_why() {
     )
     .unwrap();
     c.replicas[i].spawn();
-    wait_until("every started check placed", Duration::from_secs(20), || {
-        let p = c.placed();
-        (waiting(&c) == 0 && p.iter().map(|(_, n)| n).sum::<u64>() == 34).then_some(())
-    });
+    wait_until(
+        "every started check placed",
+        Duration::from_secs(20),
+        || {
+            let p = c.placed();
+            (waiting(&c) == 0 && p.iter().map(|(_, n)| n).sum::<u64>() == 34).then_some(())
+        },
+    );
 }
 
 #[test]
