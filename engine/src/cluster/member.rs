@@ -450,9 +450,11 @@ impl Member {
         .await
     }
 
-    /// Whether a watch last showed something more than `silent` ago.
+    /// Whether a watch showed nothing yet (0: `mono_ms` is never 0), or last showed
+    /// something more than `silent` ago.
     fn silent(seen: &AtomicU64, silent: Duration) -> bool {
-        crate::clock::mono_ms().saturating_sub(seen.load(Relaxed)) > silent.as_millis() as u64
+        let seen = seen.load(Relaxed);
+        seen == 0 || crate::clock::mono_ms().saturating_sub(seen) > silent.as_millis() as u64
     }
 
     async fn run(self: Arc<Self>, stop: CancellationToken) {
@@ -769,13 +771,15 @@ impl Member {
         let deadline = tokio::time::Instant::now() + self.hb() / 2;
         let floating = lock(&self.floating).clone();
         let places = lock(&self.places).clone();
-        let (drained, mut complete) = match self.nats.drained().await {
-            Ok(d) => (d, true),
+        // Not known, a drained replica could be given checks: no pass without it.
+        let drained = match self.nats.drained().await {
+            Ok(d) => d,
             Err(e) => {
                 tracing::debug!(event = "cluster", "Reading the drained replicas: {e}");
-                (BTreeSet::new(), false)
+                return false;
             }
         };
+        let mut complete = true;
         let mut placement = self.placement(&places, &drained, *rr);
         let mut decisions = Vec::new();
         for name in floating.keys() {
