@@ -699,7 +699,14 @@ impl Member {
         match self.nats.live_replicas().await {
             Ok(l) => {
                 let mut live = lock(&self.live);
-                if !live.keys().eq(l.keys()) {
+                // What placement depends on, as the watch counts it: who, and how much
+                // room each has.
+                let room = |m: &BTreeMap<String, ReplicaRecord>| {
+                    m.iter()
+                        .map(|(k, r)| (k.clone(), r.capacity))
+                        .collect::<Vec<_>>()
+                };
+                if room(&live) != room(&l) {
                     self.changes.fetch_add(1, Relaxed);
                 }
                 *live = l;
